@@ -1,0 +1,432 @@
+//! The `Driver` trait: what a lock store must do, and the polling wait it gets for free.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+
+use crate::Error;
+
+/// A boxed, `Send` future, as returned by [`Driver`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The key a driver operation is about: the locker's prefix and the caller's key, kept apart.
+///
+/// Two lockers contend only when both parts are equal, so a driver must never simply
+/// concatenate them (`"a" + "b:c"` and `"a:b" + "c"` are different locks). Use
+/// [`LockKey::encoded`] or an encoding of your own that keeps the parts apart.
+///
+/// ```
+/// use runa_lock::LockKey;
+///
+/// let one = LockKey::new("a", "b:c");
+/// let two = LockKey::new("a:b", "c");
+/// assert_ne!(one.encoded(), two.encoded());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LockKey<'a> {
+    /// The locker's prefix, possibly empty.
+    pub prefix: &'a str,
+    /// The caller's key, never empty.
+    pub key: &'a str,
+}
+
+impl<'a> LockKey<'a> {
+    /// A key from its two parts.
+    ///
+    /// ```
+    /// let key = runa_lock::LockKey::new("jobs:", "daily-report");
+    /// assert_eq!(key.key, "daily-report");
+    /// ```
+    pub fn new(prefix: &'a str, key: &'a str) -> Self {
+        LockKey { prefix, key }
+    }
+
+    /// An unambiguous single string for the key: the prefix's length in bytes, `:`, the prefix,
+    /// then the key.
+    ///
+    /// ```
+    /// assert_eq!(runa_lock::LockKey::new("jobs:", "a").encoded(), "5:jobs:a");
+    /// assert_eq!(runa_lock::LockKey::new("", "a").encoded(), "0:a");
+    /// ```
+    pub fn encoded(&self) -> String {
+        format!("{}:{}{}", self.prefix.len(), self.prefix, self.key)
+    }
+}
+
+/// The outcome of one acquisition attempt.
+///
+/// ```
+/// use runa_lock::Attempt;
+///
+/// let won = Attempt::Acquired { fencing: 7 };
+/// assert!(matches!(won, Attempt::Acquired { fencing: 7 }));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The caller's token now holds the key.
+    Acquired {
+        /// The fencing number of this acquisition: never 0, and greater than that of every
+        /// earlier acquisition of the same key on the same store.
+        fencing: u64,
+    },
+    /// Another token holds the key.
+    Busy {
+        /// How long the current holder's lease has left, when the store knows it; a waiter
+        /// polls again no later than this.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A successful [`Driver::wait`]: the fencing number, and when the winning attempt was sent.
+///
+/// The lease's local deadline is measured from `sent`, so it can only be early, never late.
+///
+/// ```
+/// let grant = runa_lock::Grant::new(3, tokio::time::Instant::now());
+/// assert_eq!(grant.fencing, 3);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The fencing number of the acquisition.
+    pub fencing: u64,
+    /// The local instant just before the winning attempt was sent.
+    pub sent: Instant,
+}
+
+impl Grant {
+    /// A grant from its parts.
+    ///
+    /// ```
+    /// let grant = runa_lock::Grant::new(1, tokio::time::Instant::now());
+    /// assert!(grant.sent <= tokio::time::Instant::now());
+    /// ```
+    pub fn new(fencing: u64, sent: Instant) -> Self {
+        Grant { fencing, sent }
+    }
+}
+
+/// How long a [`Driver::wait`] may take, and how often it polls when it cannot be notified.
+///
+/// ```
+/// use std::time::Duration;
+/// use runa_lock::WaitPlan;
+///
+/// let plan = WaitPlan::new(tokio::time::Instant::now() + Duration::from_secs(3), Duration::from_millis(100));
+/// assert_eq!(plan.retry_interval, Duration::from_millis(100));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitPlan {
+    /// Give up once this instant has passed (after one last attempt at it).
+    pub deadline: Instant,
+    /// The longest pause between two polling attempts.
+    pub retry_interval: Duration,
+}
+
+impl WaitPlan {
+    /// A plan from a deadline and a polling interval.
+    ///
+    /// ```
+    /// let plan = runa_lock::WaitPlan::new(tokio::time::Instant::now(), std::time::Duration::from_millis(5));
+    /// assert!(plan.deadline <= tokio::time::Instant::now());
+    /// ```
+    pub fn new(deadline: Instant, retry_interval: Duration) -> Self {
+        WaitPlan {
+            deadline,
+            retry_interval,
+        }
+    }
+}
+
+/// A lock store: the memory map of [`MemoryDriver`](crate::MemoryDriver), Redis, or one of
+/// your own (Postgres advisory locks, etcd leases, ...).
+///
+/// A driver knows nothing of lockers, options or config: it is told a [`LockKey`], a token
+/// and a ttl, and answers. The registry holds drivers as `Arc<dyn Driver>`, so the trait is
+/// object-safe and its futures are boxed.
+///
+/// # Contract
+///
+/// - Tokens are opaque strings of at least 128 random bits made by the caller; a driver
+///   stores and compares them, and never makes its own.
+/// - [`acquire`](Driver::acquire) sets the key to the token with the ttl only if the key is
+///   free or its lease has expired, and then returns a fencing number that is never 0 and
+///   strictly greater than every number it returned before for that key.
+/// - [`renew`](Driver::renew) and [`release`](Driver::release) act only when the key is
+///   still held by that token and has not expired; otherwise they change nothing and return
+///   `Ok(false)`.
+/// - `Err(Error::Backend { .. })` means the store could not be asked; waiters treat it as
+///   transient. Other errors (such as [`Error::InvalidKey`]) are final.
+/// - Every method is cancel-safe in the sense that dropping its future leaves at worst a
+///   lease that expires by its ttl; the caller releases a token whose acquire it dropped
+///   mid-flight with [`release_detached`](Driver::release_detached).
+///
+/// # Example
+///
+/// A complete driver over a shared map; it polls when waiting, since it has no way to be
+/// notified of a release.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::Duration;
+/// use runa_lock::{Attempt, BoxFuture, Driver, Error, LockKey, LockerOptions, Registry};
+/// use tokio::time::Instant;
+///
+/// #[derive(Debug, Default)]
+/// struct MapDriver {
+///     state: Mutex<(u64, HashMap<String, (String, Instant)>)>,
+/// }
+///
+/// impl Driver for MapDriver {
+///     fn acquire<'a>(&'a self, key: LockKey<'a>, token: &'a str, ttl: Duration)
+///         -> BoxFuture<'a, Result<Attempt, Error>> {
+///         let mut state = self.state.lock().unwrap();
+///         let now = Instant::now();
+///         let outcome = match state.1.get(&key.encoded()) {
+///             Some((_, expires)) if *expires > now => Attempt::Busy { retry_after: Some(*expires - now) },
+///             _ => {
+///                 state.0 += 1;
+///                 let fencing = state.0;
+///                 state.1.insert(key.encoded(), (token.to_owned(), now + ttl));
+///                 Attempt::Acquired { fencing }
+///             }
+///         };
+///         Box::pin(async move { Ok(outcome) })
+///     }
+///
+///     fn renew<'a>(&'a self, key: LockKey<'a>, token: &'a str, ttl: Duration)
+///         -> BoxFuture<'a, Result<bool, Error>> {
+///         let mut state = self.state.lock().unwrap();
+///         let now = Instant::now();
+///         let renewed = match state.1.get_mut(&key.encoded()) {
+///             Some((held, expires)) if held == token && *expires > now => {
+///                 *expires = now + ttl;
+///                 true
+///             }
+///             _ => false,
+///         };
+///         Box::pin(async move { Ok(renewed) })
+///     }
+///
+///     fn release<'a>(&'a self, key: LockKey<'a>, token: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+///         let mut state = self.state.lock().unwrap();
+///         let now = Instant::now();
+///         let held = matches!(state.1.get(&key.encoded()), Some((held, expires)) if held == token && *expires > now);
+///         if held {
+///             state.1.remove(&key.encoded());
+///         }
+///         Box::pin(async move { Ok(held) })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let registry = Registry::new();
+/// registry.register_driver("map", MapDriver::default());
+/// registry.register_locker("jobs", LockerOptions::new().driver("map"));
+/// let lease = registry.of("jobs")?.wait("report").await?;
+/// assert_eq!(lease.fencing(), 1);
+/// lease.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub trait Driver: Send + Sync + fmt::Debug + 'static {
+    /// Makes one attempt to take `key` for `token` for `ttl`.
+    ///
+    /// # Behavior
+    ///
+    /// - A free key, or one whose lease has expired, is taken: `Attempt::Acquired` with a
+    ///   fresh fencing number.
+    /// - A key held by any token (the same one included) gives `Attempt::Busy`.
+    fn acquire<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, Error>>;
+
+    /// Extends the lease of `token` on `key` to `ttl` from now.
+    ///
+    /// # Behavior
+    ///
+    /// - `Ok(true)` when `token` holds `key` and its lease has not expired.
+    /// - `Ok(false)` otherwise; nothing changes.
+    fn renew<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+
+    /// Frees `key` if `token` holds it.
+    ///
+    /// # Behavior
+    ///
+    /// - `Ok(true)` when `token` held `key` (unexpired) and the key is now free; a driver that
+    ///   can notify wakes the key's waiters.
+    /// - `Ok(false)` when the lease had expired or another token holds the key; a foreign
+    ///   holder is never disturbed.
+    fn release<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+
+    /// Takes `key` for `token`, waiting while it is busy, until `plan.deadline`.
+    ///
+    /// # Behavior
+    ///
+    /// - `Ok(Some(grant))` once acquired; `Ok(None)` when the deadline passed first.
+    /// - The default polls with [`acquire`](Driver::acquire) every `plan.retry_interval` (or
+    ///   sooner, when the holder's lease ends sooner): see [`poll_until`]. A driver that can
+    ///   be told of releases overrides this to wake at once.
+    /// - Backend errors are transient: the wait goes on, and the last one is returned only
+    ///   when the deadline passes while the store is failing.
+    /// - Dropping the future leaves the key untaken, except for an attempt already sent,
+    ///   which the caller cleans up with [`release_detached`](Driver::release_detached).
+    fn wait<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
+        Box::pin(poll_until(self, key, token, ttl, plan))
+    }
+
+    /// Releases `token`'s hold on `key` without making the caller wait: used when a lease is
+    /// dropped unreleased and when an acquire was cancelled mid-flight.
+    ///
+    /// # Behavior
+    ///
+    /// - Never blocks and never panics.
+    /// - The default spawns [`release`](Driver::release) on the current tokio runtime, and
+    ///   does nothing outside one (the lease then ends by its ttl).
+    fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                key = key.key,
+                "no tokio runtime to release a dropped lease; it will expire"
+            );
+            return;
+        };
+        let (prefix, key, token) = (key.prefix.to_owned(), key.key.to_owned(), token.to_owned());
+        runtime.spawn(async move {
+            let key = LockKey::new(&prefix, &key);
+            if let Err(error) = self.release(key, &token).await {
+                tracing::warn!(key = key.key, %error, "releasing a dropped lease failed; it will expire");
+            }
+        });
+    }
+
+    /// Closes the driver's connections. The default does nothing.
+    ///
+    /// # Behavior
+    ///
+    /// - Leases still held are not released; they end by their ttl.
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl<D: Driver + ?Sized> Driver for Arc<D> {
+    fn acquire<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, Error>> {
+        (**self).acquire(key, token, ttl)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        (**self).renew(key, token, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        (**self).release(key, token)
+    }
+
+    fn wait<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
+        (**self).wait(key, token, ttl, plan)
+    }
+
+    fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
+        D::release_detached(Arc::clone(&self), key, token);
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
+        (**self).close()
+    }
+}
+
+/// The default [`Driver::wait`]: attempts, then sleeps for `plan.retry_interval` (or until the
+/// holder's lease ends, if sooner), until acquired or past the deadline.
+///
+/// Drivers that fall back to polling (for example when notifications are unavailable) can
+/// call it directly.
+///
+/// ```
+/// use std::time::Duration;
+/// use runa_lock::{Driver, LockKey, MemoryDriver, WaitPlan, poll_until};
+/// use tokio::time::Instant;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), runa_lock::Error> {
+/// let driver = MemoryDriver::new();
+/// let key = LockKey::new("", "job");
+/// let plan = WaitPlan::new(Instant::now() + Duration::from_secs(1), Duration::from_millis(10));
+/// let grant = poll_until(&driver, key, "token-one-0123456789abcdef", Duration::from_secs(5), plan).await?;
+/// assert!(grant.is_some());
+/// # Ok(())
+/// # }
+/// ```
+pub async fn poll_until<D: Driver + ?Sized>(
+    driver: &D,
+    key: LockKey<'_>,
+    token: &str,
+    ttl: Duration,
+    plan: WaitPlan,
+) -> Result<Option<Grant>, Error> {
+    const MIN_PAUSE: Duration = Duration::from_millis(1);
+    loop {
+        let sent = Instant::now();
+        // The error of this attempt, if it failed: returned only if the deadline has passed.
+        let (retry_after, failure) = match driver.acquire(key, token, ttl).await {
+            Ok(Attempt::Acquired { fencing }) => return Ok(Some(Grant::new(fencing, sent))),
+            Ok(Attempt::Busy { retry_after }) => (retry_after, None),
+            Err(error @ Error::Backend { .. }) => {
+                tracing::debug!(key = key.key, %error, "lock attempt failed; retrying");
+                (None, Some(error))
+            }
+            Err(error) => return Err(error),
+        };
+        let now = Instant::now();
+        if now >= plan.deadline {
+            return failure.map_or(Ok(None), Err);
+        }
+        let pause = retry_after
+            .map_or(plan.retry_interval, |left| left.min(plan.retry_interval))
+            .max(MIN_PAUSE);
+        sleep_until((now + pause).min(plan.deadline)).await;
+    }
+}

@@ -1,0 +1,496 @@
+//! `Lease` (an acquired lock) and `LeaseHandle` (its shareable view), with the loss signal.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+
+use crate::Error;
+use crate::driver::{Driver, LockKey};
+use crate::error::LossReason;
+use crate::options::duration_problem;
+
+const HELD: u8 = 0;
+const RELEASED: u8 = 1;
+const EXPIRED: u8 = 2;
+const REFUSED: u8 = 3;
+
+/// An acquired lock. Only its holder can renew or release it.
+///
+/// - [`release`](Lease::release) consumes the lease, so a double release does not compile.
+/// - Dropping a lease without releasing it releases it in the background (at once on the
+///   memory driver, on the tokio runtime otherwise); it never blocks or panics. Prefer an
+///   explicit `release` to see its outcome, or [`Locker::with`](crate::Locker::with).
+/// - [`fencing`](Lease::fencing) grows with every acquisition of the key: pass it to the
+///   store you write to, and have that store refuse writes with a lower number than it has
+///   seen, so a holder that was paused past its ttl cannot overwrite newer work.
+///
+/// ```
+/// use runa_lock::Registry;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), runa_lock::Error> {
+/// let locker = Registry::new().of("default")?;
+/// if let Some(lease) = locker.try_lock("invoice-42").await? {
+///     assert_eq!(lease.key(), "invoice-42");
+///     assert!(lease.fencing() > 0);
+///     lease.renew(None).await?;
+///     lease.release().await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a lease is released when dropped; bind it to a variable to keep the lock"]
+pub struct Lease {
+    state: Arc<LeaseState>,
+    done: bool,
+}
+
+/// An owned, cloneable view of a lease, given to [`Locker::with`](crate::Locker::with)'s
+/// closure: what is held, and whether it still is.
+///
+/// ```
+/// use runa_lock::Registry;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), runa_lock::Error> {
+/// let locker = Registry::new().of("default")?;
+/// locker
+///     .with("report", |lease| async move {
+///         assert_eq!(lease.key(), "report");
+///         assert!(!lease.is_lost());
+///         Ok::<_, runa_lock::Error>(())
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LeaseHandle {
+    state: Arc<LeaseState>,
+}
+
+pub(crate) struct LeaseState {
+    driver: Arc<dyn Driver>,
+    prefix: Arc<str>,
+    key: String,
+    token: String,
+    fencing: u64,
+    ttl: Duration,
+    /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
+    origin: Instant,
+    deadline_nanos: AtomicU64,
+    phase: AtomicU8,
+    ended: Notify,
+}
+
+impl LeaseState {
+    pub(crate) fn key(&self) -> LockKey<'_> {
+        LockKey::new(&self.prefix, &self.key)
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub(crate) fn driver(&self) -> &dyn Driver {
+        &*self.driver
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.deadline_nanos.load(Ordering::Acquire))
+    }
+
+    /// Moves the deadline to `sent + ttl`, unless the lease has ended or its deadline has
+    /// already passed (a loss is final). Returns whether the lease is still held.
+    pub(crate) fn extend(&self, sent: Instant, ttl: Duration) -> bool {
+        if self.is_lost() {
+            self.end(EXPIRED);
+            return false;
+        }
+        let nanos = u64::try_from(
+            (sent + ttl)
+                .saturating_duration_since(self.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
+        self.deadline_nanos.fetch_max(nanos, Ordering::AcqRel);
+        true
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.phase.load(Ordering::Acquire) != HELD || Instant::now() >= self.deadline()
+    }
+
+    pub(crate) fn mark_expired(&self) {
+        self.end(EXPIRED);
+    }
+
+    pub(crate) fn mark_refused(&self) {
+        self.end(REFUSED);
+    }
+
+    pub(crate) fn loss_reason(&self) -> LossReason {
+        match self.phase.load(Ordering::Acquire) {
+            REFUSED => LossReason::Refused,
+            _ => LossReason::Expired,
+        }
+    }
+
+    fn end(&self, phase: u8) {
+        if self
+            .phase
+            .compare_exchange(HELD, phase, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.ended.notify_waiters();
+        }
+    }
+
+    async fn lost(&self) {
+        loop {
+            // Created before the check, so an `end` right after it still wakes us.
+            let ended = self.ended.notified();
+            if self.is_lost() {
+                return;
+            }
+            tokio::select! {
+                _ = ended => {}
+                _ = sleep_until(self.deadline()) => {}
+            }
+        }
+    }
+}
+
+impl Lease {
+    /// A lease on `key` whose acquire was sent at `sent`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        driver: Arc<dyn Driver>,
+        prefix: Arc<str>,
+        key: &str,
+        token: String,
+        fencing: u64,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Lease {
+        let state = LeaseState {
+            driver,
+            prefix,
+            key: key.to_owned(),
+            token,
+            fencing,
+            ttl,
+            origin: sent,
+            deadline_nanos: AtomicU64::new(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+            phase: AtomicU8::new(HELD),
+            ended: Notify::new(),
+        };
+        Lease {
+            state: Arc::new(state),
+            done: false,
+        }
+    }
+
+    pub(crate) fn state(&self) -> &LeaseState {
+        &self.state
+    }
+
+    /// The key as the caller gave it, without the locker's prefix.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("queue")?.wait("order-7").await?;
+    /// assert_eq!(lease.key(), "order-7");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.state.key
+    }
+
+    /// The random token that identifies this holder: 32 hex digits (128 bits from the OS
+    /// random source), unrelated to the fencing number.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// assert_eq!(lease.token().len(), 32);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn token(&self) -> &str {
+        &self.state.token
+    }
+
+    /// The fencing number: never 0, and greater than that of every earlier acquisition of
+    /// this key on the same store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let locker = runa_lock::Registry::new().of("default")?;
+    /// let first = locker.wait("k").await?;
+    /// let n = first.fencing();
+    /// first.release().await?;
+    /// assert!(locker.wait("k").await?.fencing() > n);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn fencing(&self) -> u64 {
+        self.state.fencing
+    }
+
+    /// The ttl the lease was acquired with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// assert_eq!(lease.ttl(), runa_lock::DEFAULT_TTL);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ttl(&self) -> Duration {
+        self.state.ttl
+    }
+
+    /// An owned view of this lease that can be cloned and sent to other tasks.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// let handle = lease.handle();
+    /// assert_eq!(handle.fencing(), lease.fencing());
+    /// lease.release().await?;
+    /// assert!(handle.is_lost(), "a released lease no longer protects anything");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn handle(&self) -> LeaseHandle {
+        LeaseHandle {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Extends the lease to `ttl` from now (`None`: the ttl it was acquired with).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::NotHeld`] when the lease has expired (by the local clock, measured from when
+    ///   its acquire or last renewal was sent) or another holder has the key. A lost lease
+    ///   stays lost.
+    /// - [`Error::InvalidConfig`] for a zero or over-long `ttl`; [`Error::Backend`] when the
+    ///   store cannot be asked.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// lease.renew(Some(std::time::Duration::from_secs(60))).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn renew(&self, ttl: Option<Duration>) -> Result<(), Error> {
+        let state = &self.state;
+        let ttl = ttl.unwrap_or(state.ttl);
+        if let Some(problem) = duration_problem(ttl) {
+            return Err(Error::invalid_config(
+                "renew ttl",
+                problem,
+                Some(humantime::format_duration(ttl).to_string()),
+            ));
+        }
+        if state.is_lost() {
+            return Err(self.not_held());
+        }
+        let sent = Instant::now();
+        if !state.driver.renew(state.key(), &state.token, ttl).await? {
+            state.mark_refused();
+            return Err(self.not_held());
+        }
+        if !state.extend(sent, ttl) {
+            return Err(self.not_held());
+        }
+        Ok(())
+    }
+
+    /// Releases the lock, waking its waiters.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::NotHeld`] when the lease had expired or been taken over (nothing of the new
+    ///   holder's is touched).
+    /// - [`Error::Backend`] when the store cannot be asked; the lease then ends by its ttl.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let locker = runa_lock::Registry::new().of("default")?;
+    /// let lease = locker.wait("k").await?;
+    /// lease.release().await?;
+    /// assert!(locker.try_lock("k").await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn release(mut self) -> Result<(), Error> {
+        let state = Arc::clone(&self.state);
+        let released = state.driver.release(state.key(), &state.token).await;
+        // Only now: if this future is dropped mid-flight, `Drop` still releases.
+        self.done = true;
+        state.end(RELEASED);
+        match released {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.not_held()),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn not_held(&self) -> Error {
+        Error::NotHeld {
+            key: self.state.key.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let state = &self.state;
+        let refused = state.phase.load(Ordering::Acquire) == REFUSED;
+        state.end(RELEASED);
+        if !refused {
+            Arc::clone(&state.driver).release_detached(state.key(), &state.token);
+        }
+    }
+}
+
+impl LeaseHandle {
+    /// The key as the caller gave it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// assert_eq!(lease.handle().key(), "k");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.state.key
+    }
+
+    /// The lease's token.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// assert_eq!(lease.handle().token(), lease.token());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn token(&self) -> &str {
+        &self.state.token
+    }
+
+    /// The lease's fencing number.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let lease = runa_lock::Registry::new().of("default")?.wait("k").await?;
+    /// assert_eq!(lease.handle().fencing(), lease.fencing());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn fencing(&self) -> u64 {
+        self.state.fencing
+    }
+
+    /// Whether the lease no longer protects anything: it expired (by the local clock), a
+    /// renewal was refused, or it was released. Once true, it stays true.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// use std::time::Duration;
+    /// use runa_lock::{LockOptions, Registry};
+    /// let locker = Registry::new().of("default")?.with_options(LockOptions::new().ttl(Duration::from_secs(1)));
+    /// let handle = locker.wait("k").await?.handle();
+    /// assert!(handle.is_lost(), "the lease was dropped, which released it");
+    ///
+    /// let lease = locker.wait("k").await?;
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// assert!(lease.handle().is_lost(), "expired");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        self.state.is_lost()
+    }
+
+    /// Resolves once [`is_lost`](LeaseHandle::is_lost) is true. Useful in a `select!` to stop
+    /// work as soon as the lock is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// use std::time::Duration;
+    /// use runa_lock::{Error, LockOptions, Registry};
+    /// let locker = Registry::new().of("default")?.with_options(LockOptions::new().ttl(Duration::from_secs(1)));
+    /// let outcome = locker
+    ///     .with("k", |lease| async move {
+    ///         tokio::select! {
+    ///             _ = lease.lost() => Ok("stopped early"),
+    ///             _ = tokio::time::sleep(Duration::from_secs(60)) => Ok("finished"),
+    ///         }
+    ///     })
+    ///     .await;
+    /// assert!(matches!(outcome, Err(Error::LeaseLost { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lost(&self) {
+        self.state.lost().await;
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_state(f, "Lease", &self.state)
+    }
+}
+
+impl fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_state(f, "LeaseHandle", &self.state)
+    }
+}
+
+/// Shows the lease without its token: whoever has the token can release the lock.
+fn debug_state(f: &mut fmt::Formatter<'_>, name: &str, state: &LeaseState) -> fmt::Result {
+    f.debug_struct(name)
+        .field("prefix", &&*state.prefix)
+        .field("key", &state.key)
+        .field("fencing", &state.fencing)
+        .field("ttl", &state.ttl)
+        .field("lost", &state.is_lost())
+        .finish_non_exhaustive()
+}

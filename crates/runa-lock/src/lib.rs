@@ -1,0 +1,93 @@
+//! Mutexes and distributed locks for tokio services: named lockers from a registry, leases
+//! with random tokens and fencing numbers, and pluggable drivers.
+//!
+//! A [`Registry`] holds drivers (where locks live: [`MemoryDriver`] in this crate, Redis in
+//! `runa-lock-redis`, or your own [`Driver`]) and named lockers (a driver, a key prefix and
+//! settings). A [`Locker`] acquires in three ways: [`try_lock`](Locker::try_lock) (skip if
+//! busy), [`wait`](Locker::wait) (block up to a deadline) and [`with`](Locker::with) (acquire,
+//! run a closure, always release, renew while it runs).
+//!
+//! ```
+//! use std::time::Duration;
+//! use runa_lock::{LockerOptions, Registry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), runa_lock::Error> {
+//! let registry = Registry::new();
+//! registry.register_locker("jobs", LockerOptions::new().prefix("jobs:").ttl(Duration::from_secs(30)).auto_renew(true));
+//!
+//! let jobs = registry.of("jobs")?;
+//! jobs.with("daily-report", |lease| async move {
+//!     // Runs once at a time per key; `lease.fencing()` orders writes downstream.
+//!     Ok::<_, runa_lock::Error>(())
+//! })
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Map of the crate
+//!
+//! - [`Registry`], [`LockerInfo`]: named drivers and lockers; config applied with
+//!   [`Registry::configure`].
+//! - [`Locker`]: `try_lock`, `wait`, `with`; [`LockOptions`] per call.
+//! - [`Lease`], [`LeaseHandle`]: what an acquisition gives; renew, release, loss signal.
+//! - [`LockerOptions`], [`Config`]: settings in code and from TOML.
+//! - [`Driver`] and its vocabulary ([`LockKey`], [`Attempt`], [`Grant`], [`WaitPlan`],
+//!   [`poll_until`]): how to write a driver.
+//! - [`MemoryDriver`]: the built-in same-process driver.
+//! - [`Error`]: the one error type.
+//!
+//! # Guarantees
+//!
+//! - Only the holder's token can renew or release a lease.
+//! - Fencing numbers strictly increase per key on one store.
+//! - Dropping a `wait` or `with` future, or a [`Lease`], leaves nothing held.
+
+#![warn(missing_docs)]
+
+mod config;
+mod driver;
+mod error;
+mod lease;
+mod locker;
+mod memory;
+mod options;
+mod registry;
+mod renew;
+mod token;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+pub use config::Config;
+pub use driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan, poll_until};
+pub use error::{BoxError, Error, LossReason};
+pub use lease::{Lease, LeaseHandle};
+pub use locker::{Locker, MAX_KEY_LEN};
+pub use memory::MemoryDriver;
+pub use options::{LockOptions, LockerOptions, MAX_DURATION};
+pub use registry::{LockerInfo, Registry};
+
+/// The name of the default locker; [`Registry::of`] treats `""` as this.
+pub const DEFAULT_NAME: &str = "default";
+/// A built-in locker with no prefix, sharing keys with [`DEFAULT_NAME`].
+pub const LOCAL: &str = "local";
+/// A built-in locker for scheduled jobs, prefix `"schedule:"`.
+pub const SCHEDULE: &str = "schedule";
+/// A built-in locker for queue consumers, prefix `"queue:"`.
+pub const QUEUE: &str = "queue";
+/// A built-in locker for cache fills, prefix `"cache:"`.
+pub const CACHE: &str = "cache";
+/// The driver lockers use unless told otherwise: [`MemoryDriver`].
+pub const DEFAULT_DRIVER: &str = "memory";
+/// The default lease ttl: 30 s.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// The default longest wait of `wait` and `with`: 3 s.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(3);
+/// The default polling interval where a driver cannot notify: 100 ms.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
+/// The key prefix the Redis driver puts before every locker's keys.
+pub const DEFAULT_REDIS_PREFIX: &str = "runa:lock:";

@@ -1,0 +1,575 @@
+//! `MemoryDriver`: locks within one process, in a sharded map, with wake-ups on release.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use hashbrown::HashTable;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::Error;
+use crate::driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan};
+
+/// How often the background sweeper drops expired keys while any are stored.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A shard sweeps itself on insert once it holds this many keys, then at twice the number
+/// it kept, so memory stays bounded even without a runtime for the sweeper.
+const MIN_SWEEP_LEN: usize = 256;
+
+/// Same-process locks: a sharded map from key to holder, with waiters woken on release.
+///
+/// - A waiter is woken the moment the holder releases (through a [`Notify`] per busy key);
+///   it wakes by itself exactly when the holder's lease expires. Nothing polls.
+/// - Waiters that give up or are dropped leave nothing behind.
+/// - Fencing numbers strictly increase per key for the life of the driver.
+/// - Released keys are removed at once; expired ones by a background sweep (every second on
+///   the tokio runtime, while keys are stored) and by amortised sweeps on insert, so memory
+///   follows the number of live keys.
+/// - Keys are spread over many independently locked shards, so unrelated keys do not
+///   serialise on one lock.
+///
+/// Use it for mutual exclusion inside one process. It does not coordinate processes or
+/// hosts: use the Redis driver (`runa-lock-redis`) for that.
+///
+/// ```
+/// use std::time::Duration;
+/// use runa_lock::{Driver, LockKey, MemoryDriver, Attempt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), runa_lock::Error> {
+/// let driver = MemoryDriver::new();
+/// let key = LockKey::new("", "job");
+/// let ttl = Duration::from_secs(5);
+/// assert!(matches!(driver.acquire(key, "token-a", ttl).await?, Attempt::Acquired { .. }));
+/// assert!(matches!(driver.acquire(key, "token-b", ttl).await?, Attempt::Busy { .. }));
+/// assert!(!driver.release(key, "token-b").await?, "only the holder may release");
+/// assert!(driver.release(key, "token-a").await?);
+/// assert_eq!(driver.key_count(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hasher: RandomState,
+    shards: Box<[Padded]>,
+    sweeper_running: AtomicBool,
+}
+
+/// One shard, on its own cache lines so neighbouring shards do not false-share.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+#[derive(Default)]
+struct Shard {
+    slots: HashTable<Slot>,
+    last_fencing: u64,
+    sweep_at_len: usize,
+}
+
+struct Slot {
+    hash: u64,
+    prefix: Box<str>,
+    key: Box<str>,
+    holder: Option<Holder>,
+    /// Waiters registered on this key; the slot lives while there are any.
+    waiters: usize,
+    /// Present while `waiters > 0`.
+    notify: Option<Arc<Notify>>,
+}
+
+struct Holder {
+    token: Box<str>,
+    expires_at: Instant,
+}
+
+impl MemoryDriver {
+    /// A new, empty driver with its own keys and fencing numbers.
+    ///
+    /// ```
+    /// let driver = runa_lock::MemoryDriver::new();
+    /// assert_eq!(driver.key_count(), 0);
+    /// ```
+    pub fn new() -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let count = (parallelism * 16).next_power_of_two().clamp(64, 1024);
+        let shards = (0..count)
+            .map(|_| Padded(Mutex::new(Shard::default())))
+            .collect();
+        MemoryDriver {
+            inner: Arc::new(Inner {
+                hasher: RandomState::new(),
+                shards,
+                sweeper_running: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// How many keys the driver stores: held keys, keys with waiters, and expired keys not yet
+    /// swept.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// use runa_lock::{Driver, LockKey, MemoryDriver};
+    /// let driver = MemoryDriver::new();
+    /// driver.acquire(LockKey::new("", "a"), "t", std::time::Duration::from_secs(1)).await?;
+    /// assert_eq!(driver.key_count(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key_count(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(&s.0).slots.len())
+            .sum()
+    }
+
+    /// Drops every expired key now, as the background sweep does, and returns how many keys
+    /// remain.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// use std::time::Duration;
+    /// use runa_lock::{Driver, LockKey, MemoryDriver};
+    /// let driver = MemoryDriver::new();
+    /// driver.acquire(LockKey::new("", "a"), "t", Duration::from_millis(10)).await?;
+    /// tokio::time::advance(Duration::from_millis(20)).await;
+    /// assert_eq!(driver.sweep(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn sweep(&self) -> usize {
+        self.inner.sweep_all(Instant::now())
+    }
+}
+
+impl Default for MemoryDriver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryDriver")
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver for MemoryDriver {
+    fn acquire<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, Error>> {
+        let attempt = self.inner.acquire(key, token, ttl);
+        Box::pin(async move { Ok(attempt) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        let hash = self.inner.hash(key);
+        let renewed = self.inner.shard(hash).renew(hash, key, token, ttl);
+        Box::pin(async move { Ok(renewed) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        let released = self.inner.release(key, token);
+        Box::pin(async move { Ok(released) })
+    }
+
+    fn wait<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
+        Box::pin(self.inner.wait(key, token, ttl, plan))
+    }
+
+    fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
+        // A memory release never blocks for long: do it now, runtime or not.
+        self.inner.release(key, token);
+    }
+}
+
+impl Inner {
+    fn hash(&self, key: LockKey<'_>) -> u64 {
+        self.hasher.hash_one((key.prefix, key.key))
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // The table uses the low bits (bucket) and the top seven (tag); pick the shard from
+        // the middle so keys within a shard still differ in both.
+        let index = (hash >> 32) as usize & (self.shards.len() - 1);
+        lock(&self.shards[index].0)
+    }
+
+    fn acquire(self: &Arc<Self>, key: LockKey<'_>, token: &str, ttl: Duration) -> Attempt {
+        let hash = self.hash(key);
+        let (attempt, inserted) = self.shard(hash).try_acquire(hash, key, token, ttl);
+        if inserted {
+            self.ensure_sweeper();
+        }
+        attempt
+    }
+
+    fn release(&self, key: LockKey<'_>, token: &str) -> bool {
+        let hash = self.hash(key);
+        self.shard(hash).release(hash, key, token)
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> Result<Option<Grant>, Error> {
+        let hash = self.hash(key);
+        let mut registration: Option<Registration<'_>> = None;
+        loop {
+            let notify: Arc<Notify>;
+            let wake_at: Instant;
+            {
+                let sent = Instant::now();
+                let mut shard = self.shard(hash);
+                let (attempt, inserted) = shard.try_acquire(hash, key, token, ttl);
+                let retry_after = match attempt {
+                    Attempt::Acquired { fencing } => {
+                        if let Some(registration) = registration.take() {
+                            registration.disarm(&mut shard);
+                        }
+                        drop(shard);
+                        if inserted {
+                            self.ensure_sweeper();
+                        }
+                        return Ok(Some(Grant::new(fencing, sent)));
+                    }
+                    Attempt::Busy { retry_after } => retry_after.unwrap_or(Duration::ZERO),
+                };
+                let now = Instant::now();
+                if now >= plan.deadline {
+                    drop(shard);
+                    return Ok(None);
+                }
+                notify = match &registration {
+                    Some(registration) => Arc::clone(&registration.notify),
+                    None => {
+                        let notify = shard.register(hash, key);
+                        registration = Some(Registration {
+                            inner: self,
+                            hash,
+                            key,
+                            notify: Arc::clone(&notify),
+                            armed: true,
+                        });
+                        notify
+                    }
+                };
+                wake_at = (now + retry_after).min(plan.deadline);
+            }
+            // A release between here and the first poll is not lost: `notify_one` stores a
+            // permit when no waiter is enabled yet, and this future takes it when polled.
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// Starts the background sweeper on the current runtime, if there is one and it is not
+    /// already running.
+    fn ensure_sweeper(self: &Arc<Self>) {
+        if self.sweeper_running.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.sweeper_running.swap(true, Ordering::AcqRel) {
+            runtime.spawn(sweep_loop(Arc::downgrade(self)));
+        }
+    }
+
+    /// Sweeps every shard; returns the number of keys left.
+    fn sweep_all(&self, now: Instant) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(&shard.0);
+                shard.sweep(now);
+                shard.slots.len()
+            })
+            .sum()
+    }
+}
+
+/// Sweeps expired keys every [`SWEEP_EVERY`] until the driver is dropped or empty.
+async fn sweep_loop(inner: Weak<Inner>) {
+    /// Clears the running flag however the task ends (including runtime shutdown).
+    struct Running(Weak<Inner>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(inner) = self.0.upgrade() {
+                inner.sweeper_running.store(false, Ordering::Release);
+            }
+        }
+    }
+    let _running = Running(inner.clone());
+    loop {
+        sleep(SWEEP_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.sweep_all(Instant::now()) == 0 {
+            return;
+        }
+    }
+}
+
+/// A waiter's place on a busy key; unregisters on drop (timeout or cancellation).
+struct Registration<'a> {
+    inner: &'a Inner,
+    hash: u64,
+    key: LockKey<'a>,
+    notify: Arc<Notify>,
+    armed: bool,
+}
+
+impl Registration<'_> {
+    /// Unregisters under a shard lock the caller already holds.
+    fn disarm(mut self, shard: &mut Shard) {
+        shard.unregister(self.hash, self.key);
+        self.armed = false;
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.shard(self.hash).unregister(self.hash, self.key);
+        }
+    }
+}
+
+impl Shard {
+    /// One attempt; also says whether a new slot was inserted.
+    fn try_acquire(
+        &mut self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+    ) -> (Attempt, bool) {
+        let now = Instant::now();
+        let holder = Holder {
+            token: token.into(),
+            expires_at: now + ttl,
+        };
+        if let Some(slot) = self.slots.find_mut(hash, |s| s.is(key)) {
+            if let Some(busy) = slot.holder.as_ref().filter(|h| h.expires_at > now) {
+                let retry_after = Some(busy.expires_at - now);
+                return (Attempt::Busy { retry_after }, false);
+            }
+            slot.holder = Some(holder);
+            self.last_fencing += 1;
+            return (
+                Attempt::Acquired {
+                    fencing: self.last_fencing,
+                },
+                false,
+            );
+        }
+        if self.slots.len() >= self.sweep_at_len {
+            self.sweep(now);
+            self.sweep_at_len = (self.slots.len() * 2).max(MIN_SWEEP_LEN);
+        }
+        let slot = Slot {
+            hash,
+            prefix: key.prefix.into(),
+            key: key.key.into(),
+            holder: Some(holder),
+            waiters: 0,
+            notify: None,
+        };
+        self.slots.insert_unique(hash, slot, |s| s.hash);
+        self.last_fencing += 1;
+        (
+            Attempt::Acquired {
+                fencing: self.last_fencing,
+            },
+            true,
+        )
+    }
+
+    fn renew(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let Some(slot) = self.slots.find_mut(hash, |s| s.is(key)) else {
+            return false;
+        };
+        match &mut slot.holder {
+            Some(holder) if holder.is(token, now) => {
+                holder.expires_at = now + ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release(&mut self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
+        let now = Instant::now();
+        let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
+            return false;
+        };
+        let slot = entry.get_mut();
+        let held = slot.holder.as_ref().is_some_and(|h| h.is(token, now));
+        if held {
+            slot.holder = None;
+        }
+        if let Some(notify) = &slot.notify {
+            if held {
+                notify.notify_one();
+            }
+        } else if slot.is_idle(now) {
+            entry.remove();
+        }
+        held
+    }
+
+    /// Adds a waiter to a key (which was just found busy, so its slot exists).
+    fn register(&mut self, hash: u64, key: LockKey<'_>) -> Arc<Notify> {
+        let slot = self
+            .slots
+            .entry(hash, |s| s.is(key), |s| s.hash)
+            .or_insert_with(|| Slot {
+                hash,
+                prefix: key.prefix.into(),
+                key: key.key.into(),
+                holder: None,
+                waiters: 0,
+                notify: None,
+            })
+            .into_mut();
+        slot.waiters += 1;
+        Arc::clone(slot.notify.get_or_insert_with(Default::default))
+    }
+
+    fn unregister(&mut self, hash: u64, key: LockKey<'_>) {
+        let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
+            return;
+        };
+        let slot = entry.get_mut();
+        slot.waiters = slot.waiters.saturating_sub(1);
+        if slot.waiters == 0 {
+            slot.notify = None;
+            if slot.is_idle(Instant::now()) {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Drops keys that are neither held nor waited on, and gives back spare capacity.
+    fn sweep(&mut self, now: Instant) {
+        self.slots.retain(|slot| !slot.is_idle(now));
+        let len = self.slots.len();
+        if self.slots.capacity() > len * 4 + 64 {
+            self.slots.shrink_to(len, |s| s.hash);
+        }
+    }
+}
+
+impl Slot {
+    fn is(&self, key: LockKey<'_>) -> bool {
+        *self.key == *key.key && *self.prefix == *key.prefix
+    }
+
+    /// Neither held (unexpired) nor waited on: safe to remove.
+    fn is_idle(&self, now: Instant) -> bool {
+        self.waiters == 0 && self.holder.as_ref().is_none_or(|h| h.expires_at <= now)
+    }
+}
+
+impl Holder {
+    fn is(&self, token: &str, now: Instant) -> bool {
+        *self.token == *token && self.expires_at > now
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // No code path panics while holding a shard lock; if one ever did, the map is still
+    // consistent (every mutation is a single assignment), so carry on.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn key(k: &str) -> LockKey<'_> {
+        LockKey::new("", k)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_of_a_waited_key_keeps_the_slot_for_its_waiters() {
+        let driver = MemoryDriver::new();
+        driver.acquire(key("k"), "a", TTL).await.unwrap();
+        let waiter = {
+            let driver = driver.clone();
+            tokio::spawn(async move {
+                let plan = WaitPlan::new(Instant::now() + TTL, Duration::from_secs(1));
+                driver.wait(key("k"), "b", TTL, plan).await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(driver.release(key("k"), "a").await.unwrap());
+        assert!(waiter.await.unwrap().unwrap().is_some());
+        assert!(driver.release(key("k"), "b").await.unwrap());
+        assert_eq!(driver.key_count(), 0, "no slot outlives holder and waiters");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inline_sweeps_bound_the_table_without_the_sweeper() {
+        let driver = MemoryDriver::new();
+        let short = Duration::from_millis(1);
+        for i in 0..50_000 {
+            let name = i.to_string();
+            driver.acquire(key(&name), "t", short).await.unwrap();
+            if i % 1000 == 999 {
+                tokio::time::advance(Duration::from_millis(2)).await;
+            }
+        }
+        // Only the last batch can be live; inline sweeps keep the rest from piling up.
+        let stored = driver.key_count();
+        assert!(stored < 50_000 / 2, "stored {stored}");
+    }
+
+    #[test]
+    fn works_without_a_runtime() {
+        let driver = MemoryDriver::new();
+        let attempt = driver.inner.acquire(key("k"), "t", TTL);
+        assert!(matches!(attempt, Attempt::Acquired { fencing: 1 }));
+        Arc::new(driver.clone()).release_detached(key("k"), "t");
+        assert_eq!(driver.key_count(), 0);
+    }
+}
