@@ -220,8 +220,13 @@ fn duration(value: &Value, path: &str) -> Result<Duration, Error> {
             Some(show(value)),
         )
     })?;
-    let parsed = humantime::parse_duration(text)
-        .map_err(|_| Error::invalid_config(path, "not a duration", Some(show(value))))?;
+    let parsed = humantime::parse_duration(text).map_err(|error| {
+        let problem = match error {
+            humantime::DurationError::NumberOverflow => "must be at most 365 days",
+            _ => "not a duration",
+        };
+        Error::invalid_config(path, problem, Some(show(value)))
+    })?;
     match duration_problem(parsed) {
         Some(problem) => Err(Error::invalid_config(path, problem, Some(show(value)))),
         None => Ok(parsed),

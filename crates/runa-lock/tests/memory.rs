@@ -1,0 +1,329 @@
+//! Memory-driver properties, mostly on paused tokio time so that "woken at once" can be told
+//! apart from "woken by a timer": with the clock paused, time only moves when every task is
+//! asleep on a timer, so a handoff that took zero virtual time was a wake-up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use runa_lock::{
+    Attempt, Driver, Error, LockKey, LockOptions, Locker, LockerOptions, MemoryDriver, Registry,
+};
+use tokio::time::{Instant, advance, sleep};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn locker_on(driver: &MemoryDriver, options: LockerOptions) -> Locker {
+    let registry = Registry::new();
+    registry.register_driver("mem", driver.clone());
+    registry.register_locker("test", options.driver("mem"));
+    registry.of("test").unwrap()
+}
+
+/// Many waiters on one key, each holding it briefly with a yield between read and write of a
+/// counter: every update lands, and the whole chain of handoffs takes no virtual time, so no
+/// waiter ever slept out a timer (no lost wake-ups).
+#[tokio::test(start_paused = true)]
+async fn many_waiters_are_all_woken_without_timers() {
+    const WAITERS: u64 = 120;
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new()
+            .ttl(HOUR)
+            .wait(HOUR * 2)
+            .retry_interval(HOUR),
+    );
+    let holder = locker.wait("k").await.unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..WAITERS {
+        let (locker, counter) = (locker.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            locker
+                .with("k", |_| async move {
+                    let read = counter.load(Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    counter.store(read + 1, Ordering::SeqCst);
+                    Ok::<_, Error>(())
+                })
+                .await
+        }));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    holder.release().await.unwrap();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), WAITERS);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "some waiter slept out a timer"
+    );
+    assert_eq!(
+        driver.key_count(),
+        0,
+        "released key and its waiters left a slot behind"
+    );
+}
+
+/// Waiters aborted while queued (every third one, and some after being woken but before being
+/// polled) neither hold the key nor swallow the wake-up meant for the others.
+#[tokio::test(start_paused = true)]
+async fn aborted_waiters_leave_no_ghost_and_lose_no_wakeup() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(&driver, LockerOptions::new().ttl(HOUR).wait(HOUR * 2));
+    let holder = locker.wait("k").await.unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let (locker, done) = (locker.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = locker.wait("k").await?;
+            done.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            lease.release().await
+        }));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    holder.release().await.unwrap();
+    // The first waiter has been notified but not yet run: abort it with a third of the rest.
+    let mut survivors = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        if i % 3 == 0 {
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        } else {
+            survivors.push(task);
+        }
+    }
+    let expected = survivors.len() as u64;
+    for task in survivors {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), expected);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "a wake-up was lost to an aborted waiter"
+    );
+    assert_eq!(
+        driver.key_count(),
+        0,
+        "an aborted waiter left its registration behind"
+    );
+}
+
+/// A waiter that gives up (its `wait` runs out, or a `timeout` around it fires) leaves no
+/// registration behind.
+#[tokio::test(start_paused = true)]
+async fn waiters_that_time_out_leave_nothing() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new().ttl(HOUR).wait(Duration::from_secs(1)),
+    );
+    let holder = locker.wait("k").await.unwrap();
+    assert!(matches!(locker.wait("k").await, Err(Error::Timeout { .. })));
+    let cancelled = tokio::time::timeout(Duration::from_millis(10), locker.wait("k")).await;
+    assert!(cancelled.is_err());
+    holder.release().await.unwrap();
+    assert_eq!(driver.key_count(), 0);
+}
+
+/// A waiter gets an abandoned lock exactly when its lease expires: not a polling interval
+/// later, and not before.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_wakes_exactly_at_expiry() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new().wait(HOUR).retry_interval(HOUR),
+    );
+    let short = locker.with_options(LockOptions::new().ttl(Duration::from_secs(10)));
+    let abandoned = short.wait("k").await.unwrap();
+    let started = Instant::now();
+    let next = locker.wait("k").await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(next.fencing() > abandoned.fencing());
+    assert!(matches!(
+        abandoned.release().await,
+        Err(Error::NotHeld { .. })
+    ));
+    assert!(
+        locker.try_lock("k").await.unwrap().is_none(),
+        "the stale release freed the new holder"
+    );
+}
+
+/// A holder that renews keeps its lock past the original ttl; a waiter does not get in.
+#[tokio::test(start_paused = true)]
+async fn renewal_moves_the_expiry() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new()
+            .ttl(Duration::from_secs(10))
+            .wait(Duration::from_secs(15)),
+    );
+    let lease = locker.wait("k").await.unwrap();
+    sleep(Duration::from_secs(8)).await;
+    lease.renew(None).await.unwrap();
+    sleep(Duration::from_secs(8)).await;
+    assert!(
+        locker.try_lock("k").await.unwrap().is_none(),
+        "expired despite renewal"
+    );
+    lease.renew(Some(Duration::from_secs(1))).await.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert!(matches!(
+        lease.renew(None).await,
+        Err(Error::NotHeld { .. })
+    ));
+}
+
+/// Fencing numbers strictly increase per key through releases, expiries and takeovers, also
+/// after the key's slot was removed from memory.
+#[tokio::test(start_paused = true)]
+async fn fencing_strictly_increases_per_key() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(&driver, LockerOptions::new().ttl(Duration::from_secs(1)));
+    let mut last = 0;
+    for round in 0..200 {
+        let lease = locker.wait("k").await.unwrap();
+        assert!(
+            lease.fencing() > last,
+            "round {round}: {} after {last}",
+            lease.fencing()
+        );
+        last = lease.fencing();
+        if round % 2 == 0 {
+            lease.release().await.unwrap();
+            assert_eq!(driver.key_count(), 0);
+        } else {
+            advance(Duration::from_secs(2)).await;
+            drop(lease);
+        }
+        // Other keys in between must not disturb the order.
+        locker
+            .wait(&format!("other-{round}"))
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+}
+
+/// A million distinct keys acquired with a 10 ms ttl and never released are all gone once
+/// they expire and the background sweep runs; the map gives its capacity back.
+#[tokio::test(start_paused = true)]
+async fn expired_keys_are_swept_and_memory_is_bounded() {
+    let driver = MemoryDriver::new();
+    let ttl = Duration::from_millis(10);
+    let key_names: Vec<String> = (0..1_000_000).map(|i| format!("job-{i}")).collect();
+    let mut peak = 0;
+    for (i, name) in key_names.iter().enumerate() {
+        let attempt = driver
+            .acquire(LockKey::new("", name), "token", ttl)
+            .await
+            .unwrap();
+        assert!(matches!(attempt, Attempt::Acquired { .. }));
+        if i % 100_000 == 99_999 {
+            peak = peak.max(driver.key_count());
+            advance(ttl * 2).await;
+        }
+    }
+    // Inline sweeps already keep the map near the live set while keys keep coming.
+    assert!(peak < 400_000, "keys piled up: {peak}");
+    advance(Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        driver.key_count(),
+        0,
+        "the background sweep left expired keys"
+    );
+}
+
+/// Held keys survive sweeps; only expired ones go.
+#[tokio::test(start_paused = true)]
+async fn sweeps_keep_held_keys() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(&driver, LockerOptions::new().ttl(HOUR));
+    let short = locker.with_options(LockOptions::new().ttl(Duration::from_millis(10)));
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        held.push(locker.wait(&format!("held-{i}")).await.unwrap());
+        let _ = short.wait(&format!("brief-{i}")).await.unwrap();
+    }
+    advance(Duration::from_secs(3)).await;
+    assert_eq!(driver.sweep(), 1000);
+    for lease in held {
+        lease.renew(None).await.expect("a held key was swept");
+    }
+}
+
+/// Two threads hammering distinct keys make progress side by side; exclusion holds per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_keys_on_many_threads() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(&driver, LockerOptions::new().ttl(Duration::from_secs(30)));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let locker = locker.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5_000 {
+                let key = format!("t{t}-{}", i % 64);
+                let lease = locker
+                    .try_lock(&key)
+                    .await
+                    .unwrap()
+                    .expect("own key is free");
+                lease.release().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(driver.key_count(), 0);
+}
+
+/// The driver works without a tokio runtime (futures polled by another executor), and a
+/// lease dropped there is still released, synchronously.
+#[test]
+fn works_without_a_tokio_runtime() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(&driver, LockerOptions::new());
+    let lease = futures_lite_block_on(locker.try_lock("k"))
+        .unwrap()
+        .unwrap();
+    assert!(
+        futures_lite_block_on(locker.try_lock("k"))
+            .unwrap()
+            .is_none()
+    );
+    drop(lease);
+    assert_eq!(driver.key_count(), 0);
+}
+
+/// A minimal executor: polls a future that is ready without waiting (the memory driver's
+/// `try_lock` never waits).
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the memory driver's try_lock should not wait"),
+    }
+}
