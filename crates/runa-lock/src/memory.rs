@@ -24,7 +24,8 @@ const MIN_SWEEP_LEN: usize = 256;
 /// - A waiter is woken the moment the holder releases (through a [`Notify`] per busy key);
 ///   it wakes by itself exactly when the holder's lease expires. Nothing polls.
 /// - Waiters that give up or are dropped leave nothing behind.
-/// - Fencing numbers strictly increase per key for the life of the driver.
+/// - Fencing numbers strictly increase per key for the life of the driver. They come from a
+///   counter per shard, so a key's successive numbers may skip values.
 /// - Released keys are removed at once; expired ones by a background sweep (every second on
 ///   the tokio runtime, while keys are stored) and by amortised sweeps on insert, so memory
 ///   follows the number of live keys.
