@@ -130,7 +130,8 @@ impl Config {
         self.lockers.is_empty()
     }
 
-    fn from_lock_value(lock: &Value) -> Result<Config, Error> {
+    /// Reads the value of a `[lock]` table.
+    pub(crate) fn from_lock_value(lock: &Value) -> Result<Config, Error> {
         let lock = expect_table(lock, "lock")?;
         let mut config = Config::default();
         for (key, value) in lock {

@@ -36,6 +36,7 @@
 //! - [`Driver`] and its vocabulary ([`LockKey`], [`Attempt`], [`Grant`], [`WaitPlan`],
 //!   [`poll_until`]): how to write a driver.
 //! - [`MemoryDriver`]: the built-in same-process driver.
+//! - [`provider`], [`default`], [`try_default`]: integration with a [`runa::App`].
 //! - [`Error`]: the one error type.
 //!
 //! # Guarantees
@@ -53,6 +54,7 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
+mod provider;
 mod registry;
 mod renew;
 mod token;
@@ -69,7 +71,11 @@ pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, MAX_KEY_LEN};
 pub use memory::MemoryDriver;
 pub use options::{LockOptions, LockerOptions, MAX_DURATION};
+pub use provider::{LockProvider, default, provider, try_default};
 pub use registry::{LockerInfo, Registry};
+
+/// The application crate the lock provider plugs into, re-exported.
+pub use runa;
 
 /// The name of the default locker; [`Registry::of`] treats `""` as this.
 pub const DEFAULT_NAME: &str = "default";
