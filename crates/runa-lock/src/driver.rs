@@ -427,6 +427,7 @@ pub async fn poll_until<D: Driver + ?Sized>(
         let pause = retry_after
             .map_or(plan.retry_interval, |left| left.min(plan.retry_interval))
             .max(MIN_PAUSE);
-        sleep_until((now + pause).min(plan.deadline)).await;
+        let wake = now.checked_add(pause).unwrap_or(plan.deadline);
+        sleep_until(wake.min(plan.deadline)).await;
     }
 }

@@ -108,25 +108,48 @@ impl LeaseState {
         self.origin + Duration::from_nanos(self.deadline_nanos.load(Ordering::Acquire))
     }
 
-    /// Moves the deadline to `sent + ttl`, unless the lease has ended or its deadline has
-    /// already passed (a loss is final). Returns whether the lease is still held.
+    /// Moves the deadline to `sent + ttl` (earlier or later: a renewal with a shorter ttl
+    /// shortens the lease), unless the lease has ended or its deadline has already passed: a
+    /// loss is final. Returns whether the lease is still held.
     pub(crate) fn extend(&self, sent: Instant, ttl: Duration) -> bool {
-        if self.is_lost() {
-            self.end(EXPIRED);
-            return false;
-        }
         let nanos = u64::try_from(
             (sent + ttl)
                 .saturating_duration_since(self.origin)
                 .as_nanos(),
         )
         .unwrap_or(u64::MAX);
-        self.deadline_nanos.fetch_max(nanos, Ordering::AcqRel);
-        true
+        let mut current = self.deadline_nanos.load(Ordering::Acquire);
+        loop {
+            let passed = Instant::now() >= self.origin + Duration::from_nanos(current);
+            if passed || self.phase.load(Ordering::Acquire) != HELD {
+                self.end(EXPIRED);
+                return false;
+            }
+            match self.deadline_nanos.compare_exchange(
+                current,
+                nanos,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                // A reader may have seen the old deadline pass just before the swap and latched
+                // the loss; then it stays lost.
+                Ok(_) => return self.phase.load(Ordering::Acquire) == HELD,
+                Err(seen) => current = seen,
+            }
+        }
     }
 
+    /// Whether the lease has ended; a deadline seen passing is latched, so this never goes
+    /// from true back to false.
     pub(crate) fn is_lost(&self) -> bool {
-        self.phase.load(Ordering::Acquire) != HELD || Instant::now() >= self.deadline()
+        if self.phase.load(Ordering::Acquire) != HELD {
+            return true;
+        }
+        if Instant::now() >= self.deadline() {
+            self.end(EXPIRED);
+            return true;
+        }
+        false
     }
 
     pub(crate) fn mark_expired(&self) {

@@ -2,21 +2,20 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hashbrown::HashTable;
 use tokio::sync::Notify;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
 use crate::driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan};
 
-/// How often the background sweeper drops expired keys while any are stored.
+/// A shard sweeps its expired keys on insert when it last swept this long ago...
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// A shard sweeps itself on insert once it holds this many keys, then at twice the number
-/// it kept, so memory stays bounded even without a runtime for the sweeper.
+/// ...or when it holds this many keys, then twice the number it kept: memory follows the live
+/// keys, at an amortised constant cost per insert, with no background task.
 const MIN_SWEEP_LEN: usize = 256;
 
 /// Same-process locks: a sharded map from key to holder, with waiters woken on release.
@@ -26,9 +25,9 @@ const MIN_SWEEP_LEN: usize = 256;
 /// - Waiters that give up or are dropped leave nothing behind.
 /// - Fencing numbers strictly increase per key for the life of the driver. They come from a
 ///   counter per shard, so a key's successive numbers may skip values.
-/// - Released keys are removed at once; expired ones by a background sweep (every second on
-///   the tokio runtime, while keys are stored) and by amortised sweeps on insert, so memory
-///   follows the number of live keys.
+/// - Released keys are removed at once; expired ones by sweeps on insert (a shard sweeps when
+///   it last swept over a second ago, or has doubled in size since), so memory follows the
+///   number of live keys; [`sweep`](MemoryDriver::sweep) sweeps everything now.
 /// - Keys are spread over many independently locked shards, so unrelated keys do not
 ///   serialise on one lock.
 ///
@@ -60,7 +59,6 @@ pub struct MemoryDriver {
 struct Inner {
     hasher: RandomState,
     shards: Box<[Padded]>,
-    sweeper_running: AtomicBool,
 }
 
 /// One shard, on its own cache lines so neighbouring shards do not false-share.
@@ -72,6 +70,8 @@ struct Shard {
     slots: HashTable<Slot>,
     last_fencing: u64,
     sweep_at_len: usize,
+    /// When the shard last swept; `None` before its first insert.
+    swept_at: Option<Instant>,
 }
 
 struct Slot {
@@ -107,7 +107,6 @@ impl MemoryDriver {
             inner: Arc::new(Inner {
                 hasher: RandomState::new(),
                 shards,
-                sweeper_running: AtomicBool::new(false),
             }),
         }
     }
@@ -133,8 +132,8 @@ impl MemoryDriver {
             .sum()
     }
 
-    /// Drops every expired key now, as the background sweep does, and returns how many keys
-    /// remain.
+    /// Drops every expired key now (inserts do this shard by shard as they go) and gives back
+    /// spare capacity; returns how many keys remain.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -226,13 +225,9 @@ impl Inner {
         lock(&self.shards[index].0)
     }
 
-    fn acquire(self: &Arc<Self>, key: LockKey<'_>, token: &str, ttl: Duration) -> Attempt {
+    fn acquire(&self, key: LockKey<'_>, token: &str, ttl: Duration) -> Attempt {
         let hash = self.hash(key);
-        let (attempt, inserted) = self.shard(hash).try_acquire(hash, key, token, ttl);
-        if inserted {
-            self.ensure_sweeper();
-        }
-        attempt
+        self.shard(hash).try_acquire(hash, key, token, ttl)
     }
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
@@ -241,7 +236,7 @@ impl Inner {
     }
 
     async fn wait(
-        self: &Arc<Self>,
+        &self,
         key: LockKey<'_>,
         token: &str,
         ttl: Duration,
@@ -255,15 +250,10 @@ impl Inner {
             {
                 let sent = Instant::now();
                 let mut shard = self.shard(hash);
-                let (attempt, inserted) = shard.try_acquire(hash, key, token, ttl);
-                let retry_after = match attempt {
+                let retry_after = match shard.try_acquire(hash, key, token, ttl) {
                     Attempt::Acquired { fencing } => {
                         if let Some(registration) = registration.take() {
                             registration.disarm(&mut shard);
-                        }
-                        drop(shard);
-                        if inserted {
-                            self.ensure_sweeper();
                         }
                         return Ok(Some(Grant::new(fencing, sent)));
                     }
@@ -288,7 +278,9 @@ impl Inner {
                         notify
                     }
                 };
-                wake_at = (now + retry_after).min(plan.deadline);
+                // Wake at the holder's expiry, but poll at `retry_interval` too: a holder can
+                // renew with a shorter ttl, moving its expiry earlier without a release.
+                wake_at = later(now, retry_after.min(plan.retry_interval)).min(plan.deadline);
             }
             // A release between here and the first poll is not lost: `notify_one` stores a
             // permit when no waiter is enabled yet, and this future takes it when polled.
@@ -296,20 +288,6 @@ impl Inner {
                 _ = notify.notified() => {}
                 _ = sleep_until(wake_at) => {}
             }
-        }
-    }
-
-    /// Starts the background sweeper on the current runtime, if there is one and it is not
-    /// already running.
-    fn ensure_sweeper(self: &Arc<Self>) {
-        if self.sweeper_running.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if !self.sweeper_running.swap(true, Ordering::AcqRel) {
-            runtime.spawn(sweep_loop(Arc::downgrade(self)));
         }
     }
 
@@ -323,27 +301,6 @@ impl Inner {
                 shard.slots.len()
             })
             .sum()
-    }
-}
-
-/// Sweeps expired keys every [`SWEEP_EVERY`] until the driver is dropped or empty.
-async fn sweep_loop(inner: Weak<Inner>) {
-    /// Clears the running flag however the task ends (including runtime shutdown).
-    struct Running(Weak<Inner>);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if let Some(inner) = self.0.upgrade() {
-                inner.sweeper_running.store(false, Ordering::Release);
-            }
-        }
-    }
-    let _running = Running(inner.clone());
-    loop {
-        sleep(SWEEP_EVERY).await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.sweep_all(Instant::now()) == 0 {
-            return;
-        }
     }
 }
 
@@ -373,36 +330,27 @@ impl Drop for Registration<'_> {
 }
 
 impl Shard {
-    /// One attempt; also says whether a new slot was inserted.
-    fn try_acquire(
-        &mut self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-    ) -> (Attempt, bool) {
+    /// One attempt.
+    fn try_acquire(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> Attempt {
         let now = Instant::now();
         let holder = Holder {
             token: token.into(),
-            expires_at: now + ttl,
+            expires_at: later(now, ttl),
         };
         if let Some(slot) = self.slots.find_mut(hash, |s| s.is(key)) {
             if let Some(busy) = slot.holder.as_ref().filter(|h| h.expires_at > now) {
                 let retry_after = Some(busy.expires_at - now);
-                return (Attempt::Busy { retry_after }, false);
+                return Attempt::Busy { retry_after };
             }
             slot.holder = Some(holder);
             self.last_fencing += 1;
-            return (
-                Attempt::Acquired {
-                    fencing: self.last_fencing,
-                },
-                false,
-            );
+            return Attempt::Acquired {
+                fencing: self.last_fencing,
+            };
         }
-        if self.slots.len() >= self.sweep_at_len {
+        let sweep_due = self.swept_at.is_none_or(|at| now >= later(at, SWEEP_EVERY));
+        if sweep_due || self.slots.len() >= self.sweep_at_len {
             self.sweep(now);
-            self.sweep_at_len = (self.slots.len() * 2).max(MIN_SWEEP_LEN);
         }
         let slot = Slot {
             hash,
@@ -414,12 +362,9 @@ impl Shard {
         };
         self.slots.insert_unique(hash, slot, |s| s.hash);
         self.last_fencing += 1;
-        (
-            Attempt::Acquired {
-                fencing: self.last_fencing,
-            },
-            true,
-        )
+        Attempt::Acquired {
+            fencing: self.last_fencing,
+        }
     }
 
     fn renew(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> bool {
@@ -429,7 +374,7 @@ impl Shard {
         };
         match &mut slot.holder {
             Some(holder) if holder.is(token, now) => {
-                holder.expires_at = now + ttl;
+                holder.expires_at = later(now, ttl);
                 true
             }
             _ => false,
@@ -495,6 +440,8 @@ impl Shard {
         if self.slots.capacity() > len * 4 + 64 {
             self.slots.shrink_to(len, |s| s.hash);
         }
+        self.swept_at = Some(now);
+        self.sweep_at_len = (len * 2).max(MIN_SWEEP_LEN);
     }
 }
 
@@ -513,6 +460,12 @@ impl Holder {
     fn is(&self, token: &str, now: Instant) -> bool {
         *self.token == *token && self.expires_at > now
     }
+}
+
+/// `at + by`, saturating far in the future instead of overflowing.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -550,7 +503,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn inline_sweeps_bound_the_table_without_the_sweeper() {
+    async fn inline_sweeps_bound_the_table() {
         let driver = MemoryDriver::new();
         let short = Duration::from_millis(1);
         for i in 0..50_000 {
@@ -566,11 +519,34 @@ mod tests {
     }
 
     #[test]
+    fn keys_spread_over_the_shards() {
+        let driver = MemoryDriver::new();
+        let mut used = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let name = i.to_string();
+            let hash = driver.inner.hash(key(&name));
+            used.insert((hash >> 32) as usize & (driver.inner.shards.len() - 1));
+        }
+        assert!(
+            used.len() > driver.inner.shards.len() / 2,
+            "only {} shards used",
+            used.len()
+        );
+    }
+
+    #[test]
     fn works_without_a_runtime() {
         let driver = MemoryDriver::new();
         let attempt = driver.inner.acquire(key("k"), "t", TTL);
+        assert!(
+            matches!(
+                driver.inner.acquire(key("x"), "t", Duration::MAX),
+                Attempt::Acquired { .. }
+            ),
+            "a huge ttl saturates"
+        );
         assert!(matches!(attempt, Attempt::Acquired { fencing: 1 }));
         Arc::new(driver.clone()).release_detached(key("k"), "t");
-        assert_eq!(driver.key_count(), 0);
+        assert_eq!(driver.key_count(), 1, "only the huge-ttl key is left");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Asking the OS for 16 bytes per token would cost a system call on every acquisition, so each
 //! thread draws a block of OS randomness at a time and hands out consecutive, never reused,
-//! 16-byte slices of it. Every token is still made of bits read from the OS source.
+//! 16-byte slices of it. Every token is still made of bits read from the OS source. A forked
+//! child would inherit the unused rest of its parent's block, so a block is only used by the
+//! process that drew it.
 
 use std::cell::RefCell;
 
@@ -16,10 +18,12 @@ const BLOCK: usize = TOKEN_BYTES * 32;
 struct Pool {
     bytes: [u8; BLOCK],
     used: usize,
+    /// The process that drew `bytes`.
+    pid: u32,
 }
 
 thread_local! {
-    static POOL: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; BLOCK], used: BLOCK }) };
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; BLOCK], used: BLOCK, pid: 0 }) };
 }
 
 /// A new token: 32 lowercase hex digits holding 128 random bits.
@@ -27,11 +31,13 @@ pub(crate) fn new_token() -> Result<String, Error> {
     let mut raw = [0u8; TOKEN_BYTES];
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if pool.used == BLOCK {
+        let pid = std::process::id();
+        if pool.used == BLOCK || pool.pid != pid {
             getrandom::fill(&mut pool.bytes).map_err(|e| {
                 Error::backend("token", format!("the OS random source failed: {e}"))
             })?;
             pool.used = 0;
+            pool.pid = pid;
         }
         let start = pool.used;
         raw.copy_from_slice(&pool.bytes[start..start + TOKEN_BYTES]);

@@ -163,9 +163,10 @@ async fn a_waiter_wakes_exactly_at_expiry() {
     );
 }
 
-/// A holder that renews keeps its lock past the original ttl; a waiter does not get in.
+/// A holder that renews keeps its lock past the original ttl; a renewal with a shorter ttl
+/// shortens it, both in the driver and in the lease's own view.
 #[tokio::test(start_paused = true)]
-async fn renewal_moves_the_expiry() {
+async fn renewal_moves_the_expiry_both_ways() {
     let driver = MemoryDriver::new();
     let locker = locker_on(
         &driver,
@@ -182,11 +183,49 @@ async fn renewal_moves_the_expiry() {
         "expired despite renewal"
     );
     lease.renew(Some(Duration::from_secs(1))).await.unwrap();
-    sleep(Duration::from_secs(2)).await;
+    let handle = lease.handle();
+    sleep(Duration::from_millis(1500)).await;
+    assert!(
+        handle.is_lost(),
+        "the lease still thinks it holds a key the driver let go"
+    );
+    let next = locker
+        .try_lock("k")
+        .await
+        .unwrap()
+        .expect("the shortened lease expired");
     assert!(matches!(
         lease.renew(None).await,
         Err(Error::NotHeld { .. })
     ));
+    assert!(next.fencing() > handle.fencing());
+}
+
+/// A waiter sleeping until the holder's expiry still polls at its retry interval, so a
+/// holder that shortens its lease does not keep the waiter asleep past the new expiry.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_notices_a_shortened_lease_within_its_retry_interval() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new()
+            .ttl(Duration::from_secs(30))
+            .wait(Duration::from_secs(10))
+            .retry_interval(Duration::from_millis(100)),
+    );
+    let lease = locker.wait("k").await.unwrap();
+    let waiter = {
+        let locker = locker.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            locker.wait("k").await.map(|_| started.elapsed())
+        })
+    };
+    tokio::task::yield_now().await;
+    lease.renew(Some(Duration::from_secs(1))).await.unwrap();
+    let waited = waiter.await.unwrap().unwrap();
+    assert!(waited <= Duration::from_millis(1100), "waited {waited:?}");
+    drop(lease);
 }
 
 /// Fencing numbers strictly increase per key through releases, expiries and takeovers, also
@@ -222,8 +261,9 @@ async fn fencing_strictly_increases_per_key() {
     }
 }
 
-/// A million distinct keys acquired with a 10 ms ttl and never released are all gone once
-/// they expire and the background sweep runs; the map gives its capacity back.
+/// A million distinct keys acquired with a 10 ms ttl and never released do not pile up (each
+/// shard sweeps as it grows and every second), and are all gone after a sweep once expired;
+/// the map gives its capacity back.
 #[tokio::test(start_paused = true)]
 async fn expired_keys_are_swept_and_memory_is_bounded() {
     let driver = MemoryDriver::new();
@@ -241,17 +281,22 @@ async fn expired_keys_are_swept_and_memory_is_bounded() {
             advance(ttl * 2).await;
         }
     }
-    // Inline sweeps already keep the map near the live set while keys keep coming.
     assert!(peak < 400_000, "keys piled up: {peak}");
     advance(Duration::from_secs(2)).await;
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
+    // An insert into a shard that swept over a second ago sweeps it.
+    for name in key_names.iter().take(20_000) {
+        driver
+            .acquire(LockKey::new("again", name), "token", ttl)
+            .await
+            .unwrap();
     }
-    assert_eq!(
-        driver.key_count(),
-        0,
-        "the background sweep left expired keys"
+    assert!(
+        driver.key_count() <= 20_000 + 50_000,
+        "stale keys stayed: {}",
+        driver.key_count()
     );
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(driver.sweep(), 0, "expired keys survived a sweep");
 }
 
 /// Held keys survive sweeps; only expired ones go.
@@ -261,40 +306,62 @@ async fn sweeps_keep_held_keys() {
     let locker = locker_on(&driver, LockerOptions::new().ttl(HOUR));
     let short = locker.with_options(LockOptions::new().ttl(Duration::from_millis(10)));
     let mut held = Vec::new();
+    let mut expiring = Vec::new();
     for i in 0..1000 {
         held.push(locker.wait(&format!("held-{i}")).await.unwrap());
-        let _ = short.wait(&format!("brief-{i}")).await.unwrap();
+        expiring.push(short.wait(&format!("brief-{i}")).await.unwrap());
     }
-    advance(Duration::from_secs(3)).await;
-    assert_eq!(driver.sweep(), 1000);
+    assert_eq!(driver.key_count(), 2000);
+    advance(Duration::from_millis(20)).await;
+    assert_eq!(
+        driver.sweep(),
+        1000,
+        "expired keys were kept or held ones dropped"
+    );
     for lease in held {
         lease.renew(None).await.expect("a held key was swept");
     }
+    drop(expiring);
 }
 
-/// Two threads hammering distinct keys make progress side by side; exclusion holds per key.
+/// Tasks on two threads contend for a few shared keys, each doing a read-yield-write of a
+/// per-key counter: every update lands, so exclusion holds per key across threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn distinct_keys_on_many_threads() {
+async fn shared_keys_across_threads_keep_exclusion() {
+    const KEYS: usize = 4;
+    const ROUNDS: u64 = 300;
     let driver = MemoryDriver::new();
-    let locker = locker_on(&driver, LockerOptions::new().ttl(Duration::from_secs(30)));
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new()
+            .ttl(Duration::from_secs(30))
+            .wait(Duration::from_secs(60)),
+    );
+    let counters: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     let mut tasks = Vec::new();
-    for t in 0..4 {
-        let locker = locker.clone();
+    for t in 0..8 {
+        let (locker, counters) = (locker.clone(), counters.clone());
         tasks.push(tokio::spawn(async move {
-            for i in 0..5_000 {
-                let key = format!("t{t}-{}", i % 64);
-                let lease = locker
-                    .try_lock(&key)
+            for i in 0..ROUNDS {
+                let k = (t + i as usize) % KEYS;
+                let counters = counters.clone();
+                locker
+                    .with(&format!("shared-{k}"), |_| async move {
+                        let read = counters[k].load(Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        counters[k].store(read + 1, Ordering::SeqCst);
+                        Ok::<_, Error>(())
+                    })
                     .await
-                    .unwrap()
-                    .expect("own key is free");
-                lease.release().await.unwrap();
+                    .unwrap();
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
+    let total: u64 = counters.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+    assert_eq!(total, 8 * ROUNDS, "lost updates");
     assert_eq!(driver.key_count(), 0);
 }
 
