@@ -1,1 +1,52 @@
-//! x
+//! The Redis driver for [`runa_lock`]: locks shared by every process and host that uses the
+//! same Redis database.
+//!
+//! ```no_run
+//! use runa_lock::{LockerOptions, Registry};
+//! use runa_lock_redis::RedisDriver;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), runa_lock::Error> {
+//! let registry = Registry::new();
+//! registry.register_driver("redis", RedisDriver::open("redis://127.0.0.1:6379")?);
+//! registry.register_locker("jobs", LockerOptions::new().driver("redis"));
+//! let lease = registry.of("jobs")?.wait("nightly-import").await?;
+//! // ... write downstream with lease.fencing() ...
+//! lease.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Map of the crate
+//!
+//! - [`RedisDriver`]: the driver (acquire, renew, release as one Lua script each; waits
+//!   notified by pub/sub).
+//! - [`provider`]: the driver as a [`runa::Provider`], configured from `[lock.redis]`/`[redis]`.
+//! - `testing` (feature `testing`): a throwaway `redis-server` for tests and benchmarks.
+//! - [`redis`]: the client crate, re-exported.
+//!
+//! # Keys
+//!
+//! For driver prefix `runa:lock:`, locker prefix `jobs:` and key `daily`, the driver uses
+//! `runa:lock:{5:jobs:daily}:l` (the lock), `...:f` (the fencing counter, expiring an hour
+//! after last use) and the channel `...:r` (release announcements). All share one Redis
+//! Cluster hash slot and the driver prefix, so an ACL user can be limited to
+//! `~runa:lock:* &runa:lock:*`. Braces and `%` in prefixes and keys are escaped, and the
+//! locker prefix's length is part of the name, so no two (prefix, key) pairs collide.
+
+#![warn(missing_docs)]
+
+mod config;
+mod driver;
+mod keys;
+mod notify;
+mod provider;
+mod scripts;
+mod wait;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use driver::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriver};
+pub use provider::{RedisProvider, provider};
+pub use redis;

@@ -1,0 +1,461 @@
+//! `RedisDriver`: one round trip per operation over a self-healing connection.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError};
+use runa_lock::{
+    Attempt, BoxFuture, DEFAULT_REDIS_PREFIX, Driver, Error, Grant, LockKey, WaitPlan,
+};
+use tokio::time::timeout;
+
+use crate::keys::Keys;
+use crate::notify::Notifier;
+use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
+
+/// The default time to connect (and reconnect) to Redis: 2 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default time to wait for a reply from Redis: 1 s.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Locks in Redis, shared by every process and host that uses the same Redis database.
+///
+/// - Acquire, renew and release are one Lua script each, sent as `EVALSHA`: one round trip
+///   per operation.
+/// - Fencing numbers come from the same acquire script: greater than the key's last number
+///   and never below the server clock in microseconds, so they keep growing across driver
+///   instances, processes and restarts of a Redis without persistence.
+/// - A waiter subscribes to the key's release channel (one shared subscriber connection per
+///   driver) before its decisive attempt, and is woken by the release itself; it also wakes
+///   when the holder's lease expires, and polls at `retry_interval` as a fallback. Waiters on
+///   the same key in one process queue behind one another, so a release costs one attempt
+///   per process, not one per waiter. Without pub/sub (an ACL without channel rights, some
+///   managed setups) waiters poll with jittered backoff, which is logged once.
+/// - Every call has a timeout; connection errors are [`Error::Backend`], the connection
+///   re-establishes itself, and a `wait` rides over errors until its own deadline.
+///
+/// ```no_run
+/// use runa_lock::{LockerOptions, Registry};
+/// use runa_lock_redis::RedisDriver;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), runa_lock::Error> {
+/// let registry = Registry::new();
+/// registry.register_driver("redis", RedisDriver::open("redis://127.0.0.1:6379")?);
+/// registry.register_locker("jobs", LockerOptions::new().driver("redis").prefix("jobs:"));
+/// registry
+///     .of("jobs")?
+///     .with("daily-report", |lease| async move {
+///         println!("fencing {}", lease.fencing());
+///         Ok::<_, runa_lock::Error>(())
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisDriver {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    client: Client,
+    /// `host:port` (or socket path), for messages: never the password.
+    address: String,
+    pub(crate) prefix: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    connection: Mutex<Option<ConnectionManager>>,
+    pub(crate) notifier: Notifier,
+}
+
+/// The outcome of one acquire script.
+pub(crate) enum Outcome {
+    Acquired(u64),
+    Busy(Option<Duration>),
+}
+
+impl RedisDriver {
+    /// A driver over `client`; it connects on first use. Keys get the prefix
+    /// [`DEFAULT_REDIS_PREFIX`] (`runa:lock:`).
+    ///
+    /// ```
+    /// let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    /// let driver = runa_lock_redis::RedisDriver::new(client);
+    /// assert_eq!(driver.prefix(), "runa:lock:");
+    /// ```
+    pub fn new(client: Client) -> RedisDriver {
+        RedisDriver::build(
+            client,
+            DEFAULT_REDIS_PREFIX.to_owned(),
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_RESPONSE_TIMEOUT,
+        )
+    }
+
+    /// A driver for a `redis://` or `rediss://` URL (user, password and database included).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a URL that does not parse; the message never shows the
+    /// password.
+    ///
+    /// ```
+    /// use runa_lock_redis::RedisDriver;
+    ///
+    /// let driver = RedisDriver::open("redis://:s3cret@127.0.0.1:6379/2")?;
+    /// assert!(!format!("{driver:?}").contains("s3cret"));
+    ///
+    /// let err = RedisDriver::open("http://:s3cret@example.com").unwrap_err();
+    /// assert!(!err.to_string().contains("s3cret"));
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn open(url: &str) -> Result<RedisDriver, Error> {
+        Ok(RedisDriver::new(crate::config::client_for_url(url, "url")?))
+    }
+
+    /// Sets the prefix put before every key (default [`DEFAULT_REDIS_PREFIX`]), so that
+    /// applications sharing a Redis keep apart and an ACL can limit a user to
+    /// `~<prefix>*` and `&<prefix>*`.
+    ///
+    /// ```
+    /// let driver = runa_lock_redis::RedisDriver::open("redis://127.0.0.1")?.with_prefix("billing:locks:");
+    /// assert_eq!(driver.prefix(), "billing:locks:");
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn with_prefix(self, prefix: impl Into<String>) -> RedisDriver {
+        let inner = &self.inner;
+        RedisDriver::build(
+            inner.client.clone(),
+            prefix.into(),
+            inner.connect_timeout,
+            inner.response_timeout,
+        )
+    }
+
+    /// Sets how long connecting may take (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    ///
+    /// ```
+    /// let driver = runa_lock_redis::RedisDriver::open("redis://127.0.0.1")?
+    ///     .with_connect_timeout(std::time::Duration::from_millis(500));
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn with_connect_timeout(self, limit: Duration) -> RedisDriver {
+        let inner = &self.inner;
+        RedisDriver::build(
+            inner.client.clone(),
+            inner.prefix.clone(),
+            limit,
+            inner.response_timeout,
+        )
+    }
+
+    /// Sets how long a reply may take (default [`DEFAULT_RESPONSE_TIMEOUT`]).
+    ///
+    /// ```
+    /// let driver = runa_lock_redis::RedisDriver::open("redis://127.0.0.1")?
+    ///     .with_response_timeout(std::time::Duration::from_millis(250));
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn with_response_timeout(self, limit: Duration) -> RedisDriver {
+        let inner = &self.inner;
+        RedisDriver::build(
+            inner.client.clone(),
+            inner.prefix.clone(),
+            inner.connect_timeout,
+            limit,
+        )
+    }
+
+    /// The prefix put before every key.
+    ///
+    /// ```
+    /// assert_eq!(runa_lock_redis::RedisDriver::open("redis://127.0.0.1")?.prefix(), "runa:lock:");
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The server's address, `host:port` (never the password).
+    ///
+    /// ```
+    /// let driver = runa_lock_redis::RedisDriver::open("redis://user:pw@10.0.0.5:6380/1")?;
+    /// assert_eq!(driver.address(), "10.0.0.5:6380");
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// Sends a `PING`: checks that Redis is reachable and accepts the credentials.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] naming the address, within the connect and response timeouts.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// runa_lock_redis::RedisDriver::open("redis://127.0.0.1:6379")?.ping().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut connection = self.inner.connection()?;
+        let ping = redis::cmd("PING");
+        self.inner
+            .bounded("ping", ping.query_async::<String>(&mut connection))
+            .await
+            .map(drop)
+    }
+
+    fn build(
+        client: Client,
+        prefix: String,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> RedisDriver {
+        #[cfg(feature = "tls")]
+        if matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            crate::config::install_crypto_provider();
+        }
+        let address = client.get_connection_info().addr().to_string();
+        let notifier = Notifier::new(client.clone(), connect_timeout, response_timeout);
+        RedisDriver {
+            inner: Arc::new(Inner {
+                client,
+                address,
+                prefix,
+                connect_timeout,
+                response_timeout,
+                connection: Mutex::new(None),
+                notifier,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// The shared command connection, created on first use; it reconnects by itself.
+    fn connection(&self) -> Result<ConnectionManager, Error> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = self
+            .client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| self.failure("connect", e))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs one call, bounded by the connect and response timeouts together.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, Error> {
+        match timeout(self.connect_timeout + self.response_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(self.failure(operation, error)),
+            Err(_) => Err(Error::backend(
+                "redis",
+                Failure {
+                    operation,
+                    address: self.address.clone(),
+                    detail: format!(
+                        "no reply within {}",
+                        humantime::format_duration(self.connect_timeout + self.response_timeout)
+                    ),
+                },
+            )),
+        }
+    }
+
+    pub(crate) fn failure(&self, operation: &'static str, error: RedisError) -> Error {
+        Error::backend(
+            "redis",
+            Failure {
+                operation,
+                address: self.address.clone(),
+                detail: error.to_string(),
+            },
+        )
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+        keys: &Keys,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Outcome, Error> {
+        let mut connection = self.connection()?;
+        let mut invocation = ACQUIRE.key(&keys.lock);
+        invocation
+            .key(&keys.fence)
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(fence_ttl(ttl));
+        let (acquired, value): (i64, i64) = self
+            .bounded("acquire", invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(if acquired == 1 {
+            Outcome::Acquired(u64::try_from(value).unwrap_or(0).max(1))
+        } else {
+            Outcome::Busy(u64::try_from(value).ok().map(Duration::from_millis))
+        })
+    }
+
+    async fn renew(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool, Error> {
+        let mut connection = self.connection()?;
+        let mut invocation = RENEW.key(&keys.lock);
+        invocation
+            .key(&keys.fence)
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(fence_ttl(ttl));
+        let renewed: i64 = self
+            .bounded("renew", invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
+        let mut connection = self.connection()?;
+        let mut invocation = RELEASE.key(&keys.lock);
+        invocation.arg(token).arg(&keys.channel);
+        let released: i64 = self
+            .bounded("release", invocation.invoke_async(&mut connection))
+            .await?;
+        Ok(released == 1)
+    }
+
+    pub(crate) fn keys(&self, key: LockKey<'_>) -> Keys {
+        Keys::new(&self.prefix, key)
+    }
+}
+
+/// Milliseconds for `PX`, rounded up: Redis refuses 0.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn fence_ttl(ttl: Duration) -> u64 {
+    millis(ttl).saturating_mul(2).max(FENCE_TTL_MS)
+}
+
+impl Driver for RedisDriver {
+    fn acquire<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, Error>> {
+        Box::pin(async move {
+            Ok(
+                match self
+                    .inner
+                    .acquire(&self.inner.keys(key), token, ttl)
+                    .await?
+                {
+                    Outcome::Acquired(fencing) => Attempt::Acquired { fencing },
+                    Outcome::Busy(retry_after) => Attempt::Busy { retry_after },
+                },
+            )
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move { self.inner.renew(&self.inner.keys(key), token, ttl).await })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move { self.inner.release(&self.inner.keys(key), token).await })
+    }
+
+    fn wait<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
+        Box::pin(crate::wait::wait(&self.inner, key, token, ttl, plan))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.inner.notifier.close();
+            self.inner
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            Ok(())
+        })
+    }
+}
+
+impl fmt::Debug for RedisDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = self.inner.client.get_connection_info();
+        f.debug_struct("RedisDriver")
+            .field("address", &self.inner.address)
+            .field("db", &info.redis_settings().db())
+            .field("username", &info.redis_settings().username())
+            .field(
+                "password",
+                &info.redis_settings().password().map(|_| "<redacted>"),
+            )
+            .field("prefix", &self.inner.prefix)
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("response_timeout", &self.inner.response_timeout)
+            .finish()
+    }
+}
+
+/// A failed call to Redis: what was being done, where, and why.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    operation: &'static str,
+    address: String,
+    detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on Redis at {} failed: {}",
+            self.operation, self.address, self.detail
+        )
+    }
+}
+
+impl std::error::Error for Failure {}

@@ -1,0 +1,120 @@
+//! Key encoding: every key the driver touches for one lock shares one Redis Cluster hash
+//! slot, starts with the driver prefix (for ACL key patterns), and can never collide with the
+//! keys of another (locker prefix, key) pair.
+//!
+//! For driver prefix `runa:lock:`, locker prefix `jobs:` and key `daily` the keys are
+//!
+//! ```text
+//! runa:lock:{5:jobs:daily}:l    the lock: the holder's token, with the lease ttl
+//! runa:lock:{5:jobs:daily}:f    the last fencing number, expiring an hour after last use
+//! runa:lock:{5:jobs:daily}:r    the pub/sub channel a release is announced on
+//! ```
+//!
+//! Inside the braces (the hash tag) come the length of the escaped locker prefix, `:`, the
+//! escaped prefix and the escaped key; escaping turns `%`, `{` and `}` into `%25`, `%7B` and
+//! `%7D`, so the tag never ends early and the length makes the split unambiguous.
+
+use runa_lock::LockKey;
+
+/// The Redis names for one lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Keys {
+    /// Holds the token.
+    pub(crate) lock: String,
+    /// Holds the last fencing number.
+    pub(crate) fence: String,
+    /// Announces releases.
+    pub(crate) channel: String,
+}
+
+impl Keys {
+    pub(crate) fn new(driver_prefix: &str, key: LockKey<'_>) -> Keys {
+        let prefix = escape(key.prefix);
+        let base = format!(
+            "{driver_prefix}{{{}:{prefix}{}}}",
+            prefix.len(),
+            escape(key.key)
+        );
+        Keys {
+            lock: format!("{base}:l"),
+            fence: format!("{base}:f"),
+            channel: format!("{base}:r"),
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn keys(prefix: &str, key: &str) -> Keys {
+        Keys::new("runa:lock:", LockKey::new(prefix, key))
+    }
+
+    /// The hash tag as Redis Cluster reads it: between the first `{` and the next `}`.
+    fn hash_tag(name: &str) -> &str {
+        let open = name.find('{').unwrap();
+        let close = open + 1 + name[open + 1..].find('}').unwrap();
+        &name[open + 1..close]
+    }
+
+    #[test]
+    fn layout() {
+        let k = keys("jobs:", "daily");
+        assert_eq!(k.lock, "runa:lock:{5:jobs:daily}:l");
+        assert_eq!(k.fence, "runa:lock:{5:jobs:daily}:f");
+        assert_eq!(k.channel, "runa:lock:{5:jobs:daily}:r");
+    }
+
+    #[test]
+    fn concatenation_ambiguities_do_not_collide() {
+        let cases = [
+            ("a", "b:c"),
+            ("a:b", "c"),
+            ("", "ab"),
+            ("a", "b"),
+            ("ab", ""),
+            ("x}", "{y"),
+            ("x", "}{y"),
+            ("%7B", "a"),
+            ("{", "a"),
+            ("a b", "c"),
+            ("a", " b c"),
+            ("1:", "x"),
+            ("", "1:x"),
+        ];
+        let locks: HashSet<String> = cases.iter().map(|(p, k)| keys(p, k).lock).collect();
+        assert_eq!(locks.len(), cases.len());
+    }
+
+    #[test]
+    fn all_keys_of_a_lock_share_the_hash_tag_whatever_the_input() {
+        for (prefix, key) in [("a{b", "c}d"), ("}", "{"), ("{x}", "{y}"), ("", "")] {
+            let k = keys(prefix, key);
+            let tag = hash_tag(&k.lock);
+            assert!(!tag.is_empty());
+            assert_eq!(hash_tag(&k.fence), tag);
+            assert_eq!(hash_tag(&k.channel), tag);
+            assert!(k.lock.starts_with("runa:lock:"));
+        }
+        // A driver prefix with braces of its own still gives one tag for all three.
+        let k = Keys::new("app{1}:", LockKey::new("p", "k"));
+        assert_eq!(hash_tag(&k.lock), hash_tag(&k.fence));
+        let k = Keys::new("app{:", LockKey::new("p", "k"));
+        assert_eq!(hash_tag(&k.lock), hash_tag(&k.fence));
+    }
+}

@@ -1,0 +1,377 @@
+//! Release notifications: one shared pub/sub connection per driver, multiplexed across the
+//! keys that local waiters wait on.
+//!
+//! Each waited-on key has a [`KeyWait`]: a FIFO gate (only the head of a key's local queue
+//! talks to Redis), a release epoch that the subscriber bumps on every release message, and
+//! the generation of the subscriber connection its channel was subscribed on. A background
+//! task (the pump) keeps the subscriber connected; after a reconnect it resubscribes every
+//! channel and bumps every epoch, since releases may have been missed meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use redis::{Client, RedisError};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+
+/// Release notifications for one driver.
+pub(crate) struct Notifier {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    state: Mutex<State>,
+    /// The generation of the live subscriber connection (0: none); waiters watch it.
+    connected: watch::Sender<u64>,
+    /// Pub/sub was refused (ACL, proxy): waiters poll.
+    unavailable: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// The live subscriber connection's generation and sink; subscribe and unsubscribe go
+    /// through the sink's lock, one at a time, so they reach Redis in the order decided.
+    sink: Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)>,
+    generation: u64,
+    pump: Option<AbortHandle>,
+    keys: HashMap<String, Member>,
+}
+
+struct Member {
+    wait: Arc<KeyWait>,
+    count: usize,
+}
+
+/// Local waiters on one key.
+pub(crate) struct KeyWait {
+    pub(crate) channel: String,
+    /// One permit: its holder is the head of the local queue, the only one to attempt.
+    pub(crate) gate: Semaphore,
+    epoch: AtomicU64,
+    bumped: Notify,
+    /// The subscriber generation the channel is subscribed on (0: not subscribed).
+    subscribed: AtomicU64,
+    /// Set by a head that acquired: the epoch before its winning attempt. The next head
+    /// knows the lock is held by a local peer and waits for a release instead of attempting.
+    peer_acquired: Mutex<Option<u64>>,
+}
+
+/// A waiter's place among the local waiters on a key; leaves on drop.
+pub(crate) struct Membership<'a> {
+    notifier: &'a Notifier,
+    wait: Arc<KeyWait>,
+}
+
+impl Notifier {
+    pub(crate) fn new(
+        client: Client,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        Notifier {
+            shared: Arc::new(Shared {
+                client,
+                connect_timeout,
+                response_timeout,
+                state: Mutex::new(State::default()),
+                connected: watch::Sender::new(0),
+                unavailable: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Joins the local waiters on `channel`.
+    pub(crate) fn join(&self, channel: &str) -> Membership<'_> {
+        let mut state = self.shared.lock();
+        let member = state
+            .keys
+            .entry(channel.to_owned())
+            .or_insert_with(|| Member {
+                wait: Arc::new(KeyWait {
+                    channel: channel.to_owned(),
+                    gate: Semaphore::new(1),
+                    epoch: AtomicU64::new(0),
+                    bumped: Notify::new(),
+                    subscribed: AtomicU64::new(0),
+                    peer_acquired: Mutex::new(None),
+                }),
+                count: 0,
+            });
+        member.count += 1;
+        Membership {
+            notifier: self,
+            wait: Arc::clone(&member.wait),
+        }
+    }
+
+    /// Makes sure `wait`'s channel is subscribed on the live subscriber connection,
+    /// connecting first if needed (no later than `deadline`). False when notifications are
+    /// not available now: the caller polls.
+    pub(crate) async fn subscribe(&self, wait: &KeyWait, deadline: Instant) -> bool {
+        let shared = &self.shared;
+        if shared.unavailable.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some((generation, sink)) = self.live_sink(deadline).await else {
+            return false;
+        };
+        if wait.subscribed.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let Ok(mut sink) = timeout(shared.response_timeout, sink.lock()).await else {
+            return false;
+        };
+        if wait.subscribed.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        match timeout(shared.response_timeout, sink.subscribe(&wait.channel)).await {
+            Ok(Ok(())) => {
+                wait.subscribed.store(generation, Ordering::Release);
+                true
+            }
+            Ok(Err(error)) => {
+                shared.refused(&error);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The live subscriber sink, starting the pump and waiting for it to connect if needed.
+    async fn live_sink(
+        &self,
+        deadline: Instant,
+    ) -> Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)> {
+        let mut connected = self.shared.connected.subscribe();
+        {
+            let mut state = self.shared.lock();
+            if let Some(sink) = &state.sink {
+                return Some(sink.clone());
+            }
+            if state.pump.is_none() {
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
+                let task = runtime.spawn(pump(Arc::downgrade(&self.shared)));
+                state.pump = Some(task.abort_handle());
+            }
+        }
+        let limit = (Instant::now() + self.shared.connect_timeout).min(deadline);
+        let _ = timeout_at(limit, connected.wait_for(|generation| *generation != 0)).await;
+        self.shared.lock().sink.clone()
+    }
+
+    /// Drops the subscriber connection; a later wait reconnects.
+    pub(crate) fn close(&self) {
+        let mut state = self.shared.lock();
+        if let Some(pump) = state.pump.take() {
+            pump.abort();
+        }
+        state.sink = None;
+        self.shared.connected.send_replace(0);
+        for member in state.keys.values() {
+            member.wait.subscribed.store(0, Ordering::Release);
+            member.wait.bump();
+        }
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a refused subscription: pub/sub is unavailable for good if Redis said so.
+    fn refused(&self, error: &RedisError) {
+        let text = error.to_string();
+        let refused = ["NOPERM", "unknown command", "not allowed", "permission"]
+            .iter()
+            .any(|sign| text.contains(sign));
+        if refused && !self.unavailable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %error,
+                "Redis refused pub/sub; lock waiters fall back to polling with jittered backoff"
+            );
+        }
+    }
+
+    fn bump_all(&self) {
+        for member in self.lock().keys.values() {
+            member.wait.bump();
+        }
+    }
+}
+
+impl KeyWait {
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.bumped.notify_waiters();
+    }
+
+    /// Resolves once a release (or a reconnect) happened after `epoch` was read.
+    pub(crate) async fn changed_since(&self, epoch: u64) {
+        loop {
+            let bumped = self.bumped.notified();
+            if self.epoch() != epoch {
+                return;
+            }
+            bumped.await;
+        }
+    }
+
+    pub(crate) fn set_peer_acquired(&self, epoch: u64) {
+        *self
+            .peer_acquired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(epoch);
+    }
+
+    pub(crate) fn take_peer_acquired(&self) -> Option<u64> {
+        self.peer_acquired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Membership<'_> {
+    pub(crate) fn wait(&self) -> &KeyWait {
+        &self.wait
+    }
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        let shared = &self.notifier.shared;
+        let mut state = shared.lock();
+        let Some(member) = state.keys.get_mut(&self.wait.channel) else {
+            return;
+        };
+        member.count -= 1;
+        if member.count > 0 {
+            return;
+        }
+        state.keys.remove(&self.wait.channel);
+        if self.wait.subscribed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (Some((_, sink)), Ok(runtime)) =
+            (state.sink.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let channel = self.wait.channel.clone();
+        let weak = Arc::downgrade(shared);
+        let limit = shared.response_timeout;
+        runtime.spawn(async move {
+            let mut sink = sink.lock().await;
+            // A waiter that came back meanwhile keeps (or renews) the subscription.
+            let Some(shared) = weak.upgrade() else { return };
+            if shared.lock().keys.contains_key(&channel) {
+                return;
+            }
+            drop(shared);
+            let _ = timeout(limit, sink.unsubscribe(&channel)).await;
+        });
+    }
+}
+
+/// Keeps the subscriber connected and turns release messages into epoch bumps.
+async fn pump(weak: Weak<Shared>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(50);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let connecting = timeout(shared.connect_timeout, shared.client.get_async_pubsub()).await;
+        match connecting {
+            Ok(Ok(pubsub)) => {
+                backoff = MIN_BACKOFF;
+                let (sink, mut stream) = pubsub.split();
+                let sink = Arc::new(tokio::sync::Mutex::new(sink));
+                let generation = resubscribe(&shared, &sink).await;
+                drop(shared);
+                while let Some(message) = stream.next().await {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let wait = shared
+                        .lock()
+                        .keys
+                        .get(message.get_channel_name())
+                        .map(|m| Arc::clone(&m.wait));
+                    if let Some(wait) = wait {
+                        wait.bump();
+                    }
+                }
+                let Some(shared) = weak.upgrade() else { return };
+                tracing::debug!("Redis subscriber connection lost; reconnecting");
+                {
+                    let mut state = shared.lock();
+                    if state.sink.as_ref().is_some_and(|(g, _)| *g == generation) {
+                        state.sink = None;
+                    }
+                }
+                shared.connected.send_replace(0);
+                shared.bump_all();
+            }
+            Ok(Err(error)) => {
+                shared.refused(&error);
+                if shared.unavailable.load(Ordering::Relaxed) {
+                    shared.lock().pump = None;
+                    return;
+                }
+                tracing::debug!(%error, "Redis subscriber connection failed; retrying");
+            }
+            Err(_) => tracing::debug!("Redis subscriber connection timed out; retrying"),
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Installs a fresh subscriber sink, subscribes every channel with local waiters, and bumps
+/// their epochs (releases may have been missed while disconnected). Returns its generation.
+async fn resubscribe(shared: &Shared, sink: &Arc<tokio::sync::Mutex<PubSubSink>>) -> u64 {
+    let mut guard = sink.lock().await;
+    let (generation, waits) = {
+        let mut state = shared.lock();
+        state.generation += 1;
+        let generation = state.generation;
+        state.sink = Some((generation, Arc::clone(sink)));
+        let waits: Vec<Arc<KeyWait>> = state.keys.values().map(|m| Arc::clone(&m.wait)).collect();
+        (generation, waits)
+    };
+    if !waits.is_empty() {
+        let channels: Vec<&str> = waits.iter().map(|w| w.channel.as_str()).collect();
+        match timeout(shared.response_timeout, guard.subscribe(&channels)).await {
+            Ok(Ok(())) => {
+                for wait in &waits {
+                    wait.subscribed.store(generation, Ordering::Release);
+                }
+            }
+            Ok(Err(error)) => shared.refused(&error),
+            Err(_) => {}
+        }
+    }
+    drop(guard);
+    shared.connected.send_replace(generation);
+    for wait in &waits {
+        wait.bump();
+    }
+    generation
+}

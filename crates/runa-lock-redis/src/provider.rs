@@ -1,0 +1,4 @@
+pub struct RedisProvider;
+pub fn provider() -> RedisProvider {
+    RedisProvider
+}

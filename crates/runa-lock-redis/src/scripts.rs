@@ -1,0 +1,67 @@
+//! The Lua scripts: one per operation, one round trip each (EVALSHA, with one SCRIPT LOAD
+//! after a `NOSCRIPT` reply, which `redis::Script` does for us).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// How long the fencing counter outlives its last use, at least: a new acquisition after it
+/// expired starts from the server clock, so numbers keep growing unless the server's clock
+/// steps back by more than this much.
+pub(crate) const FENCE_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// `KEYS`: lock, fence. `ARGV`: token, ttl ms, fence ttl ms.
+///
+/// Takes the lock only if it is absent, and in the same script assigns a fencing number
+/// greater than the last one and no less than the server's clock in microseconds, so the
+/// numbers also keep growing after the counter is lost (a restart without persistence).
+/// Returns `{1, fencing}` or `{0, pttl of the holder}`.
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local now = redis.call('TIME')
+  local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local fencing = string.format('%.0f', math.max(last + 1, micros))
+  redis.call('SET', KEYS[2], fencing, 'PX', ARGV[3])
+  return {1, fencing}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// `KEYS`: lock, fence. `ARGV`: token, ttl ms, fence ttl ms.
+///
+/// Extends the lock only while it holds this token. Returns 1 or 0.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `KEYS`: lock. `ARGV`: token, release channel.
+///
+/// Deletes the lock only while it holds this token, and announces the release. A refused
+/// `PUBLISH` (an ACL without channel rights) does not fail the release: waiters then poll.
+/// Returns 1 or 0.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.pcall('PUBLISH', ARGV[2], '1')
+  return 1
+end
+return 0
+",
+    )
+});

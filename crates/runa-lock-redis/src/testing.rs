@@ -1,0 +1,398 @@
+//! A throwaway `redis-server` for tests and benchmarks: a free loopback port, its own
+//! temporary directory, no persistence, stopped when dropped.
+//!
+//! Enabled with the `testing` feature. It needs `redis-server` on the `PATH` (or in
+//! `$REDIS_SERVER`); the workspace's `scripts/test.sh` installs it from Debian's packages.
+//! It never pretends: if the server cannot start, it panics saying why.
+//!
+//! ```no_run
+//! use runa_lock_redis::testing::RedisServer;
+//!
+//! let server = RedisServer::start();
+//! let driver = runa_lock_redis::RedisDriver::new(server.client());
+//! ```
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on `127.0.0.1`; killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    args: Vec<String>,
+    tls: Option<Tls>,
+    child: Option<Child>,
+}
+
+#[derive(Debug)]
+struct Tls {
+    ca: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a plain server with `--enable-debug-command local`.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is missing or does not answer `PING` within 10 s.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line options (such as `["--maxclients", "50"]`).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](RedisServer::start).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+        let mut server = RedisServer {
+            dir,
+            port: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            tls: None,
+            child: None,
+        };
+        server.launch_on_a_free_port();
+        server
+    }
+
+    /// Starts a TLS-only server with a certificate signed by a fresh CA made with `openssl`.
+    /// Returns `Err` with the reason when this `redis-server` build or machine cannot do TLS.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is missing.
+    pub fn start_tls() -> Result<RedisServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        make_certificates(dir.path())?;
+        let d = dir.path();
+        let args = [
+            "--tls-cert-file".to_owned(),
+            d.join("server.crt").display().to_string(),
+            "--tls-key-file".to_owned(),
+            d.join("server.key").display().to_string(),
+            "--tls-ca-cert-file".to_owned(),
+            d.join("ca.crt").display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = RedisServer {
+            tls: Some(Tls {
+                ca: d.join("ca.crt"),
+            }),
+            dir,
+            port: 0,
+            args: args.to_vec(),
+            child: None,
+        };
+        server.port = free_port();
+        server
+            .spawn()
+            .map_err(|e| format!("redis-server would not start with TLS: {e}"))?;
+        Ok(server)
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id.
+    ///
+    /// # Panics
+    ///
+    /// When the server is stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// `redis://127.0.0.1:<port>` (or `rediss://` for a TLS server).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for the server; for a TLS server, one that trusts the test CA.
+    ///
+    /// # Panics
+    ///
+    /// When the client cannot be built.
+    pub fn client(&self) -> redis::Client {
+        match &self.tls {
+            None => redis::Client::open(self.url()).expect("a client for the test server"),
+            Some(tls) => self.client_trusting(&tls.ca),
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    fn client_trusting(&self, ca: &Path) -> redis::Client {
+        crate::config::install_crypto_provider();
+        let root_cert = std::fs::read(ca).expect("the test CA certificate");
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        };
+        redis::Client::build_with_tls(self.url(), certificates)
+            .expect("a TLS client for the test server")
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn client_trusting(&self, _ca: &Path) -> redis::Client {
+        panic!("a TLS test server needs the `tls` feature of runa-lock-redis")
+    }
+
+    /// Runs one command on a fresh connection and returns its reply.
+    ///
+    /// # Panics
+    ///
+    /// When the command fails.
+    pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_command(args)
+            .unwrap_or_else(|e| panic!("redis command {args:?} failed: {e}"))
+    }
+
+    /// Runs one command on a fresh connection.
+    ///
+    /// # Errors
+    ///
+    /// The command's error.
+    pub fn try_command<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut connection = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(5))?;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query(&mut connection)
+    }
+
+    /// Kills the server (no save: every key is lost, as after a crash without persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts a fresh one on the same port, with no data.
+    ///
+    /// # Panics
+    ///
+    /// When the new server does not start.
+    pub fn restart(&mut self) {
+        self.stop();
+        let started = Instant::now();
+        // The port may take a moment to be free again.
+        while let Err(error) = self.spawn() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not restart: {error}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Freezes the server process (`SIGSTOP`): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("the kill command");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    fn launch_on_a_free_port(&mut self) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            self.port = free_port();
+            match self.spawn() {
+                Ok(()) => return,
+                Err(error) => last = error,
+            }
+        }
+        panic!("redis-server did not start: {last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let binary = redis_server_binary();
+        let port = self.port.to_string();
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .args(["--enable-debug-command", "local", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"));
+        if self.tls.is_some() {
+            command.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            command.args(["--port", &port]);
+        }
+        command
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().map_err(|e| {
+            format!(
+                "cannot run {}: {e}; install it with `apt-get install -y redis-server` (scripts/test.sh does)",
+                binary.display()
+            )
+        })?;
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                return Err(format!("redis-server exited with {status}: {}", log.trim()));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                if self.try_command::<String>(&["PING"]).is_ok() {
+                    return Ok(());
+                }
+                child = self.child.take().expect("just set");
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("redis-server did not answer PING within 10 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server ignores SIGKILL until continued on some systems: thaw it first.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+fn redis_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("REDIS_SERVER") {
+        return PathBuf::from(path);
+    }
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let candidate = Path::new(dir).join("redis-server");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    PathBuf::from("redis-server")
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with `openssl`.
+fn make_certificates(dir: &Path) -> Result<(), String> {
+    let run = |args: &[&str]| -> Result<(), String> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| {
+                format!("cannot run openssl: {e}; install it with `apt-get install -y openssl`")
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .map_err(|e| e.to_string())?;
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=runa-lock test CA",
+    ])?;
+    run(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ])?;
+    Ok(())
+}
