@@ -50,3 +50,9 @@ pub mod testing;
 pub use driver::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriver};
 pub use provider::{RedisProvider, provider};
 pub use redis;
+
+/// The README's Rust examples (this crate sees every crate they use), compiled and run as
+/// doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;

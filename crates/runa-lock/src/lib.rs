@@ -97,8 +97,3 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(3);
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// The key prefix the Redis driver puts before every locker's keys.
 pub const DEFAULT_REDIS_PREFIX: &str = "runa:lock:";
-
-/// The README's Rust examples, compiled and run as doc tests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeExamples;

@@ -1,0 +1,269 @@
+//! The Redis provider in a `runa::App`: `[redis]` and `[lock.redis]` layered key by key,
+//! injected clients, errors at freeze, and connections closed at shutdown.
+//!
+//! The default lock registry is process-wide, so the tests in this binary run one at a time.
+
+use std::time::Duration;
+
+use runa::App;
+use runa_lock::{Error, LockerOptions};
+use runa_lock_redis::testing::RedisServer;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connections other than the one asking.
+fn lib_clients(server: &RedisServer) -> usize {
+    let list: String = server.command(&["CLIENT", "LIST"]);
+    list.lines()
+        .filter(|line| !line.contains("cmd=client|list"))
+        .count()
+}
+
+async fn freeze(document: &str, redis: runa_lock_redis::RedisProvider) -> Result<App, runa::Error> {
+    let mut app = App::new().config_toml(document);
+    app.install(
+        runa_lock::provider()
+            .register_locker("jobs", LockerOptions::new().driver("redis").prefix("jobs:")),
+    )?;
+    app.install(redis)?;
+    app.freeze().await?;
+    Ok(app)
+}
+
+#[tokio::test]
+async fn lock_redis_overrides_redis_key_by_key() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let document = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}\"\nprefix = \"shared:\"\nresponse_timeout = \"2s\"\n[lock.redis]\naddr = \"127.0.0.1:{}\"\nprefix = \"app:locks:\"",
+        dead_port(),
+        server.port()
+    );
+    let mut app = freeze(&document, runa_lock_redis::provider().prefix("builder:"))
+        .await
+        .unwrap();
+    let driver = app.get::<runa_lock_redis::RedisDriver>().unwrap();
+    assert_eq!(
+        driver.prefix(),
+        "app:locks:",
+        "[lock.redis] beats [redis], which beats the builder"
+    );
+    assert_eq!(
+        driver.address(),
+        format!("127.0.0.1:{}", server.port()),
+        "addr in [lock.redis] replaces url in [redis]"
+    );
+    let lease = runa_lock::default()
+        .must_of("jobs")
+        .wait("report")
+        .await
+        .unwrap();
+    let keys: Vec<String> = server.command(&["KEYS", "app:locks:*"]);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    lease.release().await.unwrap();
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn builder_values_apply_when_config_is_silent_and_the_default_is_local() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let mut app = freeze(
+        "",
+        runa_lock_redis::provider()
+            .url(server.url())
+            .prefix("builder:"),
+    )
+    .await
+    .unwrap();
+    let driver = app.get::<runa_lock_redis::RedisDriver>().unwrap();
+    assert_eq!(driver.prefix(), "builder:");
+    app.shutdown().await.unwrap();
+
+    // No URL anywhere: 127.0.0.1:6379 (reachable or not on this machine).
+    match freeze("", runa_lock_redis::provider()).await {
+        Ok(mut app) => {
+            assert_eq!(
+                app.get::<runa_lock_redis::RedisDriver>().unwrap().address(),
+                "127.0.0.1:6379"
+            );
+            app.shutdown().await.unwrap();
+        }
+        Err(err) => assert!(
+            err.to_string().starts_with(
+                "provider \"redis\" failed to init: cannot reach Redis at 127.0.0.1:6379"
+            ),
+            "{err}"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn credentials_and_db_come_from_config_and_never_show() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    server.command::<String>(&[
+        "ACL",
+        "SETUSER",
+        "locker",
+        "on",
+        ">pa55-word",
+        "~runa:lock:*",
+        "&runa:lock:*",
+        "+@all",
+    ]);
+    let document = format!(
+        "[redis]\naddr = \"127.0.0.1:{}\"\nusername = \"locker\"\npassword = \"pa55-word\"\ndb = 3",
+        server.port()
+    );
+    let mut app = freeze(&document, runa_lock_redis::provider())
+        .await
+        .unwrap();
+    let lease = runa_lock::default()
+        .must_of("jobs")
+        .wait("k")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.command::<Vec<String>>(&["KEYS", "*"]).len(),
+        0,
+        "db 0 is untouched"
+    );
+    lease.release().await.unwrap();
+    let driver = app.get::<runa_lock_redis::RedisDriver>().unwrap();
+    assert!(!format!("{driver:?}").contains("pa55-word"));
+    app.shutdown().await.unwrap();
+
+    // A wrong password fails freeze naming the address, not the password.
+    let document = document.replace("pa55-word", "wr0ng-word");
+    let err = freeze(&document, runa_lock_redis::provider())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "cannot reach Redis at 127.0.0.1:{}",
+            server.port()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("wr0ng-word"), "{text}");
+}
+
+#[tokio::test]
+async fn an_injected_client_wins_over_configured_urls() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let document = format!("[lock.redis]\nurl = \"redis://127.0.0.1:{}\"", dead_port());
+    let mut app = freeze(
+        &document,
+        runa_lock_redis::provider().client(server.client()),
+    )
+    .await
+    .unwrap();
+    runa_lock::default()
+        .must_of("jobs")
+        .wait("k")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_drivers_connections() {
+    let _serial = SERIAL.lock().await;
+    let server = RedisServer::start();
+    let mut app = freeze(
+        &format!("[redis]\nurl = \"{}\"", server.url()),
+        runa_lock_redis::provider(),
+    )
+    .await
+    .unwrap();
+    let jobs = runa_lock::default().must_of("jobs");
+    let lease = jobs.wait("k").await.unwrap();
+    // A second waiter makes the driver open its subscriber connection too.
+    let waiter = tokio::spawn({
+        let jobs = jobs.clone();
+        async move { jobs.wait("k").await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lease.release().await.unwrap();
+    waiter.await.unwrap().unwrap();
+    assert!(
+        lib_clients(&server) >= 2,
+        "command and subscriber connections"
+    );
+    app.shutdown().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lib_clients(&server) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections left open after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_fail_freeze_with_path_value_and_origin() {
+    let _serial = SERIAL.lock().await;
+    let cases = [
+        (
+            "[lock.redis]\nurll = \"redis://x\"",
+            "unknown field: found `urll`",
+        ),
+        (
+            "[lock.redis]\nresponse_timeout = \"soon\"",
+            r#"lock.redis.response_timeout: not a duration (got "soon") in inline TOML #1"#,
+        ),
+        (
+            "[redis]\nconnect_timeout = \"0s\"",
+            r#"redis.connect_timeout: must be greater than zero (got "0s") in inline TOML #1"#,
+        ),
+        (
+            "[redis]\ndb = -1",
+            "redis.db: must be 0 or more (got -1) in inline TOML #1",
+        ),
+        (
+            "[redis]\nurl = \"redis://a\"\naddr = \"b:1\"",
+            r#"redis.addr: set either url or addr, not both (got "b:1") in inline TOML #1"#,
+        ),
+        (
+            "[lock.redis]\nurl = \"http://user:s3cret@host\"",
+            r#"lock.redis.url: not a valid Redis URL: expected a redis:// or rediss:// URL (got "http://user:***@host") in inline TOML #1"#,
+        ),
+    ];
+    for (document, expected) in cases {
+        let err = freeze(document, runa_lock_redis::provider())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("provider \"redis\" failed to init: "),
+            "{text}"
+        );
+        assert!(text.contains(expected), "for {document:?}: {text}");
+        assert!(!text.contains("s3cret"));
+        let source = std::error::Error::source(&err).unwrap();
+        if !expected.starts_with("unknown field") {
+            assert!(
+                matches!(
+                    source.downcast_ref::<Error>(),
+                    Some(Error::InvalidConfig { .. })
+                ),
+                "{source:?}"
+            );
+        }
+    }
+}

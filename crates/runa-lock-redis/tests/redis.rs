@@ -1,0 +1,695 @@
+//! Redis-specific behaviour against a real redis-server: two drivers as two processes, one
+//! round trip per operation, foreign values, lease loss, outages and restarts, ACL users, TLS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use runa_lock::{Error, Locker, LockerOptions, LossReason, Registry};
+use runa_lock_redis::RedisDriver;
+use runa_lock_redis::testing::RedisServer;
+use tokio::time::{Instant, sleep, timeout};
+
+fn locker(driver: RedisDriver, options: LockerOptions) -> Locker {
+    let registry = Registry::new();
+    registry.register_driver("redis", driver);
+    registry.register_locker("jobs", options.driver("redis").prefix("jobs:"));
+    registry.of("jobs").unwrap()
+}
+
+fn driver(server: &RedisServer) -> RedisDriver {
+    RedisDriver::new(server.client())
+}
+
+/// `INFO commandstats` as (command, calls) pairs.
+fn command_calls(server: &RedisServer) -> Vec<(String, u64)> {
+    let info: String = server.command(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn calls_of(stats: &[(String, u64)], command: &str) -> u64 {
+    stats
+        .iter()
+        .find(|(name, _)| name == command)
+        .map_or(0, |(_, calls)| *calls)
+}
+
+#[tokio::test]
+async fn two_drivers_exclude_each_other_like_two_processes() {
+    let server = RedisServer::start();
+    let lockers = [
+        locker(
+            driver(&server),
+            LockerOptions::new().wait(Duration::from_secs(30)),
+        ),
+        locker(
+            driver(&server),
+            LockerOptions::new().wait(Duration::from_secs(30)),
+        ),
+    ];
+    let counter = Arc::new(AtomicU64::new(0));
+    let inside = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (locker, counter, inside) = (lockers[i % 2].clone(), counter.clone(), inside.clone());
+        tasks.push(tokio::spawn(async move {
+            locker
+                .with("counter", |_| async move {
+                    assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                    let read = counter.load(Ordering::SeqCst);
+                    sleep(Duration::from_millis(2)).await;
+                    counter.store(read + 1, Ordering::SeqCst);
+                    inside.store(false, Ordering::SeqCst);
+                    Ok::<_, Error>(())
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 40);
+}
+
+#[tokio::test]
+async fn a_release_wakes_a_waiter_on_another_driver_at_once() {
+    let server = RedisServer::start();
+    let holder = locker(driver(&server), LockerOptions::new());
+    let waiter = locker(
+        driver(&server),
+        LockerOptions::new()
+            .wait(Duration::from_secs(20))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    let lease = holder.wait("handoff").await.unwrap();
+    let task = tokio::spawn(async move {
+        waiter
+            .wait("handoff")
+            .await
+            .map(|l| (l.fencing(), Instant::now()))
+    });
+    sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    let first = lease.fencing();
+    lease.release().await.unwrap();
+    let (fencing, woke) = task.await.unwrap().unwrap();
+    assert!(fencing > first);
+    // Polling (30 s) or expiry (30 s) could not have done it; only the release message.
+    assert!(
+        woke - released < Duration::from_secs(5),
+        "woken after {:?}",
+        woke - released
+    );
+}
+
+#[tokio::test]
+async fn each_operation_is_one_evalsha() {
+    let server = RedisServer::start();
+    let jobs = locker(driver(&server), LockerOptions::new());
+    // Warm up: the first use loads each script once.
+    jobs.wait("warm").await.unwrap().release().await.unwrap();
+    let lease = jobs.wait("warm").await.unwrap();
+    lease.renew(None).await.unwrap();
+    lease.release().await.unwrap();
+    server.command::<String>(&["CONFIG", "RESETSTAT"]);
+    for i in 0..50 {
+        let lease = jobs.try_lock(&format!("k{i}")).await.unwrap().unwrap();
+        lease.renew(None).await.unwrap();
+        lease.release().await.unwrap();
+    }
+    let stats = command_calls(&server);
+    assert_eq!(calls_of(&stats, "evalsha"), 150, "{stats:?}");
+    let others: Vec<_> = stats
+        .iter()
+        .filter(|(name, _)| !["evalsha", "config|resetstat", "info"].contains(&name.as_str()))
+        .collect();
+    // Commands a script runs inside the server are counted too; nothing else was sent.
+    for (name, _) in others {
+        assert!(
+            ["set", "get", "time", "pttl", "del", "pexpire", "publish"].contains(&name.as_str()),
+            "unexpected command {name}"
+        );
+    }
+    assert_eq!(calls_of(&stats, "eval"), 0);
+
+    // After the server forgets its scripts, one SCRIPT LOAD brings each back.
+    server.command::<String>(&["SCRIPT", "FLUSH"]);
+    server.command::<String>(&["CONFIG", "RESETSTAT"]);
+    let lease = jobs.try_lock("after-flush").await.unwrap().unwrap();
+    lease.release().await.unwrap();
+    let stats = command_calls(&server);
+    assert_eq!(calls_of(&stats, "script|load"), 2, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_foreign_value_under_the_key_is_never_deleted() {
+    let server = RedisServer::start();
+    let jobs = locker(
+        driver(&server),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
+    let lease = jobs.wait("order-7").await.unwrap();
+    let key = "runa:lock:{5:jobs:order-7}:l";
+    assert_eq!(
+        server.command::<String>(&["GET", key]),
+        lease.token(),
+        "the documented key layout"
+    );
+    // Someone else's value replaces ours (say, a manual SET by an operator).
+    server.command::<String>(&["SET", key, "someone-else"]);
+    assert!(matches!(
+        lease.renew(None).await,
+        Err(Error::NotHeld { .. })
+    ));
+    assert!(matches!(lease.release().await, Err(Error::NotHeld { .. })));
+    assert_eq!(server.command::<String>(&["GET", key]), "someone-else");
+    assert!(
+        jobs.try_lock("order-7").await.unwrap().is_none(),
+        "a foreign holder is still a holder"
+    );
+}
+
+#[tokio::test]
+async fn every_key_written_expires() {
+    let server = RedisServer::start();
+    let jobs = locker(driver(&server), LockerOptions::new());
+    let lease = jobs.wait("expiring").await.unwrap();
+    let keys: Vec<String> = server.command(&["KEYS", "*"]);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let ttl: i64 = server.command(&["PTTL", key]);
+        assert!(ttl > 0, "{key} has no expiry");
+    }
+    lease.release().await.unwrap();
+    let keys: Vec<String> = server.command(&["KEYS", "*"]);
+    assert_eq!(
+        keys,
+        ["runa:lock:{5:jobs:expiring}:f"],
+        "only the fencing counter stays, and it expires"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_key_loses_the_lease_at_the_next_renewal() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(600);
+    let jobs = locker(
+        driver(&server),
+        LockerOptions::new().ttl(ttl).auto_renew(true),
+    );
+    let started = Instant::now();
+    let outcome = jobs
+        .with("deleted", |lease| {
+            let server = &server;
+            async move {
+                server.command::<i64>(&["DEL", "runa:lock:{5:jobs:deleted}:l"]);
+                timeout(Duration::from_secs(5), lease.lost())
+                    .await
+                    .expect("lost() never resolved");
+                Ok::<_, Error>(())
+            }
+        })
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::LeaseLost {
+                reason: LossReason::Refused,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < ttl,
+        "noticed at the first renewal, a third of the ttl in"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_server_loses_the_lease_within_its_ttl_without_hanging() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(900);
+    let jobs = locker(
+        driver(&server).with_response_timeout(Duration::from_secs(5)),
+        LockerOptions::new().ttl(ttl).auto_renew(true),
+    );
+    let outcome = jobs
+        .with("paused", |lease| {
+            let server = &server;
+            async move {
+                let acquired = Instant::now();
+                server.pause();
+                timeout(Duration::from_secs(10), lease.lost())
+                    .await
+                    .expect("lost() hung on the stuck renewal");
+                let noticed = acquired.elapsed();
+                server.resume();
+                Ok::<_, Error>(noticed)
+            }
+        })
+        .await;
+    match outcome {
+        Err(Error::LeaseLost {
+            reason: LossReason::Expired,
+            ..
+        }) => {}
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn loss_is_noticed_no_later_than_the_ttl_from_the_acquire() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(900);
+    let jobs = locker(
+        driver(&server).with_response_timeout(Duration::from_secs(5)),
+        LockerOptions::new().ttl(ttl).auto_renew(true),
+    );
+    let lease = jobs.wait("paused").await.unwrap();
+    let acquired = Instant::now();
+    let handle = lease.handle();
+    server.pause();
+    // Outside `with` nothing renews: the handle reports the loss at the ttl, measured from
+    // when the acquire was sent, whatever the server does.
+    let watcher = tokio::spawn(async move {
+        handle.lost().await;
+        Instant::now()
+    });
+    let lost = timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("hung")
+        .unwrap();
+    server.resume();
+    assert!(
+        lost - acquired <= ttl + Duration::from_millis(50),
+        "lost after {:?}",
+        lost - acquired
+    );
+    drop(lease);
+}
+
+#[tokio::test]
+async fn a_down_server_fails_promptly_and_the_driver_recovers_after_a_restart() {
+    let mut server = RedisServer::start();
+    let jobs = locker(
+        driver(&server)
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_response_timeout(Duration::from_millis(500)),
+        LockerOptions::new()
+            .ttl(Duration::from_secs(30))
+            .wait(Duration::from_millis(800)),
+    );
+    let before = jobs.try_lock("k").await.unwrap().unwrap();
+    let fencing_before = before.fencing();
+    let handle = before.handle();
+    server.stop();
+
+    let started = Instant::now();
+    let err = jobs.try_lock("other").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{}", server.port())),
+        "{err}"
+    );
+
+    // A wait during the outage rides over the errors and reports the last one at its deadline.
+    let started = Instant::now();
+    let err = jobs.wait("other").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match jobs.try_lock("k").await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => panic!("the key survived a restart without persistence"),
+            Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(100)).await,
+            Err(error) => panic!("no recovery within 10 s: {error}"),
+        }
+    };
+    assert!(
+        after.fencing() > fencing_before,
+        "fencing went back after a restart: {} <= {fencing_before}",
+        after.fencing()
+    );
+    assert!(matches!(before.release().await, Err(Error::NotHeld { .. })));
+    let _ = handle;
+    after.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wait_rides_over_an_outage_until_redis_is_back() {
+    let mut server = RedisServer::start();
+    let jobs = locker(
+        driver(&server)
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_response_timeout(Duration::from_millis(300)),
+        LockerOptions::new()
+            .wait(Duration::from_secs(15))
+            .retry_interval(Duration::from_millis(100)),
+    );
+    jobs.try_lock("warm")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    server.stop();
+    let waiter = tokio::spawn({
+        let jobs = jobs.clone();
+        async move { jobs.wait("outage").await.map(|l| l.fencing()) }
+    });
+    sleep(Duration::from_secs(1)).await;
+    server.restart();
+    let fencing = timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("hung")
+        .unwrap()
+        .expect("the wait failed instead of riding over the outage");
+    assert!(fencing > 0);
+}
+
+#[tokio::test]
+async fn killed_subscriber_connections_are_replaced_and_waiters_still_woken() {
+    let server = RedisServer::start();
+    let holder = locker(driver(&server), LockerOptions::new());
+    let waiter = locker(
+        driver(&server),
+        LockerOptions::new()
+            .wait(Duration::from_secs(20))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    let lease = holder.wait("k").await.unwrap();
+    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
+    sleep(Duration::from_millis(300)).await;
+    let killed: i64 = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed >= 1);
+    sleep(Duration::from_millis(500)).await;
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let woke = task.await.unwrap().unwrap();
+    assert!(
+        woke - released < Duration::from_secs(5),
+        "woken after {:?}",
+        woke - released
+    );
+}
+
+#[tokio::test]
+async fn local_waiters_on_one_key_coalesce_their_attempts() {
+    let server = RedisServer::start();
+    let jobs = locker(
+        driver(&server),
+        LockerOptions::new()
+            .wait(Duration::from_secs(60))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    let holder = jobs.wait("herd").await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let jobs = jobs.clone();
+        tasks.push(tokio::spawn(async move {
+            jobs.with("herd", |_| async {
+                sleep(Duration::from_millis(10)).await;
+                Ok::<_, Error>(())
+            })
+            .await
+        }));
+    }
+    sleep(Duration::from_millis(300)).await;
+    server.command::<String>(&["CONFIG", "RESETSTAT"]);
+    holder.release().await.unwrap();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let scripts = calls_of(&command_calls(&server), "evalsha");
+    // 1 + 20 releases and 20 winning attempts; a herd would be ~200 attempts.
+    assert!(scripts <= 21 + 20 * 3, "{scripts} scripts for 20 handoffs");
+}
+
+#[tokio::test]
+async fn an_acl_user_limited_to_the_prefix_works_with_notifications() {
+    let server = RedisServer::start();
+    server.command::<String>(&[
+        "ACL",
+        "SETUSER",
+        "locker",
+        "on",
+        ">s3cret-pw",
+        "resetkeys",
+        "~runa:lock:*",
+        "resetchannels",
+        "&runa:lock:*",
+        "+@all",
+    ]);
+    let url = format!("redis://locker:s3cret-pw@127.0.0.1:{}", server.port());
+    let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
+    let waiter = locker(
+        RedisDriver::open(&url).unwrap(),
+        LockerOptions::new()
+            .wait(Duration::from_secs(20))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    let lease = holder.wait("k").await.unwrap();
+    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
+    sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let woke = task.await.unwrap().unwrap();
+    assert!(
+        woke - released < Duration::from_secs(5),
+        "woken after {:?}",
+        woke - released
+    );
+
+    // A user whose keys lie elsewhere is refused, and the password is not in the error.
+    server.command::<String>(&[
+        "ACL",
+        "SETUSER",
+        "other",
+        "on",
+        ">0ther-pw",
+        "resetkeys",
+        "~elsewhere:*",
+        "+@all",
+    ]);
+    let other = locker(
+        RedisDriver::open(&format!(
+            "redis://other:0ther-pw@127.0.0.1:{}",
+            server.port()
+        ))
+        .unwrap(),
+        LockerOptions::new(),
+    );
+    let err = other.try_lock("k").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(!err.to_string().contains("0ther-pw"), "{err}");
+}
+
+/// Captures log output written on this thread (the tests run on a current-thread runtime).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn without_channel_rights_waiters_poll_and_still_get_the_lock() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let server = RedisServer::start();
+    server.command::<String>(&[
+        "ACL",
+        "SETUSER",
+        "nochan",
+        "on",
+        ">pw",
+        "resetkeys",
+        "~runa:lock:*",
+        "resetchannels",
+        "+@all",
+    ]);
+    let url = format!("redis://nochan:pw@127.0.0.1:{}", server.port());
+    let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
+    let waiter = locker(
+        RedisDriver::open(&url).unwrap(),
+        LockerOptions::new()
+            .wait(Duration::from_secs(20))
+            .retry_interval(Duration::from_millis(200)),
+    );
+    let lease = holder.wait("k").await.unwrap();
+    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
+    sleep(Duration::from_millis(500)).await;
+    let released = Instant::now();
+    lease
+        .release()
+        .await
+        .expect("a refused PUBLISH does not fail the release");
+    let woke = task.await.unwrap().unwrap();
+    assert!(
+        woke - released < Duration::from_secs(3),
+        "woken after {:?}",
+        woke - released
+    );
+
+    // Another wait on the same driver polls too, without logging again.
+    let waiter = locker(
+        RedisDriver::open(&url).unwrap(),
+        LockerOptions::new().retry_interval(Duration::from_millis(50)),
+    );
+    let held = holder.wait("k").await.unwrap();
+    let again = tokio::spawn(async move { waiter.wait("k").await.map(drop) });
+    sleep(Duration::from_millis(200)).await;
+    held.release().await.unwrap();
+    again.await.unwrap().unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings = logs.matches("fall back to polling").count();
+    assert!(
+        warnings >= 1,
+        "no log line said notifications are off: {logs}"
+    );
+    assert_eq!(
+        warnings, 2,
+        "one line per driver (two waiting drivers here): {logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_backend_error_without_the_password() {
+    let server = RedisServer::start();
+    server.command::<String>(&["ACL", "SETUSER", "default", ">right-pw"]);
+    let url = format!("redis://default:wr0ng-pw@127.0.0.1:{}", server.port());
+    let driver = RedisDriver::open(&url).unwrap();
+    assert!(!format!("{driver:?}").contains("wr0ng-pw"));
+    let jobs = locker(driver, LockerOptions::new());
+    let err = jobs.try_lock("k").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wr0ng-pw"), "{err}");
+    assert!(!format!("{err:?}").contains("wr0ng-pw"), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_prompt_backend_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let jobs = locker(
+        RedisDriver::open(&format!("redis://127.0.0.1:{port}")).unwrap(),
+        LockerOptions::new(),
+    );
+    let started = Instant::now();
+    let err = jobs.try_lock("k").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let server = match RedisServer::start_tls() {
+        Ok(server) => server,
+        Err(reason) => {
+            // Only a redis-server built without TLS may skip this, and it says so.
+            assert!(reason.contains("would not start with TLS"), "{reason}");
+            eprintln!("SKIPPED tls_with_a_private_ca: {reason}");
+            return;
+        }
+    };
+    assert!(server.url().starts_with("rediss://"));
+    let holder = locker(RedisDriver::new(server.client()), LockerOptions::new());
+    let waiter = locker(
+        RedisDriver::new(server.client()),
+        LockerOptions::new()
+            .wait(Duration::from_secs(20))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    let lease = holder.wait("secure").await.unwrap();
+    let task = tokio::spawn(async move { waiter.wait("secure").await.map(|l| l.fencing()) });
+    sleep(Duration::from_millis(300)).await;
+    let first = lease.fencing();
+    lease.release().await.unwrap();
+    let next = timeout(Duration::from_secs(5), task)
+        .await
+        .expect("no wake-up over TLS")
+        .unwrap()
+        .unwrap();
+    assert!(next > first);
+
+    // Without the CA, the server's certificate is not trusted.
+    let untrusted = locker(
+        RedisDriver::open(&server.url()).unwrap(),
+        LockerOptions::new(),
+    );
+    assert!(matches!(
+        untrusted.try_lock("secure").await,
+        Err(Error::Backend { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_plain_client_against_a_tls_port_fails_promptly() {
+    let Ok(server) = RedisServer::start_tls() else {
+        eprintln!("SKIPPED: redis-server without TLS");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let jobs = locker(
+        RedisDriver::open(&url)
+            .unwrap()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_response_timeout(Duration::from_millis(500)),
+        LockerOptions::new(),
+    );
+    let started = Instant::now();
+    assert!(matches!(
+        jobs.try_lock("k").await,
+        Err(Error::Backend { .. })
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
