@@ -45,6 +45,48 @@ fn calls_of(stats: &[(String, u64)], command: &str) -> u64 {
         .map_or(0, |(_, calls)| *calls)
 }
 
+/// Holds `key` with `holder` while `waiter` waits for it; runs `meanwhile`, releases, and
+/// returns how long after the release the waiter got the lock (and the two fencing numbers).
+async fn handoff(
+    holder: &Locker,
+    waiter: Locker,
+    key: &str,
+    meanwhile: impl FnOnce(),
+) -> (Duration, u64, u64) {
+    let lease = holder.wait(key).await.unwrap();
+    let task = tokio::spawn({
+        let key = key.to_owned();
+        async move {
+            waiter
+                .wait(&key)
+                .await
+                .map(|l| (l.fencing(), Instant::now()))
+        }
+    });
+    sleep(Duration::from_millis(300)).await;
+    meanwhile();
+    let first = lease.fencing();
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let (fencing, woke) = timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the waiter hung")
+        .unwrap()
+        .unwrap();
+    (woke - released, first, fencing)
+}
+
+/// A waiter that can only be woken by a release message: it polls every 30 s and its
+/// holder's lease lasts 30 s.
+fn deaf_waiter(driver: RedisDriver) -> Locker {
+    locker(
+        driver,
+        LockerOptions::new()
+            .wait(Duration::from_secs(20))
+            .retry_interval(Duration::from_secs(30)),
+    )
+}
+
 #[tokio::test]
 async fn two_drivers_exclude_each_other_like_two_processes() {
     let server = RedisServer::start();
@@ -86,31 +128,11 @@ async fn two_drivers_exclude_each_other_like_two_processes() {
 async fn a_release_wakes_a_waiter_on_another_driver_at_once() {
     let server = RedisServer::start();
     let holder = locker(driver(&server), LockerOptions::new());
-    let waiter = locker(
-        driver(&server),
-        LockerOptions::new()
-            .wait(Duration::from_secs(20))
-            .retry_interval(Duration::from_secs(30)),
-    );
-    let lease = holder.wait("handoff").await.unwrap();
-    let task = tokio::spawn(async move {
-        waiter
-            .wait("handoff")
-            .await
-            .map(|l| (l.fencing(), Instant::now()))
-    });
-    sleep(Duration::from_millis(300)).await;
-    let released = Instant::now();
-    let first = lease.fencing();
-    lease.release().await.unwrap();
-    let (fencing, woke) = task.await.unwrap().unwrap();
-    assert!(fencing > first);
+    let (woke, first, next) =
+        handoff(&holder, deaf_waiter(driver(&server)), "handoff", || {}).await;
+    assert!(next > first);
     // Polling (30 s) or expiry (30 s) could not have done it; only the release message.
-    assert!(
-        woke - released < Duration::from_secs(5),
-        "woken after {:?}",
-        woke - released
-    );
+    assert!(woke < Duration::from_secs(5), "woken after {woke:?}");
 }
 
 #[tokio::test]
@@ -398,26 +420,13 @@ async fn a_wait_rides_over_an_outage_until_redis_is_back() {
 async fn killed_subscriber_connections_are_replaced_and_waiters_still_woken() {
     let server = RedisServer::start();
     let holder = locker(driver(&server), LockerOptions::new());
-    let waiter = locker(
-        driver(&server),
-        LockerOptions::new()
-            .wait(Duration::from_secs(20))
-            .retry_interval(Duration::from_secs(30)),
-    );
-    let lease = holder.wait("k").await.unwrap();
-    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
-    sleep(Duration::from_millis(300)).await;
-    let killed: i64 = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert!(killed >= 1);
-    sleep(Duration::from_millis(500)).await;
-    let released = Instant::now();
-    lease.release().await.unwrap();
-    let woke = task.await.unwrap().unwrap();
-    assert!(
-        woke - released < Duration::from_secs(5),
-        "woken after {:?}",
-        woke - released
-    );
+    let (woke, _, _) = handoff(&holder, deaf_waiter(driver(&server)), "k", || {
+        let killed: i64 = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert!(killed >= 1);
+        std::thread::sleep(Duration::from_millis(500));
+    })
+    .await;
+    assert!(woke < Duration::from_secs(5), "woken after {woke:?}");
 }
 
 #[tokio::test]

@@ -35,6 +35,91 @@ const SHORT: Duration = Duration::from_millis(300);
 /// The most any single step may take before the check calls it hung.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// One check of the suite; [`suite_tests!`](crate::suite_tests) makes a test of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant runs the `Suite` method of the same name
+pub enum Check {
+    Exclusion,
+    FencingIncreases,
+    OnlyTheHolderRenewsOrReleases,
+    ExpiredLeasesFreeTheKey,
+    ReleaseWakesAWaiter,
+    ExpiryWakesAWaiter,
+    WaitTimesOut,
+    CancelledWaitersLeaveNothing,
+    PrefixesNeverCollide,
+    KeysAreArbitraryText,
+    DroppedLeaseIsReleased,
+    WithReleasesOnErrorAndPanic,
+    WithReportsExpiry,
+    WithAutoRenewKeepsTheLease,
+    WithReportsRefusedRenewal,
+    DroppedWithReleases,
+}
+
+impl Check {
+    /// Every check, in the order `run_all` runs them.
+    pub const ALL: [Check; 16] = [
+        Check::Exclusion,
+        Check::FencingIncreases,
+        Check::OnlyTheHolderRenewsOrReleases,
+        Check::ExpiredLeasesFreeTheKey,
+        Check::ReleaseWakesAWaiter,
+        Check::ExpiryWakesAWaiter,
+        Check::WaitTimesOut,
+        Check::CancelledWaitersLeaveNothing,
+        Check::PrefixesNeverCollide,
+        Check::KeysAreArbitraryText,
+        Check::DroppedLeaseIsReleased,
+        Check::WithReleasesOnErrorAndPanic,
+        Check::WithReportsExpiry,
+        Check::WithAutoRenewKeepsTheLease,
+        Check::WithReportsRefusedRenewal,
+        Check::DroppedWithReleases,
+    ];
+}
+
+/// Makes one `#[tokio::test]` per suite check, each calling `$run(check)`: an async fn of
+/// yours that sets up the store, runs [`Suite::run`], and checks what it needs after.
+///
+/// ```ignore
+/// async fn run(check: runa_lock::testing::Check) {
+///     runa_lock::testing::Suite::new(runa_lock::MemoryDriver::new()).run(check).await;
+/// }
+/// runa_lock::suite_tests!(run);
+/// ```
+#[macro_export]
+macro_rules! suite_tests {
+    ($run:path) => {
+        $crate::suite_tests!(@each $run,
+            exclusion => Exclusion,
+            fencing_increases => FencingIncreases,
+            only_the_holder_renews_or_releases => OnlyTheHolderRenewsOrReleases,
+            expired_leases_free_the_key => ExpiredLeasesFreeTheKey,
+            release_wakes_a_waiter => ReleaseWakesAWaiter,
+            expiry_wakes_a_waiter => ExpiryWakesAWaiter,
+            wait_times_out => WaitTimesOut,
+            cancelled_waiters_leave_nothing => CancelledWaitersLeaveNothing,
+            prefixes_never_collide => PrefixesNeverCollide,
+            keys_are_arbitrary_text => KeysAreArbitraryText,
+            dropped_lease_is_released => DroppedLeaseIsReleased,
+            with_releases_on_error_and_panic => WithReleasesOnErrorAndPanic,
+            with_reports_expiry => WithReportsExpiry,
+            with_auto_renew_keeps_the_lease => WithAutoRenewKeepsTheLease,
+            with_reports_refused_renewal => WithReportsRefusedRenewal,
+            dropped_with_releases => DroppedWithReleases,
+        );
+    };
+    (@each $run:path, $($name:ident => $check:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $run($crate::testing::Check::$check).await;
+            }
+        )*
+    };
+}
+
 /// The shared driver test suite, run against one driver.
 ///
 /// ```
@@ -106,22 +191,39 @@ impl Suite {
     /// # }
     /// ```
     pub async fn run_all(&self) {
-        self.exclusion().await;
-        self.fencing_increases().await;
-        self.only_the_holder_renews_or_releases().await;
-        self.expired_leases_free_the_key().await;
-        self.release_wakes_a_waiter().await;
-        self.expiry_wakes_a_waiter().await;
-        self.wait_times_out().await;
-        self.cancelled_waiters_leave_nothing().await;
-        self.prefixes_never_collide().await;
-        self.keys_are_arbitrary_text().await;
-        self.dropped_lease_is_released().await;
-        self.with_releases_on_error_and_panic().await;
-        self.with_reports_expiry().await;
-        self.with_auto_renew_keeps_the_lease().await;
-        self.with_reports_refused_renewal().await;
-        self.dropped_with_releases().await;
+        for check in Check::ALL {
+            self.run(check).await;
+        }
+    }
+
+    /// Runs one check.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::testing::{Check, Suite};
+    /// Suite::new(runa_lock::MemoryDriver::new()).run(Check::Exclusion).await;
+    /// # }
+    /// ```
+    pub async fn run(&self, check: Check) {
+        match check {
+            Check::Exclusion => self.exclusion().await,
+            Check::FencingIncreases => self.fencing_increases().await,
+            Check::OnlyTheHolderRenewsOrReleases => self.only_the_holder_renews_or_releases().await,
+            Check::ExpiredLeasesFreeTheKey => self.expired_leases_free_the_key().await,
+            Check::ReleaseWakesAWaiter => self.release_wakes_a_waiter().await,
+            Check::ExpiryWakesAWaiter => self.expiry_wakes_a_waiter().await,
+            Check::WaitTimesOut => self.wait_times_out().await,
+            Check::CancelledWaitersLeaveNothing => self.cancelled_waiters_leave_nothing().await,
+            Check::PrefixesNeverCollide => self.prefixes_never_collide().await,
+            Check::KeysAreArbitraryText => self.keys_are_arbitrary_text().await,
+            Check::DroppedLeaseIsReleased => self.dropped_lease_is_released().await,
+            Check::WithReleasesOnErrorAndPanic => self.with_releases_on_error_and_panic().await,
+            Check::WithReportsExpiry => self.with_reports_expiry().await,
+            Check::WithAutoRenewKeepsTheLease => self.with_auto_renew_keeps_the_lease().await,
+            Check::WithReportsRefusedRenewal => self.with_reports_refused_renewal().await,
+            Check::DroppedWithReleases => self.dropped_with_releases().await,
+        }
     }
 
     /// 50 tasks increment a counter with a pause between read and write, each under `with`:

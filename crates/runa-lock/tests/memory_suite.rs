@@ -2,38 +2,14 @@
 
 use std::sync::Arc;
 
-use runa_lock::testing::Suite;
+use runa_lock::testing::{Check, Suite};
 use runa_lock::{Driver, MemoryDriver};
 
-macro_rules! suite_tests {
-    ($($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                Suite::new(MemoryDriver::new()).$check().await;
-            }
-        )*
-    };
+async fn run(check: Check) {
+    Suite::new(MemoryDriver::new()).run(check).await;
 }
 
-suite_tests!(
-    exclusion,
-    fencing_increases,
-    only_the_holder_renews_or_releases,
-    expired_leases_free_the_key,
-    release_wakes_a_waiter,
-    expiry_wakes_a_waiter,
-    wait_times_out,
-    cancelled_waiters_leave_nothing,
-    prefixes_never_collide,
-    keys_are_arbitrary_text,
-    dropped_lease_is_released,
-    with_releases_on_error_and_panic,
-    with_reports_expiry,
-    with_auto_renew_keeps_the_lease,
-    with_reports_refused_renewal,
-    dropped_with_releases,
-);
+runa_lock::suite_tests!(run);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_suite_through_a_trait_object() {
