@@ -212,12 +212,7 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("the kill command");
-        assert!(status.success(), "kill {signal} failed");
+        assert!(send_signal(signal, self.pid()), "kill {signal} failed");
     }
 
     fn launch_on_a_free_port(&mut self) {
@@ -295,13 +290,18 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
             // A paused server ignores SIGKILL until continued on some systems: thaw it first.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
+            send_signal("-CONT", child.id());
         }
         self.stop();
     }
+}
+
+/// Sends a signal with the shell's `kill` builtin (minimal systems have no `kill` binary).
+fn send_signal(signal: &str, pid: u32) -> bool {
+    Command::new("bash")
+        .args(["-c", "kill \"$0\" \"$1\"", signal, &pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn free_port() -> u16 {

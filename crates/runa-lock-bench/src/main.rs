@@ -1,0 +1,144 @@
+//! `runa-lock-bench`: the Redis driver against a real redis-server, and the memory driver's
+//! footprint, each next to a baseline measured in the same run.
+//!
+//! ```text
+//! runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only S1,S2,...]
+//! ```
+//!
+//! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete), `S1` (sequential
+//! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver), `memory`
+//! (1M expiring keys). See BENCHMARKS.md for what each number means.
+
+mod memory_scenario;
+mod redis_scenarios;
+mod report;
+mod stats;
+
+use std::process::ExitCode;
+
+use redis_scenarios::Bench;
+use report::Scenario;
+use runa_lock_redis::testing::RedisServer;
+
+struct Args {
+    redis: Option<String>,
+    spawn: bool,
+    json: bool,
+    quick: bool,
+    only: Option<Vec<String>>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        redis: None,
+        spawn: false,
+        json: false,
+        quick: false,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--redis" => args.redis = Some(it.next().ok_or("--redis needs a URL")?),
+            "--spawn-redis" => args.spawn = true,
+            "--json" => args.json = true,
+            "--quick" => args.quick = true,
+            "--only" => {
+                let list = it.next().ok_or("--only needs a list such as S1,S2")?;
+                args.only = Some(
+                    list.split(',')
+                        .map(|s| s.trim().to_ascii_lowercase())
+                        .collect(),
+                );
+            }
+            "-h" | "--help" => {
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,memory]".into());
+            }
+            other => return Err(format!("unknown argument {other:?}; see --help")),
+        }
+    }
+    if args.redis.is_some() && args.spawn {
+        return Err("give --redis URL or --spawn-redis, not both".into());
+    }
+    Ok(args)
+}
+
+impl Args {
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == &name.to_ascii_lowercase()))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    let mut emit = |scenario: Scenario, json: bool| {
+        if json {
+            println!("{}", report::json(&scenario));
+        }
+        scenarios.push(scenario);
+    };
+
+    let redis_wanted = ["floor", "s1", "s2", "s3", "s4"]
+        .iter()
+        .any(|s| args.wants(s));
+    let server = (args.spawn && redis_wanted).then(RedisServer::start);
+    let url = args
+        .redis
+        .clone()
+        .or_else(|| server.as_ref().map(RedisServer::url));
+    match (&url, redis_wanted) {
+        (Some(url), true) => {
+            let client = match redis::Client::open(url.as_str()) {
+                Ok(client) => client,
+                Err(error) => {
+                    eprintln!("bad --redis URL: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let bench = Bench::new(client, args.quick);
+            let (s1, floor, s1_rate) = bench.s1_and_floor().await;
+            if args.wants("floor") {
+                emit(floor, args.json);
+            }
+            if args.wants("s1") {
+                emit(s1, args.json);
+            }
+            if args.wants("s2") {
+                emit(bench.s2(if args.quick { 50 } else { 100 }).await, args.json);
+            }
+            if args.wants("s3") {
+                emit(
+                    bench.s3(if args.quick { 500 } else { 2000 }, s1_rate).await,
+                    args.json,
+                );
+            }
+            if args.wants("s4") {
+                emit(bench.s4(s1_rate).await, args.json);
+            }
+        }
+        (None, true) => {
+            eprintln!("skipping the Redis scenarios: give --redis URL or --spawn-redis")
+        }
+        _ => {}
+    }
+    if args.wants("memory") {
+        emit(
+            memory_scenario::run(if args.quick { 200_000 } else { 1_000_000 }).await,
+            args.json,
+        );
+    }
+    if !args.json {
+        print!("{}", report::table(&scenarios));
+    }
+    ExitCode::SUCCESS
+}

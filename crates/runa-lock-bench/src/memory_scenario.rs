@@ -1,0 +1,97 @@
+//! The memory scenario: a million distinct keys with a 10 ms ttl, never released, while
+//! 10,000 other keys stay held; resident memory is read from /proc/self/statm.
+
+use std::time::{Duration, Instant};
+
+use runa_lock::{Attempt, Driver, LockKey, MemoryDriver};
+
+use crate::report::{Metric, Scenario};
+
+/// Resident memory in bytes, from `/proc/self/statm` (the second field, in pages).
+fn resident() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0
+}
+
+pub async fn run(keys: usize) -> Scenario {
+    let driver = MemoryDriver::new();
+    let held_ttl = Duration::from_secs(3600);
+    let short = Duration::from_millis(10);
+    // The held keys are part of the baseline: they are live, not growth.
+    for i in 0..10_000 {
+        let name = format!("held-{i}");
+        driver
+            .acquire(
+                LockKey::new("", &name),
+                "held-token-0123456789abcdef01234",
+                held_ttl,
+            )
+            .await
+            .expect("acquire");
+    }
+    let names: Vec<String> = (0..keys).map(|i| format!("job-{i}")).collect();
+    let before = resident();
+    let started = Instant::now();
+    let mut peak = before;
+    for (i, name) in names.iter().enumerate() {
+        let attempt = driver
+            .acquire(
+                LockKey::new("", name),
+                "token-0123456789abcdef0123456789ab",
+                short,
+            )
+            .await
+            .expect("acquire");
+        assert!(matches!(attempt, Attempt::Acquired { .. }));
+        if i % 100_000 == 0 {
+            peak = peak.max(resident());
+        }
+    }
+    let rate = keys as f64 / started.elapsed().as_secs_f64();
+    peak = peak.max(resident());
+    tokio::time::sleep(short * 5).await;
+    let left = driver.sweep();
+    let after = resident();
+    let held_ok = (0..10_000).all(|i| {
+        let name = format!("held-{i}");
+        futures_lite_ready(driver.renew(
+            LockKey::new("", &name),
+            "held-token-0123456789abcdef01234",
+            held_ttl,
+        ))
+    });
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    Scenario {
+        name: "memory",
+        what: "1M distinct keys, 10 ms ttl, never released; 10k keys held throughout",
+        metrics: vec![
+            Metric::plain("rss_before_mib", mib(before), "MiB"),
+            Metric::plain("rss_peak_mib", mib(peak), "MiB").against("before", mib(before)),
+            Metric::plain("rss_after_expiry_mib", mib(after), "MiB")
+                .against("before", mib(before))
+                .target("<= 1.10x before", after <= before * 1.10),
+            Metric::plain("keys_left", left as f64, "").target("= 10000 held", left == 10_000),
+            Metric::plain("held_keys_still_held", f64::from(u8::from(held_ok)), "")
+                .target("= 1", held_ok),
+            Metric::plain("acquires_per_sec", rate, "1/s"),
+        ],
+    }
+}
+
+/// The memory driver's futures are ready at once: poll one without a runtime's help.
+fn futures_lite_ready(future: runa_lock::BoxFuture<'_, Result<bool, runa_lock::Error>>) -> bool {
+    use std::task::{Context, Poll, Waker};
+    let mut future = future;
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(Ok(renewed)) => renewed,
+        _ => false,
+    }
+}
