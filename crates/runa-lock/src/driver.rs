@@ -323,6 +323,45 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
         });
     }
 
+    /// [`acquire`](Driver::acquire) without a future, for drivers that answer from memory with
+    /// no I/O; `now` is the instant the attempt counts from. Default: `None` ("call
+    /// `acquire`").
+    ///
+    /// # Behavior
+    ///
+    /// - `Some(result)` must mean exactly what `acquire` would have returned.
+    /// - Lockers call it first, so an in-process driver's uncontended path costs no boxed
+    ///   future.
+    fn acquire_sync(
+        &self,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Option<Result<Attempt, Error>> {
+        let _ = (key, token, ttl, now);
+        None
+    }
+
+    /// [`release`](Driver::release) without a future, for drivers that answer from memory
+    /// with no I/O. Default: `None` ("call `release`").
+    fn release_sync(&self, key: LockKey<'_>, token: &str) -> Option<Result<bool, Error>> {
+        let _ = (key, token);
+        None
+    }
+
+    /// Whether every holder of this driver's locks lives in this process, as with
+    /// [`MemoryDriver`](crate::MemoryDriver). Default: `false`.
+    ///
+    /// # Behavior
+    ///
+    /// - Tokens for a local driver skip the check that guards tokens shared across processes
+    ///   against a `fork` (a system call per token, noticeable only when there is no network
+    ///   round trip to hide it).
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Closes the driver's connections. The default does nothing.
     ///
     /// # Behavior
@@ -372,6 +411,24 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
 
     fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
         D::release_detached(Arc::clone(&self), key, token);
+    }
+
+    fn is_local(&self) -> bool {
+        (**self).is_local()
+    }
+
+    fn acquire_sync(
+        &self,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Option<Result<Attempt, Error>> {
+        (**self).acquire_sync(key, token, ttl, now)
+    }
+
+    fn release_sync(&self, key: LockKey<'_>, token: &str) -> Option<Result<bool, Error>> {
+        (**self).release_sync(key, token)
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {

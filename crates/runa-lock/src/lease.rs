@@ -12,6 +12,7 @@ use crate::Error;
 use crate::driver::{Driver, LockKey};
 use crate::error::LossReason;
 use crate::options::duration_problem;
+use crate::token::Token;
 
 const HELD: u8 = 0;
 const RELEASED: u8 = 1;
@@ -77,7 +78,7 @@ pub(crate) struct LeaseState {
     driver: Arc<dyn Driver>,
     prefix: Arc<str>,
     key: String,
-    token: String,
+    token: Token,
     fencing: u64,
     ttl: Duration,
     /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
@@ -93,7 +94,7 @@ impl LeaseState {
     }
 
     pub(crate) fn token(&self) -> &str {
-        &self.token
+        self.token.as_str()
     }
 
     pub(crate) fn driver(&self) -> &dyn Driver {
@@ -199,7 +200,7 @@ impl Lease {
         driver: Arc<dyn Driver>,
         prefix: Arc<str>,
         key: &str,
-        token: String,
+        token: Token,
         fencing: u64,
         ttl: Duration,
         sent: Instant,
@@ -252,7 +253,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn token(&self) -> &str {
-        &self.state.token
+        self.state.token()
     }
 
     /// The fencing number: never 0, and greater than that of every earlier acquisition of
@@ -338,7 +339,7 @@ impl Lease {
             return Err(self.not_held());
         }
         let sent = Instant::now();
-        if !state.driver.renew(state.key(), &state.token, ttl).await? {
+        if !state.driver.renew(state.key(), state.token(), ttl).await? {
             state.mark_refused();
             return Err(self.not_held());
         }
@@ -368,7 +369,10 @@ impl Lease {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let state = Arc::clone(&self.state);
-        let released = state.driver.release(state.key(), &state.token).await;
+        let released = match state.driver.release_sync(state.key(), state.token()) {
+            Some(released) => released,
+            None => state.driver.release(state.key(), state.token()).await,
+        };
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
         state.end(RELEASED);
@@ -395,7 +399,7 @@ impl Drop for Lease {
         let refused = state.phase.load(Ordering::Acquire) == REFUSED;
         state.end(RELEASED);
         if !refused {
-            Arc::clone(&state.driver).release_detached(state.key(), &state.token);
+            Arc::clone(&state.driver).release_detached(state.key(), state.token());
         }
     }
 }
@@ -426,7 +430,7 @@ impl LeaseHandle {
     /// # }
     /// ```
     pub fn token(&self) -> &str {
-        &self.state.token
+        self.state.token()
     }
 
     /// The lease's fencing number.

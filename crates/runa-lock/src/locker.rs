@@ -13,7 +13,7 @@ use crate::error::LossReason;
 use crate::lease::{Lease, LeaseHandle};
 use crate::options::Settings;
 use crate::registry::LockerInfo;
-use crate::token::new_token;
+use crate::token::Token;
 use crate::{Error, LockOptions, renew};
 
 /// The longest key accepted, in bytes: 16 KiB.
@@ -145,16 +145,21 @@ impl Locker {
     /// ```
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         self.check(key)?;
-        let token = new_token()?;
+        let token = Token::new(!self.inner.driver.is_local())?;
         let ttl = self.inner.settings.ttl;
         let sent = Instant::now();
-        let pending = Pending::new(&self.inner.driver, self.lock_key(key), &token);
-        let attempt = self
-            .inner
-            .driver
-            .acquire(self.lock_key(key), &token, ttl)
-            .await?;
-        pending.disarm();
+        let driver = &self.inner.driver;
+        let attempt = match driver.acquire_sync(self.lock_key(key), token.as_str(), ttl, sent) {
+            Some(attempt) => attempt?,
+            None => {
+                let pending = Pending::new(driver, self.lock_key(key), token.as_str());
+                let attempt = driver
+                    .acquire(self.lock_key(key), token.as_str(), ttl)
+                    .await?;
+                pending.disarm();
+                attempt
+            }
+        };
         Ok(match attempt {
             crate::Attempt::Acquired { fencing } => Some(self.lease(key, token, fencing, sent)),
             crate::Attempt::Busy { .. } => None,
@@ -193,14 +198,14 @@ impl Locker {
     /// ```
     pub async fn wait(&self, key: &str) -> Result<Lease, Error> {
         self.check(key)?;
-        let token = new_token()?;
+        let token = Token::new(!self.inner.driver.is_local())?;
         let settings = &self.inner.settings;
         let plan = WaitPlan::new(Instant::now() + settings.wait, settings.retry_interval);
-        let pending = Pending::new(&self.inner.driver, self.lock_key(key), &token);
+        let pending = Pending::new(&self.inner.driver, self.lock_key(key), token.as_str());
         let acquired = self
             .inner
             .driver
-            .wait(self.lock_key(key), &token, settings.ttl, plan)
+            .wait(self.lock_key(key), token.as_str(), settings.ttl, plan)
             .await?;
         pending.disarm();
         match acquired {
@@ -295,7 +300,7 @@ impl Locker {
         LockKey::new(&self.inner.prefix, key)
     }
 
-    fn lease(&self, key: &str, token: String, fencing: u64, sent: Instant) -> Lease {
+    fn lease(&self, key: &str, token: Token, fencing: u64, sent: Instant) -> Lease {
         Lease::new(
             Arc::clone(&self.inner.driver),
             Arc::clone(&self.inner.prefix),

@@ -1,7 +1,9 @@
 //! `MemoryDriver`: locks within one process, in a sharded map, with wake-ups on release.
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::quality::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -76,8 +78,7 @@ struct Shard {
 
 struct Slot {
     hash: u64,
-    prefix: Box<str>,
-    key: Box<str>,
+    name: Name,
     holder: Option<Holder>,
     /// Waiters registered on this key; the slot lives while there are any.
     waiters: usize,
@@ -86,8 +87,65 @@ struct Slot {
 }
 
 struct Holder {
-    token: Box<str>,
+    token: Text<32>,
     expires_at: Instant,
+}
+
+/// A locker prefix and key, kept apart by the prefix's length.
+struct Name {
+    prefix_len: usize,
+    text: Text<38>,
+}
+
+/// A string stored inline when it fits in `N` bytes, so that the common short keys and the
+/// 32-digit tokens cost no allocation of their own (and a swept table gives back all of its
+/// memory at once).
+enum Text<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(Box<str>),
+}
+
+impl<const N: usize> Text<N> {
+    fn new(parts: &[&str]) -> Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > N {
+            return Text::Heap(parts.concat().into_boxed_str());
+        }
+        let mut bytes = [0u8; N];
+        let mut at = 0;
+        for part in parts {
+            bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        Text::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Text::Heap(text) => text.as_bytes(),
+        }
+    }
+}
+
+impl Name {
+    fn new(key: LockKey<'_>) -> Self {
+        Name {
+            prefix_len: key.prefix.len(),
+            text: Text::new(&[key.prefix, key.key]),
+        }
+    }
+
+    fn is(&self, key: LockKey<'_>) -> bool {
+        let text = self.text.as_bytes();
+        self.prefix_len == key.prefix.len()
+            && text.len() == key.prefix.len() + key.key.len()
+            && text[..self.prefix_len] == *key.prefix.as_bytes()
+            && text[self.prefix_len..] == *key.key.as_bytes()
+    }
 }
 
 impl MemoryDriver {
@@ -105,7 +163,7 @@ impl MemoryDriver {
             .collect();
         MemoryDriver {
             inner: Arc::new(Inner {
-                hasher: RandomState::new(),
+                hasher: RandomState::default(),
                 shards,
             }),
         }
@@ -173,7 +231,7 @@ impl Driver for MemoryDriver {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Attempt, Error>> {
-        let attempt = self.inner.acquire(key, token, ttl);
+        let attempt = self.inner.acquire(key, token, ttl, Instant::now());
         Box::pin(async move { Ok(attempt) })
     }
 
@@ -211,6 +269,24 @@ impl Driver for MemoryDriver {
         // A memory release never blocks for long: do it now, runtime or not.
         self.inner.release(key, token);
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn acquire_sync(
+        &self,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Option<Result<Attempt, Error>> {
+        Some(Ok(self.inner.acquire(key, token, ttl, now)))
+    }
+
+    fn release_sync(&self, key: LockKey<'_>, token: &str) -> Option<Result<bool, Error>> {
+        Some(Ok(self.inner.release(key, token)))
+    }
 }
 
 impl Inner {
@@ -225,9 +301,9 @@ impl Inner {
         lock(&self.shards[index].0)
     }
 
-    fn acquire(&self, key: LockKey<'_>, token: &str, ttl: Duration) -> Attempt {
+    fn acquire(&self, key: LockKey<'_>, token: &str, ttl: Duration, now: Instant) -> Attempt {
         let hash = self.hash(key);
-        self.shard(hash).try_acquire(hash, key, token, ttl)
+        self.shard(hash).try_acquire(hash, key, token, ttl, now)
     }
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
@@ -248,18 +324,17 @@ impl Inner {
             let notify: Arc<Notify>;
             let wake_at: Instant;
             {
-                let sent = Instant::now();
+                let now = Instant::now();
                 let mut shard = self.shard(hash);
-                let retry_after = match shard.try_acquire(hash, key, token, ttl) {
+                let retry_after = match shard.try_acquire(hash, key, token, ttl, now) {
                     Attempt::Acquired { fencing } => {
                         if let Some(registration) = registration.take() {
                             registration.disarm(&mut shard);
                         }
-                        return Ok(Some(Grant::new(fencing, sent)));
+                        return Ok(Some(Grant::new(fencing, now)));
                     }
                     Attempt::Busy { retry_after } => retry_after.unwrap_or(Duration::ZERO),
                 };
-                let now = Instant::now();
                 if now >= plan.deadline {
                     drop(shard);
                     return Ok(None);
@@ -331,10 +406,16 @@ impl Drop for Registration<'_> {
 
 impl Shard {
     /// One attempt.
-    fn try_acquire(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> Attempt {
-        let now = Instant::now();
+    fn try_acquire(
+        &mut self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Attempt {
         let holder = Holder {
-            token: token.into(),
+            token: Text::new(&[token]),
             expires_at: later(now, ttl),
         };
         if let Some(slot) = self.slots.find_mut(hash, |s| s.is(key)) {
@@ -354,8 +435,7 @@ impl Shard {
         }
         let slot = Slot {
             hash,
-            prefix: key.prefix.into(),
-            key: key.key.into(),
+            name: Name::new(key),
             holder: Some(holder),
             waiters: 0,
             notify: None,
@@ -408,8 +488,7 @@ impl Shard {
             .entry(hash, |s| s.is(key), |s| s.hash)
             .or_insert_with(|| Slot {
                 hash,
-                prefix: key.prefix.into(),
-                key: key.key.into(),
+                name: Name::new(key),
                 holder: None,
                 waiters: 0,
                 notify: None,
@@ -447,7 +526,7 @@ impl Shard {
 
 impl Slot {
     fn is(&self, key: LockKey<'_>) -> bool {
-        *self.key == *key.key && *self.prefix == *key.prefix
+        self.name.is(key)
     }
 
     /// Neither held (unexpired) nor waited on: safe to remove.
@@ -458,7 +537,7 @@ impl Slot {
 
 impl Holder {
     fn is(&self, token: &str, now: Instant) -> bool {
-        *self.token == *token && self.expires_at > now
+        self.token.as_bytes() == token.as_bytes() && self.expires_at > now
     }
 }
 
@@ -537,10 +616,10 @@ mod tests {
     #[test]
     fn works_without_a_runtime() {
         let driver = MemoryDriver::new();
-        let attempt = driver.inner.acquire(key("k"), "t", TTL);
+        let attempt = driver.inner.acquire(key("k"), "t", TTL, Instant::now());
         assert!(
             matches!(
-                driver.inner.acquire(key("x"), "t", Duration::MAX),
+                driver.inner.acquire(key("x"), "t", Duration::MAX, Instant::now()),
                 Attempt::Acquired { .. }
             ),
             "a huge ttl saturates"

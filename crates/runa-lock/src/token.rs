@@ -2,18 +2,22 @@
 //!
 //! Asking the OS for 16 bytes per token would cost a system call on every acquisition, so each
 //! thread draws a block of OS randomness at a time and hands out consecutive, never reused,
-//! 16-byte slices of it. Every token is still made of bits read from the OS source. A forked
-//! child would inherit the unused rest of its parent's block, so a block is only used by the
-//! process that drew it.
+//! 16-byte slices of it. Every token is still made of bits read from the OS source.
+//!
+//! A process forked without `exec` would inherit the unused rest of its parent's block, and
+//! the two could hand out equal tokens. For drivers shared across processes (Redis) each
+//! token therefore checks that the block was drawn by this process (one `getpid`, cheap next
+//! to a network round trip); tokens for a [local](crate::Driver::is_local) driver never leave
+//! the process, so they skip the check.
 
 use std::cell::RefCell;
 
 use crate::Error;
 
-/// Bytes in a token.
+/// Bytes of randomness in a token.
 const TOKEN_BYTES: usize = 16;
-/// Bytes drawn from the OS at a time: 32 tokens.
-const BLOCK: usize = TOKEN_BYTES * 32;
+/// Bytes drawn from the OS at a time: 128 tokens.
+const BLOCK: usize = TOKEN_BYTES * 128;
 
 struct Pool {
     bytes: [u8; BLOCK],
@@ -26,33 +30,50 @@ thread_local! {
     static POOL: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; BLOCK], used: BLOCK, pid: 0 }) };
 }
 
-/// A new token: 32 lowercase hex digits holding 128 random bits.
-pub(crate) fn new_token() -> Result<String, Error> {
-    let mut raw = [0u8; TOKEN_BYTES];
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let pid = std::process::id();
-        if pool.used == BLOCK || pool.pid != pid {
-            getrandom::fill(&mut pool.bytes).map_err(|e| {
-                Error::backend("token", format!("the OS random source failed: {e}"))
-            })?;
-            pool.used = 0;
-            pool.pid = pid;
+/// A token: 32 lowercase hex digits, stored inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token([u8; TOKEN_BYTES * 2]);
+
+impl Token {
+    /// A new token; `shared` asks for the fork check (see the module docs).
+    pub(crate) fn new(shared: bool) -> Result<Token, Error> {
+        let mut raw = [0u8; TOKEN_BYTES];
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let stale = shared && pool.pid != std::process::id();
+            if pool.used == BLOCK || stale {
+                getrandom::fill(&mut pool.bytes).map_err(|e| {
+                    Error::backend("token", format!("the OS random source failed: {e}"))
+                })?;
+                pool.used = 0;
+                pool.pid = std::process::id();
+            }
+            let start = pool.used;
+            raw.copy_from_slice(&pool.bytes[start..start + TOKEN_BYTES]);
+            // Forget the bytes handed out, so they exist only in this token.
+            pool.bytes[start..start + TOKEN_BYTES].fill(0);
+            pool.used += TOKEN_BYTES;
+            Ok::<(), Error>(())
+        })?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; TOKEN_BYTES * 2];
+        for (i, byte) in raw.into_iter().enumerate() {
+            text[2 * i] = HEX[usize::from(byte >> 4)];
+            text[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
         }
-        let start = pool.used;
-        raw.copy_from_slice(&pool.bytes[start..start + TOKEN_BYTES]);
-        // Forget the bytes handed out, so they exist only in this token.
-        pool.bytes[start..start + TOKEN_BYTES].fill(0);
-        pool.used += TOKEN_BYTES;
-        Ok::<(), Error>(())
-    })?;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(TOKEN_BYTES * 2);
-    for byte in raw {
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        Ok(Token(text))
     }
-    Ok(text)
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// A new token as a `String`, for tests and fixtures.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn new_token() -> Result<String, Error> {
+    Token::new(true).map(|t| t.as_str().to_owned())
 }
 
 #[cfg(test)]
@@ -62,7 +83,9 @@ mod tests {
 
     #[test]
     fn tokens_are_32_hex_digits_and_unique() {
-        let tokens: HashSet<String> = (0..10_000).map(|_| new_token().unwrap()).collect();
+        let tokens: HashSet<String> = (0..10_000)
+            .map(|i| Token::new(i % 2 == 0).unwrap().as_str().to_owned())
+            .collect();
         assert_eq!(tokens.len(), 10_000);
         for token in &tokens {
             assert_eq!(token.len(), 32);
