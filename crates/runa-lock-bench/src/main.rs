@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete), `S1` (sequential
-//! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver), `memory`
-//! (1M expiring keys). See BENCHMARKS.md for what each number means.
+//! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver), `mempair`
+//! (memory driver pairs against `tokio::sync::Mutex`), `memory` (1M expiring keys). See BENCHMARKS.md for what each number means.
 
 mod memory_scenario;
 mod redis_scenarios;
@@ -52,7 +52,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,memory]".into());
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,mempair,memory]".into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -130,6 +130,12 @@ async fn main() -> ExitCode {
             eprintln!("skipping the Redis scenarios: give --redis URL or --spawn-redis")
         }
         _ => {}
+    }
+    if args.wants("mempair") {
+        emit(
+            memory_scenario::pairs(if args.quick { 50_000 } else { 500_000 }).await,
+            args.json,
+        );
     }
     if args.wants("memory") {
         emit(

@@ -10,6 +10,13 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
 
+/// A driver and the key prefix a locker uses it with: shared by a locker and its leases
+/// behind one `Arc`, so that a lease costs one reference count, not two.
+pub(crate) struct Store {
+    pub(crate) driver: Arc<dyn Driver>,
+    pub(crate) prefix: Box<str>,
+}
+
 /// A boxed, `Send` future, as returned by [`Driver`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -2,16 +2,17 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
-use crate::driver::{Driver, LockKey};
+use crate::driver::{Driver, LockKey, Store};
 use crate::error::LossReason;
 use crate::options::duration_problem;
+use crate::text::Text;
 use crate::token::Token;
 
 const HELD: u8 = 0;
@@ -75,9 +76,8 @@ pub struct LeaseHandle {
 }
 
 pub(crate) struct LeaseState {
-    driver: Arc<dyn Driver>,
-    prefix: Arc<str>,
-    key: String,
+    store: Arc<Store>,
+    key: Text<48>,
     token: Token,
     fencing: u64,
     ttl: Duration,
@@ -86,11 +86,13 @@ pub(crate) struct LeaseState {
     deadline_nanos: AtomicU64,
     phase: AtomicU8,
     ended: Notify,
+    /// Tasks inside `lost()`; `end` only wakes anyone when there are some.
+    watchers: AtomicUsize,
 }
 
 impl LeaseState {
     pub(crate) fn key(&self) -> LockKey<'_> {
-        LockKey::new(&self.prefix, &self.key)
+        LockKey::new(&self.store.prefix, self.key.as_str())
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -98,7 +100,7 @@ impl LeaseState {
     }
 
     pub(crate) fn driver(&self) -> &dyn Driver {
-        &*self.driver
+        &*self.store.driver
     }
 
     pub(crate) fn ttl(&self) -> Duration {
@@ -143,7 +145,7 @@ impl LeaseState {
     /// Whether the lease has ended; a deadline seen passing is latched, so this never goes
     /// from true back to false.
     pub(crate) fn is_lost(&self) -> bool {
-        if self.phase.load(Ordering::Acquire) != HELD {
+        if self.phase.load(Ordering::SeqCst) != HELD {
             return true;
         }
         if Instant::now() >= self.deadline() {
@@ -169,16 +171,27 @@ impl LeaseState {
     }
 
     fn end(&self, phase: u8) {
+        // SeqCst with `lost()`: either a watcher counted itself before this swap (and is
+        // woken), or its check after counting sees the lease ended.
         if self
             .phase
-            .compare_exchange(HELD, phase, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(HELD, phase, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+            && self.watchers.load(Ordering::SeqCst) > 0
         {
             self.ended.notify_waiters();
         }
     }
 
     async fn lost(&self) {
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let _watching = Watching(&self.watchers);
         loop {
             // Created before the check, so an `end` right after it still wakes us.
             let ended = self.ended.notified();
@@ -197,8 +210,7 @@ impl Lease {
     /// A lease on `key` whose acquire was sent at `sent`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        driver: Arc<dyn Driver>,
-        prefix: Arc<str>,
+        store: Arc<Store>,
         key: &str,
         token: Token,
         fencing: u64,
@@ -206,9 +218,8 @@ impl Lease {
         sent: Instant,
     ) -> Lease {
         let state = LeaseState {
-            driver,
-            prefix,
-            key: key.to_owned(),
+            store,
+            key: Text::new(&[key]),
             token,
             fencing,
             ttl,
@@ -216,6 +227,7 @@ impl Lease {
             deadline_nanos: AtomicU64::new(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
             phase: AtomicU8::new(HELD),
             ended: Notify::new(),
+            watchers: AtomicUsize::new(0),
         };
         Lease {
             state: Arc::new(state),
@@ -238,7 +250,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn key(&self) -> &str {
-        &self.state.key
+        self.state.key.as_str()
     }
 
     /// The random token that identifies this holder: 32 hex digits (128 bits from the OS
@@ -339,7 +351,12 @@ impl Lease {
             return Err(self.not_held());
         }
         let sent = Instant::now();
-        if !state.driver.renew(state.key(), state.token(), ttl).await? {
+        if !state
+            .store
+            .driver
+            .renew(state.key(), state.token(), ttl)
+            .await?
+        {
             state.mark_refused();
             return Err(self.not_held());
         }
@@ -369,9 +386,9 @@ impl Lease {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let state = Arc::clone(&self.state);
-        let released = match state.driver.release_sync(state.key(), state.token()) {
+        let released = match state.store.driver.release_sync(state.key(), state.token()) {
             Some(released) => released,
-            None => state.driver.release(state.key(), state.token()).await,
+            None => state.store.driver.release(state.key(), state.token()).await,
         };
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
@@ -385,7 +402,7 @@ impl Lease {
 
     fn not_held(&self) -> Error {
         Error::NotHeld {
-            key: self.state.key.clone(),
+            key: self.state.key.as_str().to_owned(),
         }
     }
 }
@@ -399,7 +416,7 @@ impl Drop for Lease {
         let refused = state.phase.load(Ordering::Acquire) == REFUSED;
         state.end(RELEASED);
         if !refused {
-            Arc::clone(&state.driver).release_detached(state.key(), state.token());
+            Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
         }
     }
 }
@@ -416,7 +433,7 @@ impl LeaseHandle {
     /// # }
     /// ```
     pub fn key(&self) -> &str {
-        &self.state.key
+        self.state.key.as_str()
     }
 
     /// The lease's token.
@@ -514,8 +531,8 @@ impl fmt::Debug for LeaseHandle {
 /// Shows the lease without its token: whoever has the token can release the lock.
 fn debug_state(f: &mut fmt::Formatter<'_>, name: &str, state: &LeaseState) -> fmt::Result {
     f.debug_struct(name)
-        .field("prefix", &&*state.prefix)
-        .field("key", &state.key)
+        .field("prefix", &&*state.store.prefix)
+        .field("key", &state.key.as_str())
         .field("fencing", &state.fencing)
         .field("ttl", &state.ttl)
         .field("lost", &state.is_lost())

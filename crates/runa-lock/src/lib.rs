@@ -57,6 +57,7 @@ mod options;
 mod provider;
 mod registry;
 mod renew;
+mod text;
 mod token;
 
 #[cfg(feature = "testing")]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use crate::driver::{Driver, LockKey, WaitPlan};
+use crate::driver::{Driver, LockKey, Store, WaitPlan};
 use crate::error::LossReason;
 use crate::lease::{Lease, LeaseHandle};
 use crate::options::Settings;
@@ -64,18 +64,20 @@ pub struct Locker {
 
 struct Inner {
     name: String,
-    driver: Arc<dyn Driver>,
-    prefix: Arc<str>,
+    store: Arc<Store>,
     settings: Settings,
 }
 
 impl Locker {
     pub(crate) fn new(name: String, driver: Arc<dyn Driver>, settings: Settings) -> Locker {
+        let store = Arc::new(Store {
+            driver,
+            prefix: settings.prefix.as_str().into(),
+        });
         Locker {
             inner: Arc::new(Inner {
                 name,
-                driver,
-                prefix: settings.prefix.as_str().into(),
+                store,
                 settings,
             }),
         }
@@ -121,7 +123,7 @@ impl Locker {
     pub fn with_options(&self, options: LockOptions) -> Locker {
         Locker::new(
             self.inner.name.clone(),
-            Arc::clone(&self.inner.driver),
+            Arc::clone(&self.inner.store.driver),
             self.inner.settings.with_call(&options),
         )
     }
@@ -145,10 +147,10 @@ impl Locker {
     /// ```
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         self.check(key)?;
-        let token = Token::new(!self.inner.driver.is_local())?;
+        let token = Token::new(!self.inner.store.driver.is_local())?;
         let ttl = self.inner.settings.ttl;
         let sent = Instant::now();
-        let driver = &self.inner.driver;
+        let driver = &self.inner.store.driver;
         let attempt = match driver.acquire_sync(self.lock_key(key), token.as_str(), ttl, sent) {
             Some(attempt) => attempt?,
             None => {
@@ -198,12 +200,13 @@ impl Locker {
     /// ```
     pub async fn wait(&self, key: &str) -> Result<Lease, Error> {
         self.check(key)?;
-        let token = Token::new(!self.inner.driver.is_local())?;
+        let token = Token::new(!self.inner.store.driver.is_local())?;
         let settings = &self.inner.settings;
         let plan = WaitPlan::new(Instant::now() + settings.wait, settings.retry_interval);
-        let pending = Pending::new(&self.inner.driver, self.lock_key(key), token.as_str());
+        let pending = Pending::new(&self.inner.store.driver, self.lock_key(key), token.as_str());
         let acquired = self
             .inner
+            .store
             .driver
             .wait(self.lock_key(key), token.as_str(), settings.ttl, plan)
             .await?;
@@ -297,13 +300,12 @@ impl Locker {
     }
 
     fn lock_key<'a>(&'a self, key: &'a str) -> LockKey<'a> {
-        LockKey::new(&self.inner.prefix, key)
+        LockKey::new(&self.inner.store.prefix, key)
     }
 
     fn lease(&self, key: &str, token: Token, fencing: u64, sent: Instant) -> Lease {
         Lease::new(
-            Arc::clone(&self.inner.driver),
-            Arc::clone(&self.inner.prefix),
+            Arc::clone(&self.inner.store),
             key,
             token,
             fencing,
@@ -336,7 +338,7 @@ impl fmt::Debug for Locker {
         f.debug_struct("Locker")
             .field("name", &self.inner.name)
             .field("settings", &self.inner.settings)
-            .field("driver", &self.inner.driver)
+            .field("driver", &self.inner.store.driver)
             .finish()
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
 use crate::driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan};
+use crate::text::Text;
 
 /// A shard sweeps its expired keys on insert when it last swept this long ago...
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -95,40 +96,6 @@ struct Holder {
 struct Name {
     prefix_len: usize,
     text: Text<38>,
-}
-
-/// A string stored inline when it fits in `N` bytes, so that the common short keys and the
-/// 32-digit tokens cost no allocation of their own (and a swept table gives back all of its
-/// memory at once).
-enum Text<const N: usize> {
-    Inline { len: u8, bytes: [u8; N] },
-    Heap(Box<str>),
-}
-
-impl<const N: usize> Text<N> {
-    fn new(parts: &[&str]) -> Self {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > N {
-            return Text::Heap(parts.concat().into_boxed_str());
-        }
-        let mut bytes = [0u8; N];
-        let mut at = 0;
-        for part in parts {
-            bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
-            at += part.len();
-        }
-        Text::Inline {
-            len: len as u8,
-            bytes,
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Text::Heap(text) => text.as_bytes(),
-        }
-    }
 }
 
 impl Name {
@@ -619,7 +586,9 @@ mod tests {
         let attempt = driver.inner.acquire(key("k"), "t", TTL, Instant::now());
         assert!(
             matches!(
-                driver.inner.acquire(key("x"), "t", Duration::MAX, Instant::now()),
+                driver
+                    .inner
+                    .acquire(key("x"), "t", Duration::MAX, Instant::now()),
                 Attempt::Acquired { .. }
             ),
             "a huge ttl saturates"
