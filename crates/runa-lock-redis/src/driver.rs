@@ -282,6 +282,7 @@ impl Inner {
                         "no reply within {}",
                         humantime::format_duration(self.connect_timeout + self.response_timeout)
                     ),
+                    connection: false,
                 },
             )),
         }
@@ -294,6 +295,9 @@ impl Inner {
                 operation,
                 address: self.address.clone(),
                 detail: error.to_string(),
+                connection: error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal(),
             },
         )
     }
@@ -321,7 +325,17 @@ impl Inner {
         })
     }
 
+    /// Renew and release are idempotent (they only act on this token), so one that failed
+    /// because the connection broke is sent once more on the reconnected connection: a
+    /// killed connection does not cost a lease or leave a lock behind.
     async fn renew(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool, Error> {
+        match self.renew_once(keys, token, ttl).await {
+            Err(error) if broken_connection(&error) => self.renew_once(keys, token, ttl).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn renew_once(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool, Error> {
         let mut connection = self.connection()?;
         let mut invocation = RENEW.key(&keys.lock);
         invocation
@@ -336,6 +350,13 @@ impl Inner {
     }
 
     async fn release(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
+        match self.release_once(keys, token).await {
+            Err(error) if broken_connection(&error) => self.release_once(keys, token).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn release_once(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
         let mut connection = self.connection()?;
         let mut invocation = RELEASE.key(&keys.lock);
         invocation.arg(token).arg(&keys.channel);
@@ -347,6 +368,16 @@ impl Inner {
 
     pub(crate) fn keys(&self, key: LockKey<'_>) -> Keys {
         Keys::new(&self.prefix, key)
+    }
+}
+
+/// Whether `error` is a call that failed because the connection broke.
+fn broken_connection(error: &Error) -> bool {
+    match error {
+        Error::Backend { source, .. } => source
+            .downcast_ref::<Failure>()
+            .is_some_and(|f| f.connection),
+        _ => false,
     }
 }
 
@@ -446,6 +477,9 @@ pub(crate) struct Failure {
     operation: &'static str,
     address: String,
     detail: String,
+    /// The connection broke (or was refused) before a reply: an idempotent call may be
+    /// sent again on the reconnected connection.
+    connection: bool,
 }
 
 impl fmt::Display for Failure {
