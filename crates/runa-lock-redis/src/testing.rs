@@ -2,7 +2,7 @@
 //! temporary directory, no persistence, stopped when dropped.
 //!
 //! Enabled with the `testing` feature. It needs `redis-server` on the `PATH` (or in
-//! `$REDIS_SERVER`); the workspace's `scripts/test.sh` installs it from Debian's packages.
+//! `$REDIS_SERVER`); the workspace's `scripts/test` installs it from Debian's packages.
 //! It never pretends: if the server cannot start, it panics saying why.
 //!
 //! ```no_run
@@ -258,7 +258,7 @@ impl RedisServer {
             .stderr(Stdio::null());
         let mut child = command.spawn().map_err(|e| {
             format!(
-                "cannot run {}: {e}; install it with `apt-get install -y redis-server` (scripts/test.sh does)",
+                "cannot run {}: {e}; install it with `apt-get install -y redis-server` (scripts/test does)",
                 binary.display()
             )
         })?;
