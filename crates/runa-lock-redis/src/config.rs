@@ -34,8 +34,8 @@ pub(crate) fn connection_info(url: &str, path: &str) -> Result<ConnectionInfo, E
 }
 
 fn invalid_url(path: &str, url: &str, problem: &str) -> Error {
-    // The parser's own message may quote the URL: mask the password there too.
-    let problem = match password(url) {
+    // The parser's own message may quote the URL: hide its credentials there too.
+    let problem = match userinfo(url) {
         Some(secret) if !secret.is_empty() => problem.replace(secret, "***"),
         _ => problem.to_owned(),
     };
@@ -46,19 +46,19 @@ fn invalid_url(path: &str, url: &str, problem: &str) -> Error {
     )
 }
 
-/// `url` with the password (between `user:` and `@`) replaced by `***`.
+/// `url` with its credentials (everything between `://` and the last `@`) replaced by
+/// `***`. The last `@` is used because a password that was not percent-encoded may hold
+/// `@`, `/`, `?` or `#` itself.
 pub(crate) fn mask(url: &str) -> String {
-    match password(url) {
-        Some(secret) if !secret.is_empty() => url.replacen(&format!(":{secret}@"), ":***@", 1),
+    match userinfo(url) {
+        Some(secret) if !secret.is_empty() => url.replacen(secret, "***", 1),
         _ => url.to_owned(),
     }
 }
 
-fn password(url: &str) -> Option<&str> {
+fn userinfo(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    Some(userinfo.split_once(':')?.1)
+    Some(&rest[..rest.rfind('@')?])
 }
 
 /// Makes rustls use ring, unless the process already chose a crypto provider.
@@ -77,9 +77,12 @@ mod tests {
     fn passwords_are_masked() {
         assert_eq!(
             mask("redis://user:s3cret@host:6379/0"),
-            "redis://user:***@host:6379/0"
+            "redis://***@host:6379/0"
         );
-        assert_eq!(mask("redis://:s3cret@host"), "redis://:***@host");
+        assert_eq!(mask("redis://:s3cret@host"), "redis://***@host");
+        assert_eq!(mask("redis://user:pa/ss?w#rd@host"), "redis://***@host");
+        let err = client_for_url("redis://user:pa/ss@host:notaport", "url").unwrap_err();
+        assert!(!err.to_string().contains("pa/ss"), "{err}");
         assert_eq!(mask("redis://host:6379"), "redis://host:6379");
         let err = client_for_url("http://u:s3cret@host", "lock.redis.url").unwrap_err();
         let text = err.to_string();

@@ -265,12 +265,25 @@ impl Inner {
     }
 
     /// Runs one call, bounded by the connect and response timeouts together.
+    ///
+    /// A call that times out retires the connection: a connection that silently died (a
+    /// NAT or firewall dropped it) never reports an error, so only a fresh one recovers.
     pub(crate) async fn bounded<T>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Error> {
-        match timeout(self.connect_timeout + self.response_timeout, call).await {
+        let limit = self.connect_timeout.saturating_add(self.response_timeout);
+        let outcome = timeout(limit, call).await;
+        let timed_out = match &outcome {
+            Err(_) => true,
+            Ok(Err(error)) => error.is_timeout(),
+            Ok(Ok(_)) => false,
+        };
+        if timed_out {
+            self.retire_connection();
+        }
+        match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(self.failure(operation, error)),
             Err(_) => Err(Error::backend(
@@ -278,14 +291,19 @@ impl Inner {
                 Failure {
                     operation,
                     address: self.address.clone(),
-                    detail: format!(
-                        "no reply within {}",
-                        humantime::format_duration(self.connect_timeout + self.response_timeout)
-                    ),
+                    detail: format!("no reply within {}", humantime::format_duration(limit)),
                     connection: false,
                 },
             )),
         }
+    }
+
+    /// Drops the command connection; the next call opens a new one.
+    fn retire_connection(&self) {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     pub(crate) fn failure(&self, operation: &'static str, error: RedisError) -> Error {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use redis::{Client, RedisError};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 
@@ -29,10 +29,10 @@ struct Shared {
     connect_timeout: Duration,
     response_timeout: Duration,
     state: Mutex<State>,
-    /// The generation of the live subscriber connection (0: none); waiters watch it.
-    connected: watch::Sender<u64>,
     /// Pub/sub was refused (ACL, proxy): waiters poll.
     unavailable: AtomicBool,
+    /// Asks the pump to drop its connection and make a new one (a SUBSCRIBE timed out).
+    retire: Notify,
 }
 
 #[derive(Default)]
@@ -41,7 +41,9 @@ struct State {
     /// through the sink's lock, one at a time, so they reach Redis in the order decided.
     sink: Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)>,
     generation: u64,
-    pump: Option<AbortHandle>,
+    /// The running pump and its id; a pump installs a sink only while it is the current one.
+    pump: Option<(u64, AbortHandle)>,
+    pumps_started: u64,
     keys: HashMap<String, Member>,
 }
 
@@ -82,8 +84,8 @@ impl Notifier {
                 connect_timeout,
                 response_timeout,
                 state: Mutex::new(State::default()),
-                connected: watch::Sender::new(0),
                 unavailable: AtomicBool::new(false),
+                retire: Notify::new(),
             }),
         }
     }
@@ -112,27 +114,29 @@ impl Notifier {
         }
     }
 
-    /// Makes sure `wait`'s channel is subscribed on the live subscriber connection,
-    /// connecting first if needed (no later than `deadline`). False when notifications are
-    /// not available now: the caller polls.
+    /// Makes sure `wait`'s channel is subscribed on the live subscriber connection. False
+    /// when notifications are not available right now (not connected yet, refused, or the
+    /// subscription did not answer by `deadline`): the caller polls this round, and the
+    /// pump bumps every waiter's epoch once it has (re)subscribed them.
     pub(crate) async fn subscribe(&self, wait: &KeyWait, deadline: Instant) -> bool {
         let shared = &self.shared;
         if shared.unavailable.load(Ordering::Relaxed) {
             return false;
         }
-        let Some((generation, sink)) = self.live_sink(deadline).await else {
+        let Some((generation, sink)) = self.live_sink() else {
             return false;
         };
         if wait.subscribed.load(Ordering::Acquire) == generation {
             return true;
         }
-        let Ok(mut sink) = timeout(shared.response_timeout, sink.lock()).await else {
+        let limit = (Instant::now() + shared.response_timeout).min(deadline);
+        let Ok(mut sink) = timeout_at(limit, sink.lock()).await else {
             return false;
         };
         if wait.subscribed.load(Ordering::Acquire) == generation {
             return true;
         }
-        match timeout(shared.response_timeout, sink.subscribe(&wait.channel)).await {
+        match timeout_at(limit, sink.subscribe(&wait.channel)).await {
             Ok(Ok(())) => {
                 wait.subscribed.store(generation, Ordering::Release);
                 true
@@ -141,40 +145,42 @@ impl Notifier {
                 shared.refused(&error);
                 false
             }
-            Err(_) => false,
+            Err(_) => {
+                // A subscriber that does not answer may be silently dead: replace it.
+                shared.retire.notify_one();
+                false
+            }
         }
     }
 
-    /// The live subscriber sink, starting the pump and waiting for it to connect if needed.
-    async fn live_sink(
-        &self,
-        deadline: Instant,
-    ) -> Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)> {
-        let mut connected = self.shared.connected.subscribe();
-        {
-            let mut state = self.shared.lock();
-            if let Some(sink) = &state.sink {
-                return Some(sink.clone());
-            }
-            if state.pump.is_none() {
-                let runtime = tokio::runtime::Handle::try_current().ok()?;
-                let task = runtime.spawn(pump(Arc::downgrade(&self.shared)));
-                state.pump = Some(task.abort_handle());
-            }
+    /// The live subscriber sink, if connected; (re)starts the pump when none is running.
+    fn live_sink(&self) -> Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)> {
+        let mut state = self.shared.lock();
+        let running = state
+            .pump
+            .as_ref()
+            .is_some_and(|(_, task)| !task.is_finished());
+        if !running {
+            // No pump (first use, or its runtime shut down, or it was closed): any sink left
+            // is dead. Start a new pump; this round polls.
+            state.sink = None;
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            state.pumps_started += 1;
+            let id = state.pumps_started;
+            let task = runtime.spawn(pump(Arc::downgrade(&self.shared), id));
+            state.pump = Some((id, task.abort_handle()));
+            return None;
         }
-        let limit = (Instant::now() + self.shared.connect_timeout).min(deadline);
-        let _ = timeout_at(limit, connected.wait_for(|generation| *generation != 0)).await;
-        self.shared.lock().sink.clone()
+        state.sink.clone()
     }
 
     /// Drops the subscriber connection; a later wait reconnects.
     pub(crate) fn close(&self) {
         let mut state = self.shared.lock();
-        if let Some(pump) = state.pump.take() {
+        if let Some((_, pump)) = state.pump.take() {
             pump.abort();
         }
         state.sink = None;
-        self.shared.connected.send_replace(0);
         for member in state.keys.values() {
             member.wait.subscribed.store(0, Ordering::Release);
             member.wait.bump();
@@ -268,9 +274,8 @@ impl Drop for Membership<'_> {
             return;
         }
         state.keys.remove(&self.wait.channel);
-        if self.wait.subscribed.load(Ordering::Acquire) == 0 {
-            return;
-        }
+        // Even when this waiter never saw its SUBSCRIBE answered (it was dropped meanwhile),
+        // the subscription may exist: unsubscribe whenever there is a connection.
         let (Some((_, sink)), Ok(runtime)) =
             (state.sink.clone(), tokio::runtime::Handle::try_current())
         else {
@@ -292,8 +297,12 @@ impl Drop for Membership<'_> {
     }
 }
 
-/// Keeps the subscriber connected and turns release messages into epoch bumps.
-async fn pump(weak: Weak<Shared>) {
+/// How often the pump checks that a quiet subscriber connection still answers.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Keeps the subscriber connected and turns release messages into epoch bumps. A connection
+/// that stops answering its heartbeat `PING` (or a `SUBSCRIBE`) is replaced.
+async fn pump(weak: Weak<Shared>, id: u64) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
@@ -305,17 +314,47 @@ async fn pump(weak: Weak<Shared>) {
                 backoff = MIN_BACKOFF;
                 let (sink, mut stream) = pubsub.split();
                 let sink = Arc::new(tokio::sync::Mutex::new(sink));
-                let generation = resubscribe(&shared, &sink).await;
+                let Some(generation) = resubscribe(&shared, &sink, id).await else {
+                    return; // closed meanwhile: this pump is no longer the current one
+                };
+                let response_timeout = shared.response_timeout;
                 drop(shared);
-                while let Some(message) = stream.next().await {
-                    let Some(shared) = weak.upgrade() else { return };
-                    let wait = shared
-                        .lock()
-                        .keys
-                        .get(message.get_channel_name())
-                        .map(|m| Arc::clone(&m.wait));
-                    if let Some(wait) = wait {
-                        wait.bump();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.tick().await;
+                loop {
+                    let retired = async {
+                        match weak.upgrade() {
+                            Some(shared) => shared.retire.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        message = stream.next() => {
+                            let Some(message) = message else { break };
+                            let Some(shared) = weak.upgrade() else { return };
+                            let wait = shared
+                                .lock()
+                                .keys
+                                .get(message.get_channel_name())
+                                .map(|m| Arc::clone(&m.wait));
+                            if let Some(wait) = wait {
+                                wait.bump();
+                            }
+                        }
+                        _ = heartbeat.tick() => {
+                            let alive = async {
+                                let mut sink = sink.lock().await;
+                                sink.ping::<String>().await.is_ok()
+                            };
+                            if !timeout(response_timeout, alive).await.unwrap_or(false) {
+                                tracing::debug!("Redis subscriber connection stopped answering; replacing it");
+                                break;
+                            }
+                        }
+                        _ = retired => {
+                            tracing::debug!("Redis subscriber connection did not answer a SUBSCRIBE; replacing it");
+                            break;
+                        }
                     }
                 }
                 let Some(shared) = weak.upgrade() else { return };
@@ -326,13 +365,11 @@ async fn pump(weak: Weak<Shared>) {
                         state.sink = None;
                     }
                 }
-                shared.connected.send_replace(0);
                 shared.bump_all();
             }
             Ok(Err(error)) => {
                 shared.refused(&error);
                 if shared.unavailable.load(Ordering::Relaxed) {
-                    shared.lock().pump = None;
                     return;
                 }
                 tracing::debug!(%error, "Redis subscriber connection failed; retrying");
@@ -345,11 +382,23 @@ async fn pump(weak: Weak<Shared>) {
 }
 
 /// Installs a fresh subscriber sink, subscribes every channel with local waiters, and bumps
-/// their epochs (releases may have been missed while disconnected). Returns its generation.
-async fn resubscribe(shared: &Shared, sink: &Arc<tokio::sync::Mutex<PubSubSink>>) -> u64 {
+/// their epochs (releases may have been missed while disconnected). Returns its generation,
+/// or `None` when pump `id` is no longer the current one (the notifier was closed).
+async fn resubscribe(
+    shared: &Shared,
+    sink: &Arc<tokio::sync::Mutex<PubSubSink>>,
+    id: u64,
+) -> Option<u64> {
     let mut guard = sink.lock().await;
     let (generation, waits) = {
         let mut state = shared.lock();
+        if state
+            .pump
+            .as_ref()
+            .is_none_or(|(current, _)| *current != id)
+        {
+            return None;
+        }
         state.generation += 1;
         let generation = state.generation;
         state.sink = Some((generation, Arc::clone(sink)));
@@ -369,9 +418,8 @@ async fn resubscribe(shared: &Shared, sink: &Arc<tokio::sync::Mutex<PubSubSink>>
         }
     }
     drop(guard);
-    shared.connected.send_replace(generation);
     for wait in &waits {
         wait.bump();
     }
-    generation
+    Some(generation)
 }

@@ -233,11 +233,43 @@ struct RawTable {
     url: Option<String>,
     addr: Option<String>,
     username: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
     db: Option<i64>,
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
     prefix: Option<String>,
+}
+
+/// A password from config: a string, and never echoed back, not even in a type error.
+#[derive(Clone)]
+struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+                Ok(Secret(value.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("the password must be a string (value not shown)"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("the password must be a string (value not shown)"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("the password must be a string (value not shown)"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("the password must be a string (value not shown)"))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// The merged settings; `url` and `addr` remember the key path they came from.
@@ -321,7 +353,11 @@ impl Table {
                 .and_then(|t| humantime::parse_duration(t).ok())
         };
         self.username = raw.username.clone().or(self.username.take());
-        self.password = raw.password.clone().or(self.password.take());
+        self.password = raw
+            .password
+            .as_ref()
+            .map(|p| p.0.clone())
+            .or(self.password.take());
         self.db = raw.db.or(self.db);
         self.connect_timeout = duration(&raw.connect_timeout).or(self.connect_timeout);
         self.response_timeout = duration(&raw.response_timeout).or(self.response_timeout);

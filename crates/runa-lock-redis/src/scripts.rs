@@ -16,18 +16,38 @@ pub(crate) const FENCE_TTL_MS: u64 = 60 * 60 * 1000;
 /// greater than the last one and no less than the server's clock in microseconds, so the
 /// numbers also keep growing after the counter is lost (a restart without persistence).
 /// Returns `{1, fencing}` or `{0, pttl of the holder}`.
+///
+/// - An attempt with a token that already holds the lock (its earlier attempt ran but the
+///   reply was lost) is granted again with the same fencing number, and the lease's ttl
+///   starts over, so a retried acquire never orphans the lock or shortens the lease.
+/// - The counter is checked before anything is written: a value that is not an integer
+///   below 2^53 (past which Lua's numbers lose precision) is an error, and nothing changes.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local now = redis.call('TIME')
-  local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-  local fencing = string.format('%.0f', math.max(last + 1, micros))
-  redis.call('SET', KEYS[2], fencing, 'PX', ARGV[3])
-  return {1, fencing}
+local last = redis.call('GET', KEYS[2])
+if last then
+  last = tonumber(last)
+  if not last or last ~= last or last < 0 or last >= 9007199254740992 or last % 1 ~= 0 then
+    return redis.error_reply('ERR runa-lock: fencing counter ' .. KEYS[2] .. ' is not an integer below 2^53')
+  end
+else
+  last = 0
 end
-return {0, redis.call('PTTL', KEYS[1])}
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, string.format('%.0f', last)}
+end
+if holder then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local now = redis.call('TIME')
+local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local fencing = string.format('%.0f', math.max(last + 1, micros))
+redis.call('SET', KEYS[2], fencing, 'PX', ARGV[3])
+return {1, fencing}
 ",
     )
 });

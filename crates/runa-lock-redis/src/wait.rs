@@ -60,7 +60,11 @@ pub(crate) async fn wait(
                 let sent = Instant::now();
                 match driver.acquire(&keys, token, ttl).await {
                     Ok(Outcome::Acquired(fencing)) => {
-                        waiting.set_peer_acquired(epoch);
+                        // Only a subscribed head may tell the next one to wait for a release
+                        // message: otherwise that message may have gone out unheard.
+                        if notified {
+                            waiting.set_peer_acquired(epoch);
+                        }
                         return Ok(Some(Grant::new(fencing, sent)));
                     }
                     Ok(Outcome::Busy(left)) => {

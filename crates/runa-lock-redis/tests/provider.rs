@@ -241,7 +241,7 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
         ),
         (
             "[lock.redis]\nurl = \"http://user:s3cret@host\"",
-            r#"lock.redis.url: not a valid Redis URL: expected a redis:// or rediss:// URL (got "http://user:***@host") in inline TOML #1"#,
+            r#"lock.redis.url: not a valid Redis URL: expected a redis:// or rediss:// URL (got "http://***@host") in inline TOML #1"#,
         ),
     ];
     for (document, expected) in cases {

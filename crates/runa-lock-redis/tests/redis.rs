@@ -76,6 +76,10 @@ async fn handoff(
     (woke - released, first, fencing)
 }
 
+/// Faster than a deaf waiter's first poll (30 s / 16 at the least, with jitter): a wake-up
+/// this quick came from a release message.
+const NOTIFIED: Duration = Duration::from_millis(1000);
+
 /// A waiter that can only be woken by a release message: it polls every 30 s and its
 /// holder's lease lasts 30 s.
 fn deaf_waiter(driver: RedisDriver) -> Locker {
@@ -131,8 +135,9 @@ async fn a_release_wakes_a_waiter_on_another_driver_at_once() {
     let (woke, first, next) =
         handoff(&holder, deaf_waiter(driver(&server)), "handoff", || {}).await;
     assert!(next > first);
-    // Polling (30 s) or expiry (30 s) could not have done it; only the release message.
-    assert!(woke < Duration::from_secs(5), "woken after {woke:?}");
+    // Polling (a 30 s interval: at least 1.8 s for the first, jittered, poll) or expiry
+    // (30 s) could not have done it; only the release message.
+    assert!(woke < NOTIFIED, "woken after {woke:?}");
 }
 
 #[tokio::test]
@@ -420,13 +425,35 @@ async fn a_wait_rides_over_an_outage_until_redis_is_back() {
 async fn killed_subscriber_connections_are_replaced_and_waiters_still_woken() {
     let server = RedisServer::start();
     let holder = locker(driver(&server), LockerOptions::new());
-    let (woke, _, _) = handoff(&holder, deaf_waiter(driver(&server)), "k", || {
-        let killed: i64 = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-        assert!(killed >= 1);
-        std::thread::sleep(Duration::from_millis(500));
-    })
-    .await;
-    assert!(woke < Duration::from_secs(5), "woken after {woke:?}");
+    let waiter = deaf_waiter(driver(&server));
+    let lease = holder.wait("k").await.unwrap();
+    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
+    sleep(Duration::from_millis(300)).await;
+    let killed: i64 = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed >= 1);
+    // The driver reconnects and subscribes the key's channel again.
+    let channel = "runa:lock:{5:jobs:k}:r";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<redis::Value> = server.command(&["PUBSUB", "NUMSUB", channel]);
+        if matches!(counts.get(1), Some(redis::Value::Int(n)) if *n >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the channel was never subscribed again"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    let released = Instant::now();
+    lease.release().await.unwrap();
+    let woke = task.await.unwrap().unwrap();
+    assert!(
+        woke - released < NOTIFIED,
+        "woken after {:?}",
+        woke - released
+    );
 }
 
 #[tokio::test]
@@ -491,7 +518,7 @@ async fn an_acl_user_limited_to_the_prefix_works_with_notifications() {
     lease.release().await.unwrap();
     let woke = task.await.unwrap().unwrap();
     assert!(
-        woke - released < Duration::from_secs(5),
+        woke - released < NOTIFIED,
         "woken after {:?}",
         woke - released
     );
@@ -659,7 +686,7 @@ async fn tls_with_a_private_ca() {
     sleep(Duration::from_millis(300)).await;
     let first = lease.fencing();
     lease.release().await.unwrap();
-    let next = timeout(Duration::from_secs(5), task)
+    let next = timeout(NOTIFIED, task)
         .await
         .expect("no wake-up over TLS")
         .unwrap()
@@ -701,4 +728,105 @@ async fn a_plain_client_against_a_tls_port_fails_promptly() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn an_acquire_whose_reply_is_lost_is_granted_on_the_next_attempt() {
+    let server = RedisServer::start();
+    let jobs = locker(
+        driver(&server)
+            .with_connect_timeout(Duration::from_millis(200))
+            .with_response_timeout(Duration::from_millis(200)),
+        LockerOptions::new()
+            .ttl(Duration::from_secs(20))
+            .wait(Duration::from_secs(5))
+            .retry_interval(Duration::from_millis(100)),
+    );
+    jobs.try_lock("warm")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // The server stops for 800 ms: the first attempt is read and run when it resumes, after
+    // the driver gave up on its reply (400 ms) and dropped that connection.
+    server.pause();
+    let pid = server.pid();
+    let resumer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = std::process::Command::new("bash")
+            .args(["-c", "kill -CONT \"$0\"", &pid.to_string()])
+            .status();
+    });
+    let lease = jobs
+        .wait("job")
+        .await
+        .expect("the wait gave up on a lock its own token held");
+    resumer.join().unwrap();
+    let value: String = server.command(&["GET", "runa:lock:{5:jobs:job}:l"]);
+    assert_eq!(value, lease.token());
+    let ttl: i64 = server.command(&["PTTL", "runa:lock:{5:jobs:job}:l"]);
+    assert!(
+        ttl > 19_000,
+        "the granted lease kept the first attempt's ttl: {ttl} ms"
+    );
+    lease.release().await.unwrap();
+    let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
+    assert!(locks.is_empty(), "{locks:?}");
+}
+
+#[tokio::test]
+async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
+    let server = RedisServer::start();
+    let jobs = locker(driver(&server), LockerOptions::new());
+    for garbage in ["garbage", "nan", "1e19", "9007199254740993", "-5", "1.5"] {
+        server.command::<String>(&["SET", "runa:lock:{5:jobs:job}:f", garbage]);
+        let err = jobs.try_lock("job").await.unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "{garbage}: {err:?}");
+        assert!(
+            err.to_string().contains("fencing counter"),
+            "{garbage}: {err}"
+        );
+        let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
+        assert!(locks.is_empty(), "{garbage}: the lock was written anyway");
+    }
+    server.command::<String>(&["SET", "runa:lock:{5:jobs:job}:f", "9007199254740990"]);
+    let lease = jobs.try_lock("job").await.unwrap().unwrap();
+    assert_eq!(lease.fencing(), 9_007_199_254_740_991);
+    lease.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelled_waits_leave_no_subscriptions() {
+    let server = RedisServer::start();
+    let holder = locker(driver(&server), LockerOptions::new());
+    let waiter = deaf_waiter(driver(&server));
+    let mut leases = Vec::new();
+    for i in 0..100 {
+        leases.push(holder.wait(&format!("k{i}")).await.unwrap());
+    }
+    let mut seed = 0x9E37_79B9_u64;
+    for i in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let waiter = waiter.clone();
+        let key = format!("k{}", i % 100);
+        let _ = timeout(Duration::from_micros(seed % 3000), waiter.wait(&key)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let channels: Vec<String> = server.command(&["PUBSUB", "CHANNELS", "*"]);
+        if channels.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscriptions left behind: {}",
+            channels.len()
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    drop(leases);
 }

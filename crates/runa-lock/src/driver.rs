@@ -248,7 +248,10 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     ///
     /// - A free key, or one whose lease has expired, is taken: `Attempt::Acquired` with a
     ///   fresh fencing number.
-    /// - A key held by any token (the same one included) gives `Attempt::Busy`.
+    /// - A key held by another token gives `Attempt::Busy`.
+    /// - A key already held by this token (an earlier attempt ran, but its reply was lost)
+    ///   may be granted again, with the same fencing number and the ttl started over; a
+    ///   driver whose replies cannot be lost may answer `Busy` instead.
     fn acquire<'a>(
         &'a self,
         key: LockKey<'a>,
