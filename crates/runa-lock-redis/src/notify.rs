@@ -129,7 +129,9 @@ impl Notifier {
         if wait.subscribed.load(Ordering::Acquire) == generation {
             return true;
         }
-        let limit = (Instant::now() + shared.response_timeout).min(deadline);
+        let limit = Instant::now()
+            .checked_add(shared.response_timeout)
+            .map_or(deadline, |limit| limit.min(deadline));
         let Ok(mut sink) = timeout_at(limit, sink.lock()).await else {
             return false;
         };

@@ -830,3 +830,39 @@ async fn cancelled_waits_leave_no_subscriptions() {
     }
     drop(leases);
 }
+
+/// A driver kept across tokio runtimes (as a static one shared by tests would be) restarts
+/// its subscriber on the new runtime instead of keeping the dead one.
+#[test]
+fn a_driver_outliving_its_runtime_still_gets_notifications() {
+    let server = RedisServer::start();
+    let shared_waiter = deaf_waiter(driver(&server));
+    for round in 0..2 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let woke = runtime.block_on(async {
+            let holder = locker(driver(&server), LockerOptions::new());
+            let (woke, _, _) = handoff(&holder, shared_waiter.clone(), "k", || {}).await;
+            woke
+        });
+        assert!(woke < NOTIFIED, "round {round}: woken after {woke:?}");
+        drop(runtime);
+    }
+}
+
+#[tokio::test]
+async fn huge_timeouts_do_not_panic() {
+    let server = RedisServer::start();
+    let jobs = locker(
+        driver(&server)
+            .with_connect_timeout(Duration::MAX)
+            .with_response_timeout(Duration::MAX),
+        LockerOptions::new().wait(Duration::from_millis(300)),
+    );
+    let lease = jobs.wait("k").await.unwrap();
+    assert!(matches!(jobs.wait("k").await, Err(Error::Timeout { .. })));
+    lease.release().await.unwrap();
+}
