@@ -346,7 +346,7 @@ async fn pump(weak: Weak<Shared>, id: u64) {
                         _ = heartbeat.tick() => {
                             let alive = async {
                                 let mut sink = sink.lock().await;
-                                sink.ping::<String>().await.is_ok()
+                                sink.ping::<redis::Value>().await.is_ok()
                             };
                             if !timeout(response_timeout, alive).await.unwrap_or(false) {
                                 tracing::debug!("Redis subscriber connection stopped answering; replacing it");

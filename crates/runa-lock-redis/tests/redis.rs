@@ -866,3 +866,30 @@ async fn huge_timeouts_do_not_panic() {
     assert!(matches!(jobs.wait("k").await, Err(Error::Timeout { .. })));
     lease.release().await.unwrap();
 }
+
+/// The subscriber's heartbeat keeps a healthy connection (it is not replaced every beat), and
+/// the waiter is still woken by the release afterwards. (Two workers: the test's sleep blocks
+/// one of them while the subscriber's task runs on the other.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_heartbeat_keeps_a_healthy_connection() {
+    let server = RedisServer::start();
+    let pubsub_ids = || -> Vec<String> {
+        let list: String = server.command(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+        list.lines()
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let holder = locker(driver(&server), LockerOptions::new());
+    let (woke, _, _) = handoff(&holder, deaf_waiter(driver(&server)), "k", || {
+        let before = pubsub_ids();
+        assert_eq!(before.len(), 1, "{before:?}");
+        std::thread::sleep(Duration::from_millis(6_000));
+        assert_eq!(
+            pubsub_ids(),
+            before,
+            "the subscriber connection was replaced"
+        );
+    })
+    .await;
+    assert!(woke < NOTIFIED, "woken after {woke:?}");
+}
