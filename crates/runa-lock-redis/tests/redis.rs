@@ -505,23 +505,9 @@ async fn an_acl_user_limited_to_the_prefix_works_with_notifications() {
     ]);
     let url = format!("redis://locker:s3cret-pw@127.0.0.1:{}", server.port());
     let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
-    let waiter = locker(
-        RedisDriver::open(&url).unwrap(),
-        LockerOptions::new()
-            .wait(Duration::from_secs(20))
-            .retry_interval(Duration::from_secs(30)),
-    );
-    let lease = holder.wait("k").await.unwrap();
-    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
-    sleep(Duration::from_millis(300)).await;
-    let released = Instant::now();
-    lease.release().await.unwrap();
-    let woke = task.await.unwrap().unwrap();
-    assert!(
-        woke - released < NOTIFIED,
-        "woken after {:?}",
-        woke - released
-    );
+    let waiter = deaf_waiter(RedisDriver::open(&url).unwrap());
+    let (woke, _, _) = handoff(&holder, waiter, "k", || {}).await;
+    assert!(woke < NOTIFIED, "woken after {woke:?}");
 
     // A user whose keys lie elsewhere is refused, and the password is not in the error.
     server.command::<String>(&[
@@ -591,22 +577,12 @@ async fn without_channel_rights_waiters_poll_and_still_get_the_lock() {
             .wait(Duration::from_secs(20))
             .retry_interval(Duration::from_millis(200)),
     );
-    let lease = holder.wait("k").await.unwrap();
-    let task = tokio::spawn(async move { waiter.wait("k").await.map(|_| Instant::now()) });
-    sleep(Duration::from_millis(500)).await;
-    let released = Instant::now();
-    lease
-        .release()
-        .await
-        .expect("a refused PUBLISH does not fail the release");
-    let woke = task.await.unwrap().unwrap();
-    assert!(
-        woke - released < Duration::from_secs(3),
-        "woken after {:?}",
-        woke - released
-    );
+    // A refused PUBLISH does not fail the release (handoff unwraps it), and polling gets
+    // the waiter in.
+    let (woke, _, _) = handoff(&holder, waiter, "k", || {}).await;
+    assert!(woke < Duration::from_secs(3), "woken after {woke:?}");
 
-    // Another wait on the same driver polls too, without logging again.
+    // A second driver polls too and says so once, in a line of its own.
     let waiter = locker(
         RedisDriver::open(&url).unwrap(),
         LockerOptions::new().retry_interval(Duration::from_millis(50)),
