@@ -18,6 +18,10 @@ pub(crate) struct Store {
 }
 
 /// A boxed, `Send` future, as returned by [`Driver`] methods.
+///
+/// ```
+/// let ready: runa_lock::BoxFuture<'static, u8> = Box::pin(async { 7 });
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The key a driver operation is about: the locker's prefix and the caller's key, kept apart.

@@ -79,22 +79,69 @@ pub use registry::{LockerInfo, Registry};
 pub use runa;
 
 /// The name of the default locker; [`Registry::of`] treats `""` as this.
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of("")?.name(), runa_lock::DEFAULT_NAME);
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const DEFAULT_NAME: &str = "default";
 /// A built-in locker with no prefix, sharing keys with [`DEFAULT_NAME`].
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of(runa_lock::LOCAL)?.info().prefix, "");
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const LOCAL: &str = "local";
 /// A built-in locker for scheduled jobs, prefix `"schedule:"`.
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of(runa_lock::SCHEDULE)?.info().prefix, "schedule:");
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const SCHEDULE: &str = "schedule";
 /// A built-in locker for queue consumers, prefix `"queue:"`.
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of(runa_lock::QUEUE)?.info().prefix, "queue:");
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const QUEUE: &str = "queue";
 /// A built-in locker for cache fills, prefix `"cache:"`.
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of(runa_lock::CACHE)?.info().prefix, "cache:");
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const CACHE: &str = "cache";
 /// The driver lockers use unless told otherwise: [`MemoryDriver`].
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of("default")?.info().driver, runa_lock::DEFAULT_DRIVER);
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const DEFAULT_DRIVER: &str = "memory";
 /// The default lease ttl: 30 s.
+///
+/// ```
+/// assert_eq!(runa_lock::Registry::new().of("default")?.info().ttl, runa_lock::DEFAULT_TTL);
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The default longest wait of `wait` and `with`: 3 s.
+///
+/// ```
+/// assert_eq!(runa_lock::DEFAULT_WAIT, std::time::Duration::from_secs(3));
+/// ```
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(3);
 /// The default polling interval where a driver cannot notify: 100 ms.
+///
+/// ```
+/// assert_eq!(runa_lock::DEFAULT_RETRY_INTERVAL, std::time::Duration::from_millis(100));
+/// ```
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// The key prefix the Redis driver puts before every locker's keys.
+///
+/// ```
+/// assert_eq!(runa_lock::DEFAULT_REDIS_PREFIX, "runa:lock:");
+/// ```
 pub const DEFAULT_REDIS_PREFIX: &str = "runa:lock:";
