@@ -869,3 +869,96 @@ async fn the_subscriber_heartbeat_keeps_a_healthy_connection() {
     .await;
     assert!(woke < NOTIFIED, "woken after {woke:?}");
 }
+
+/// A loopback TCP proxy to the test server whose existing connections can be frozen: they
+/// stay open but nothing passes any more, as when a NAT or firewall silently drops them.
+struct FreezingProxy {
+    port: u16,
+    next_id: Arc<AtomicU64>,
+    frozen_below: Arc<AtomicU64>,
+}
+
+impl FreezingProxy {
+    async fn start(target: u16) -> FreezingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let next_id = Arc::new(AtomicU64::new(0));
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let (ids, frozen) = (Arc::clone(&next_id), Arc::clone(&frozen_below));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                for (mut from, mut to) in [(client.into_split(), server.into_split())]
+                    .into_iter()
+                    .flat_map(|((cr, cw), (sr, sw))| [(cr, sw), (sr, cw)])
+                    .map(|(r, w)| (r, w))
+                {
+                    let frozen = Arc::clone(&frozen);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if id >= frozen.load(Ordering::SeqCst)
+                                && to.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingProxy {
+            port,
+            next_id,
+            frozen_below,
+        }
+    }
+
+    /// Every connection made so far goes silent; new ones work.
+    fn freeze_existing(&self) {
+        self.frozen_below
+            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_connection_is_replaced() {
+    let server = RedisServer::start();
+    let proxy = FreezingProxy::start(server.port()).await;
+    let driver = RedisDriver::open(&format!("redis://127.0.0.1:{}", proxy.port))
+        .unwrap()
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_response_timeout(Duration::from_millis(300));
+    let jobs = locker(driver, LockerOptions::new());
+    jobs.try_lock("a")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    proxy.freeze_existing();
+    let started = Instant::now();
+    let mut recovered = false;
+    for _ in 0..10 {
+        if let Ok(Some(lease)) = jobs.try_lock("b").await {
+            lease.release().await.unwrap();
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the driver kept using the dead connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
