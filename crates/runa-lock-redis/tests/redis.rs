@@ -892,10 +892,9 @@ impl FreezingProxy {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
-                for (mut from, mut to) in [(client.into_split(), server.into_split())]
-                    .into_iter()
-                    .flat_map(|((cr, cw), (sr, sw))| [(cr, sw), (sr, cw)])
-                    .map(|(r, w)| (r, w))
+                let ((client_read, client_write), (server_read, server_write)) =
+                    (client.into_split(), server.into_split());
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
                 {
                     let frozen = Arc::clone(&frozen);
                     tokio::spawn(async move {
