@@ -122,9 +122,7 @@ impl RedisProvider {
     fn build(&self, config: &runa::Config) -> Result<RedisDriver, Error> {
         let mut settings = Table::default();
         for path in ["redis", "lock.redis"] {
-            let table: Option<Table> = config
-                .get(path)
-                .map_err(|e| Error::invalid_config("", e.to_string(), None))?;
+            let table: Option<Table> = config.get(path).map_err(Error::from)?;
             if let Some(mut table) = table {
                 table.path = path.to_owned();
                 table.validate(path, config)?;
@@ -142,8 +140,7 @@ impl RedisProvider {
                         "redis url".to_owned(),
                     ),
                 };
-                let mut info =
-                    connection_info(&url, &path).map_err(|e| with_origin(e, config, &path))?;
+                let mut info = connection_info(&url, &path).map_err(|e| e.located_in(config))?;
                 let mut redis = info.redis_settings().clone();
                 if let Some(username) = &settings.username {
                     redis = redis.set_username(username);
@@ -301,12 +298,7 @@ impl Table {
     fn validate(&self, path: &str, config: &runa::Config) -> Result<(), Error> {
         let raw = &self.raw;
         let fail = |key: &str, problem: &str, got: String| {
-            let full = format!("{path}.{key}");
-            with_origin(
-                Error::invalid_config(&full, problem, Some(got)),
-                config,
-                &full,
-            )
+            Error::invalid_config(format!("{path}.{key}"), problem, Some(got)).located_in(config)
         };
         if raw.url.is_some() && raw.addr.is_some() {
             return Err(fail(
@@ -362,12 +354,5 @@ impl Table {
         self.connect_timeout = duration(&raw.connect_timeout).or(self.connect_timeout);
         self.response_timeout = duration(&raw.response_timeout).or(self.response_timeout);
         self.prefix = raw.prefix.clone().or(self.prefix.take());
-    }
-}
-
-fn with_origin(error: Error, config: &runa::Config, path: &str) -> Error {
-    match config.origin(path) {
-        Some(origin) => error.with_origin(origin),
-        None => error,
     }
 }

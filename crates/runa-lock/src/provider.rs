@@ -106,7 +106,7 @@ impl Provider for LockProvider {
             let config = app_config(app.config())?;
             registry
                 .configure(&config)
-                .map_err(|e| with_origin(e, app.config()))?;
+                .map_err(|e| e.located_in(app.config()))?;
             Ok(())
         })
     }
@@ -123,27 +123,10 @@ impl Provider for LockProvider {
 
 /// The `[lock]` table of the app's config, validated.
 fn app_config(config: &runa::Config) -> Result<Config, Error> {
-    let Some(lock) = config
-        .get::<toml::Value>("lock")
-        .map_err(|e| Error::invalid_config("lock", e.to_string(), None))?
-    else {
+    let Some(lock) = config.get::<toml::Value>("lock").map_err(Error::from)? else {
         return Ok(Config::default());
     };
-    Config::from_lock_value(&lock).map_err(|e| with_origin(e, config))
-}
-
-/// Names the source of the value an [`Error::InvalidConfig`] is about.
-fn with_origin(error: Error, config: &runa::Config) -> Error {
-    let origin = match &error {
-        Error::InvalidConfig {
-            path, origin: None, ..
-        } => config.origin(path),
-        _ => None,
-    };
-    match origin {
-        Some(origin) => error.with_origin(origin),
-        None => error,
-    }
+    Config::from_lock_value(&lock).map_err(|e| e.located_in(config))
 }
 
 impl fmt::Debug for LockProvider {
