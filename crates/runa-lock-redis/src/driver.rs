@@ -126,13 +126,8 @@ impl RedisDriver {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_prefix(self, prefix: impl Into<String>) -> RedisDriver {
-        let inner = &self.inner;
-        RedisDriver::build(
-            inner.client.clone(),
-            prefix.into(),
-            inner.connect_timeout,
-            inner.response_timeout,
-        )
+        let prefix = prefix.into();
+        self.rebuilt(|current, _, _| *current = prefix)
     }
 
     /// Sets how long connecting may take (default [`DEFAULT_CONNECT_TIMEOUT`]).
@@ -143,13 +138,7 @@ impl RedisDriver {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_connect_timeout(self, limit: Duration) -> RedisDriver {
-        let inner = &self.inner;
-        RedisDriver::build(
-            inner.client.clone(),
-            inner.prefix.clone(),
-            limit,
-            inner.response_timeout,
-        )
+        self.rebuilt(|_, connect, _| *connect = limit)
     }
 
     /// Sets how long a reply may take (default [`DEFAULT_RESPONSE_TIMEOUT`]).
@@ -160,13 +149,7 @@ impl RedisDriver {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_response_timeout(self, limit: Duration) -> RedisDriver {
-        let inner = &self.inner;
-        RedisDriver::build(
-            inner.client.clone(),
-            inner.prefix.clone(),
-            inner.connect_timeout,
-            limit,
-        )
+        self.rebuilt(|_, _, response| *response = limit)
     }
 
     /// The prefix put before every key.
@@ -210,6 +193,19 @@ impl RedisDriver {
             .bounded("ping", ping.query_async::<String>(&mut connection))
             .await
             .map(drop)
+    }
+
+    /// A driver like this one (same client) with `change` applied to its prefix and its
+    /// connect and response timeouts; connections are not shared.
+    fn rebuilt(
+        self,
+        change: impl FnOnce(&mut String, &mut Duration, &mut Duration),
+    ) -> RedisDriver {
+        let inner = &self.inner;
+        let mut prefix = inner.prefix.clone();
+        let (mut connect, mut response) = (inner.connect_timeout, inner.response_timeout);
+        change(&mut prefix, &mut connect, &mut response);
+        RedisDriver::build(inner.client.clone(), prefix, connect, response)
     }
 
     fn build(

@@ -208,7 +208,6 @@ impl LeaseState {
 
 impl Lease {
     /// A lease on `key` whose acquire was sent at `sent`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<Store>,
         key: &str,

@@ -66,6 +66,8 @@ struct Inner {
     name: String,
     store: Arc<Store>,
     settings: Settings,
+    /// Whether `settings` passed validation, checked once here instead of on every call.
+    valid: bool,
 }
 
 impl Locker {
@@ -74,11 +76,13 @@ impl Locker {
             driver,
             prefix: settings.prefix.as_str().into(),
         });
+        let valid = settings.validate(|_| String::new()).is_ok();
         Locker {
             inner: Arc::new(Inner {
                 name,
                 store,
                 settings,
+                valid,
             }),
         }
     }
@@ -326,6 +330,9 @@ impl Locker {
                     key.len()
                 ),
             ));
+        }
+        if self.inner.valid {
+            return Ok(());
         }
         self.inner
             .settings
