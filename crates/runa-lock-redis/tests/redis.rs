@@ -813,6 +813,8 @@ async fn cancelled_waits_leave_no_subscriptions() {
 fn a_driver_outliving_its_runtime_still_gets_notifications() {
     let server = RedisServer::start();
     let shared_waiter = deaf_waiter(driver(&server));
+    // A key per round: the waiter's lease from a round is dropped as its runtime shuts down,
+    // which may leave it to expire rather than be released.
     for round in 0..2 {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -821,7 +823,8 @@ fn a_driver_outliving_its_runtime_still_gets_notifications() {
             .unwrap();
         let woke = runtime.block_on(async {
             let holder = locker(driver(&server), LockerOptions::new());
-            let (woke, _, _) = handoff(&holder, shared_waiter.clone(), "k", || {}).await;
+            let (woke, _, _) =
+                handoff(&holder, shared_waiter.clone(), &format!("k{round}"), || {}).await;
             woke
         });
         assert!(woke < NOTIFIED, "round {round}: woken after {woke:?}");
