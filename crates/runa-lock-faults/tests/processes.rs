@@ -184,7 +184,8 @@ fn a_paused_holder_is_fenced_off() {
 /// runs.
 ///
 /// Expected: the holder is told the lease is lost no later than the ttl after its acquire
-/// (plus scheduling slack), without waiting for the stuck renewal; its `with` returns
+/// (plus up to 500 ms of scheduling slack for a loaded machine; a renewal waited out would
+/// take its 3 s timeout), without waiting for the stuck renewal; its `with` returns
 /// `LeaseLost` soon after Redis comes back, and no call hangs.
 #[test]
 fn a_paused_redis_loses_the_lease_in_time() {
@@ -212,7 +213,7 @@ fn a_paused_redis_loses_the_lease_in_time() {
     let after = ms(noticed.t_ns - held.t_ns);
     eprintln!("loss noticed {after:?} after the acquire");
     assert!(
-        after <= Duration::from_millis(1100),
+        after <= Duration::from_millis(1500),
         "told {after:?} after the acquire (ttl 1 s)"
     );
     let events = holder.finish(Duration::from_secs(15));

@@ -17,6 +17,28 @@ fn locker(driver: RedisDriver, options: LockerOptions) -> Locker {
     registry.of("jobs").unwrap()
 }
 
+/// Connect and response timeouts of `millis` each, for tests that provoke them.
+trait Impatient {
+    fn with_timeouts_for_test(self, millis: u64) -> Self;
+}
+
+impl Impatient for RedisDriver {
+    fn with_timeouts_for_test(self, millis: u64) -> Self {
+        self.with_connect_timeout(Duration::from_millis(millis))
+            .with_response_timeout(Duration::from_millis(millis))
+    }
+}
+
+/// Takes and releases the key `warm` once: connections open and scripts loaded.
+async fn warm_up(jobs: &Locker) {
+    let lease = jobs
+        .try_lock("warm")
+        .await
+        .unwrap()
+        .expect("the warm-up key is free");
+    lease.release().await.unwrap();
+}
+
 fn driver(server: &RedisServer) -> RedisDriver {
     RedisDriver::new(server.client())
 }
@@ -331,9 +353,7 @@ async fn loss_is_noticed_no_later_than_the_ttl_from_the_acquire() {
 async fn a_down_server_fails_promptly_and_the_driver_recovers_after_a_restart() {
     let mut server = RedisServer::start();
     let jobs = locker(
-        driver(&server)
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_response_timeout(Duration::from_millis(500)),
+        driver(&server).with_timeouts_for_test(500),
         LockerOptions::new()
             .ttl(Duration::from_secs(30))
             .wait(Duration::from_millis(800)),
@@ -392,20 +412,12 @@ async fn a_down_server_fails_promptly_and_the_driver_recovers_after_a_restart() 
 async fn a_wait_rides_over_an_outage_until_redis_is_back() {
     let mut server = RedisServer::start();
     let jobs = locker(
-        driver(&server)
-            .with_connect_timeout(Duration::from_millis(300))
-            .with_response_timeout(Duration::from_millis(300)),
+        driver(&server).with_timeouts_for_test(300),
         LockerOptions::new()
             .wait(Duration::from_secs(15))
             .retry_interval(Duration::from_millis(100)),
     );
-    jobs.try_lock("warm")
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    warm_up(&jobs).await;
     server.stop();
     let waiter = tokio::spawn({
         let jobs = jobs.clone();
@@ -688,10 +700,7 @@ async fn a_plain_client_against_a_tls_port_fails_promptly() {
     };
     let url = format!("redis://127.0.0.1:{}", server.port());
     let jobs = locker(
-        RedisDriver::open(&url)
-            .unwrap()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_response_timeout(Duration::from_millis(500)),
+        RedisDriver::open(&url).unwrap().with_timeouts_for_test(500),
         LockerOptions::new(),
     );
     let started = Instant::now();
@@ -710,21 +719,13 @@ async fn a_plain_client_against_a_tls_port_fails_promptly() {
 async fn an_acquire_whose_reply_is_lost_is_granted_on_the_next_attempt() {
     let server = RedisServer::start();
     let jobs = locker(
-        driver(&server)
-            .with_connect_timeout(Duration::from_millis(200))
-            .with_response_timeout(Duration::from_millis(200)),
+        driver(&server).with_timeouts_for_test(200),
         LockerOptions::new()
             .ttl(Duration::from_secs(20))
             .wait(Duration::from_secs(5))
             .retry_interval(Duration::from_millis(100)),
     );
-    jobs.try_lock("warm")
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    warm_up(&jobs).await;
     // The server stops for 800 ms: the first attempt is read and run when it resumes, after
     // the driver gave up on its reply (400 ms) and dropped that connection.
     server.pause();
@@ -937,8 +938,7 @@ async fn a_silently_dead_connection_is_replaced() {
     let proxy = FreezingProxy::start(server.port()).await;
     let driver = RedisDriver::open(&format!("redis://127.0.0.1:{}", proxy.port))
         .unwrap()
-        .with_connect_timeout(Duration::from_millis(300))
-        .with_response_timeout(Duration::from_millis(300));
+        .with_timeouts_for_test(300);
     let jobs = locker(driver, LockerOptions::new());
     jobs.try_lock("a")
         .await

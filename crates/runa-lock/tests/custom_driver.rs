@@ -92,19 +92,22 @@ async fn a_third_party_driver_passes_the_shared_suite() {
         .await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_default_wait_polls_at_the_retry_interval() {
+/// A locker on a fresh `MapDriver` registered as a third party would.
+fn map_locker(options: LockerOptions) -> runa_lock::Locker {
     let registry = Registry::new();
     registry.register_driver("map", MapDriver::default());
-    registry.register_locker(
-        "jobs",
+    registry.register_locker("jobs", options.driver("map"));
+    registry.of("jobs").unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_wait_polls_at_the_retry_interval() {
+    let jobs = map_locker(
         LockerOptions::new()
-            .driver("map")
             .ttl(Duration::from_secs(60))
             .wait(Duration::from_secs(10))
             .retry_interval(Duration::from_millis(250)),
     );
-    let jobs = registry.of("jobs").unwrap();
     let lease = jobs.wait("k").await.unwrap();
     let started = Instant::now();
     let waiter = {
@@ -120,16 +123,11 @@ async fn the_default_wait_polls_at_the_retry_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn the_default_wait_polls_sooner_when_the_holder_expires_sooner() {
-    let registry = Registry::new();
-    registry.register_driver("map", MapDriver::default());
-    registry.register_locker(
-        "jobs",
+    let jobs = map_locker(
         LockerOptions::new()
-            .driver("map")
             .wait(Duration::from_secs(10))
             .retry_interval(Duration::from_secs(5)),
     );
-    let jobs = registry.of("jobs").unwrap();
     let short = jobs.with_options(runa_lock::LockOptions::new().ttl(Duration::from_millis(700)));
     let _lease = short.wait("k").await.unwrap();
     let started = Instant::now();

@@ -42,54 +42,9 @@ async fn auto_renew_runs_every_third_of_the_ttl() {
     assert_eq!(driver.renews(), 9);
 }
 
-#[tokio::test(start_paused = true)]
-async fn without_auto_renew_nothing_is_renewed_and_expiry_is_reported() {
-    let driver = Faulty::new();
-    let jobs = locker(&driver, false);
-    let started = Instant::now();
-    let outcome = jobs
-        .with("report", |lease| async move {
-            lease.lost().await;
-            Ok::<_, Error>(Instant::now())
-        })
-        .await;
-    assert!(
-        matches!(outcome, Err(Error::LeaseLost { reason: LossReason::Expired, ref key }) if key == "report")
-    );
-    assert_eq!(started.elapsed(), TTL, "lost() resolved at the ttl");
-    assert_eq!(driver.renews(), 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_hung_renewal_loses_the_lease_at_its_deadline() {
-    let driver = Faulty::new();
-    driver.set_renew(RenewMode::Hang);
-    let jobs = locker(&driver, true);
-    let started = Instant::now();
-    let outcome = jobs
-        .with("report", |lease| async move {
-            lease.lost().await;
-            Ok::<_, Error>(started.elapsed())
-        })
-        .await;
-    assert!(
-        matches!(
-            outcome,
-            Err(Error::LeaseLost {
-                reason: LossReason::Expired,
-                ..
-            })
-        ),
-        "{outcome:?}"
-    );
-    assert_eq!(started.elapsed(), TTL, "the loss waited for the hung call");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_refused_renewal_is_reported_at_once() {
-    let driver = Faulty::new();
-    driver.set_renew(RenewMode::Refuse);
-    let jobs = locker(&driver, true);
+/// Runs `with` on `jobs` with a closure that returns as soon as its lease handle reports the
+/// loss; asserts `with` returned `LeaseLost` for `reason`, and returns how long it all took.
+async fn time_until_lost(jobs: &Locker, reason: LossReason) -> Duration {
     let started = Instant::now();
     let outcome = jobs
         .with("report", |lease| async move {
@@ -98,16 +53,37 @@ async fn a_refused_renewal_is_reported_at_once() {
         })
         .await;
     assert!(
-        matches!(
-            outcome,
-            Err(Error::LeaseLost {
-                reason: LossReason::Refused,
-                ..
-            })
-        ),
+        matches!(&outcome, Err(Error::LeaseLost { reason: r, key }) if *r == reason && key == "report"),
         "{outcome:?}"
     );
-    assert_eq!(started.elapsed(), TTL / 3, "lost at the first renewal");
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_auto_renew_nothing_is_renewed_and_expiry_is_reported() {
+    let driver = Faulty::new();
+    let jobs = locker(&driver, false);
+    let took = time_until_lost(&jobs, LossReason::Expired).await;
+    assert_eq!(took, TTL, "lost() resolved at the ttl");
+    assert_eq!(driver.renews(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_renewal_loses_the_lease_at_its_deadline() {
+    let driver = Faulty::new();
+    driver.set_renew(RenewMode::Hang);
+    let jobs = locker(&driver, true);
+    let took = time_until_lost(&jobs, LossReason::Expired).await;
+    assert_eq!(took, TTL, "the loss waited for the hung call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_renewal_is_reported_at_once() {
+    let driver = Faulty::new();
+    driver.set_renew(RenewMode::Refuse);
+    let jobs = locker(&driver, true);
+    let took = time_until_lost(&jobs, LossReason::Refused).await;
+    assert_eq!(took, TTL / 3, "lost at the first renewal");
 }
 
 #[tokio::test(start_paused = true)]
@@ -130,21 +106,8 @@ async fn renewals_failing_past_the_deadline_lose_the_lease() {
     let driver = Faulty::new();
     driver.set_renew(RenewMode::FailTimes(usize::MAX));
     let jobs = locker(&driver, true);
-    let started = Instant::now();
-    let outcome = jobs
-        .with("report", |lease| async move {
-            lease.lost().await;
-            Ok::<_, Error>(())
-        })
-        .await;
-    assert!(matches!(
-        outcome,
-        Err(Error::LeaseLost {
-            reason: LossReason::Expired,
-            ..
-        })
-    ));
-    assert_eq!(started.elapsed(), TTL);
+    let took = time_until_lost(&jobs, LossReason::Expired).await;
+    assert_eq!(took, TTL);
 }
 
 #[tokio::test(start_paused = true)]

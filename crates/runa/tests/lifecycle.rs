@@ -220,19 +220,21 @@ async fn misuse_is_a_clear_error() {
 async fn providers_share_services() {
     struct Maker;
     struct User(Log);
+    /// Both providers append their name to one shared list, whoever creates it.
+    fn sign(app: &App, name: &str) {
+        app.services()
+            .get_or_provide_with(|| Mutex::new(Vec::<String>::new()))
+            .lock()
+            .unwrap()
+            .push(name.into());
+    }
     impl Provider for Maker {
         fn name(&self) -> &str {
             "maker"
         }
         fn register<'a>(&'a mut self, app: &'a App) -> BoxFuture<'a, Result<(), BoxError>> {
-            Box::pin(async move {
-                app.services()
-                    .get_or_provide_with(|| Mutex::new(Vec::<String>::new()))
-                    .lock()
-                    .unwrap()
-                    .push("maker".into());
-                Ok(())
-            })
+            sign(app, "maker");
+            Box::pin(async { Ok(()) })
         }
     }
     impl Provider for User {
@@ -240,14 +242,8 @@ async fn providers_share_services() {
             "user"
         }
         fn register<'a>(&'a mut self, app: &'a App) -> BoxFuture<'a, Result<(), BoxError>> {
-            Box::pin(async move {
-                app.services()
-                    .get_or_provide_with(|| Mutex::new(Vec::<String>::new()))
-                    .lock()
-                    .unwrap()
-                    .push("user".into());
-                Ok(())
-            })
+            sign(app, "user");
+            Box::pin(async { Ok(()) })
         }
         fn boot<'a>(&'a mut self, app: &'a App) -> BoxFuture<'a, Result<(), BoxError>> {
             Box::pin(async move {
