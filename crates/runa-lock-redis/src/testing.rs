@@ -38,6 +38,14 @@ impl RedisServer {
     /// # Panics
     ///
     /// When `redis-server` is missing or does not answer `PING` within 10 s.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// assert!(server.url().starts_with("redis://127.0.0.1:"));
+    /// ```
     pub fn start() -> RedisServer {
         RedisServer::start_with(&[])
     }
@@ -47,6 +55,13 @@ impl RedisServer {
     /// # Panics
     ///
     /// As [`start`](RedisServer::start).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start_with(&["--maxclients", "50"]);
+    /// ```
     pub fn start_with(args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let mut server = RedisServer {
@@ -66,6 +81,14 @@ impl RedisServer {
     /// # Panics
     ///
     /// When `redis-server` is missing.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start_tls().expect("a redis-server built with TLS");
+    /// assert!(server.url().starts_with("rediss://"));
+    /// ```
     pub fn start_tls() -> Result<RedisServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         make_certificates(dir.path())?;
@@ -97,6 +120,14 @@ impl RedisServer {
     }
 
     /// The server's port on 127.0.0.1.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// assert_ne!(server.port(), 0);
+    /// ```
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -106,11 +137,28 @@ impl RedisServer {
     /// # Panics
     ///
     /// When the server is stopped.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// assert!(server.pid() > 1);
+    /// ```
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server is running").id()
     }
 
     /// `redis://127.0.0.1:<port>` (or `rediss://` for a TLS server).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// let driver = runa_lock_redis::RedisDriver::open(&server.url())?;
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
@@ -125,6 +173,14 @@ impl RedisServer {
     /// # Panics
     ///
     /// When the client cannot be built.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// let driver = runa_lock_redis::RedisDriver::new(server.client());
+    /// ```
     pub fn client(&self) -> redis::Client {
         match &self.tls {
             None => redis::Client::open(self.url()).expect("a client for the test server"),
@@ -154,6 +210,15 @@ impl RedisServer {
     /// # Panics
     ///
     /// When the command fails.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// let pong: String = server.command(&["PING"]);
+    /// assert_eq!(pong, "PONG");
+    /// ```
     pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         self.try_command(args)
             .unwrap_or_else(|e| panic!("redis command {args:?} failed: {e}"))
@@ -164,6 +229,14 @@ impl RedisServer {
     /// # Errors
     ///
     /// The command's error.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// assert!(server.try_command::<String>(&["NO-SUCH-COMMAND"]).is_err());
+    /// ```
     pub fn try_command<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
         let mut connection = self
             .client()
@@ -176,6 +249,15 @@ impl RedisServer {
     }
 
     /// Kills the server (no save: every key is lost, as after a crash without persistence).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let mut server = RedisServer::start();
+    /// server.stop();
+    /// assert!(server.try_command::<String>(&["PING"]).is_err());
+    /// ```
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -188,6 +270,16 @@ impl RedisServer {
     /// # Panics
     ///
     /// When the new server does not start.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let mut server = RedisServer::start();
+    /// server.command::<String>(&["SET", "k", "v"]);
+    /// server.restart();
+    /// assert_eq!(server.command::<Option<String>>(&["GET", "k"]), None);
+    /// ```
     pub fn restart(&mut self) {
         self.stop();
         let started = Instant::now();
@@ -202,11 +294,31 @@ impl RedisServer {
     }
 
     /// Freezes the server process (`SIGSTOP`): connections stay open, nothing answers.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// server.pause();
+    /// // ... calls time out here ...
+    /// server.resume();
+    /// ```
     pub fn pause(&self) {
         self.signal("-STOP");
     }
 
     /// Thaws a paused server (`SIGCONT`).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// server.pause();
+    /// server.resume();
+    /// let _: String = server.command(&["PING"]);
+    /// ```
     pub fn resume(&self) {
         self.signal("-CONT");
     }

@@ -36,6 +36,11 @@ const SHORT: Duration = Duration::from_millis(300);
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// One check of the suite; [`suite_tests!`](crate::suite_tests) makes a test of each.
+///
+/// ```
+/// use runa_lock::testing::Check;
+/// assert!(Check::ALL.contains(&Check::Exclusion));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)] // each variant runs the `Suite` method of the same name
 pub enum Check {
