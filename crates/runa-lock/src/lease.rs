@@ -24,7 +24,8 @@ const REFUSED: u8 = 3;
 ///
 /// - [`release`](Lease::release) consumes the lease, so a double release does not compile.
 /// - Dropping a lease without releasing it releases it in the background (at once on the
-///   memory driver, on the tokio runtime otherwise); it never blocks or panics. Prefer an
+///   memory driver, on the tokio runtime otherwise); it never blocks or panics. A lease
+///   dropped outside a runtime, or as its runtime shuts down, ends by its ttl instead. Prefer an
 ///   explicit `release` to see its outcome, or [`Locker::with`](crate::Locker::with).
 /// - [`fencing`](Lease::fencing) grows with every acquisition of the key: pass it to the
 ///   store you write to, and have that store refuse writes with a lower number than it has
