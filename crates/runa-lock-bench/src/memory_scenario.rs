@@ -19,6 +19,9 @@ fn resident() -> f64 {
     pages * 4096.0
 }
 
+/// A token of the form a locker hands out (32 hex digits), which the driver stores inline.
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 pub async fn run(keys: usize) -> Scenario {
     let driver = MemoryDriver::new();
     let held_ttl = Duration::from_secs(3600);
@@ -41,11 +44,7 @@ pub async fn run(keys: usize) -> Scenario {
         name.clear();
         let _ = write!(name, "job-{i}");
         let attempt = driver
-            .acquire(
-                LockKey::new("", &name),
-                "token-0123456789abcdef0123456789ab",
-                short,
-            )
+            .acquire(LockKey::new("", &name), TOKEN, short)
             .await
             .expect("acquire");
         assert!(matches!(attempt, Attempt::Acquired { .. }));

@@ -54,6 +54,7 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
+mod pages;
 mod provider;
 mod registry;
 mod renew;

@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
 use crate::driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan};
+use crate::pages::Pages;
 use crate::text::Text;
 
 /// A shard sweeps its expired keys on insert when it last swept this long ago...
@@ -31,6 +32,11 @@ const MIN_SWEEP_LEN: usize = 256;
 /// - Released keys are removed at once; expired ones by sweeps on insert (a shard sweeps when
 ///   it last swept over a second ago, or has doubled in size since), so memory follows the
 ///   number of live keys; [`sweep`](MemoryDriver::sweep) sweeps everything now.
+/// - A sweep that leaves a table mostly empty shrinks it, and a table's storage (from 16 KiB
+///   up) is a memory mapping of its own, so the memory of a burst of keys goes back to the
+///   operating system once they expire, whatever the global allocator keeps. Keys (prefix
+///   included) up to 38 bytes and tokens up to 32 bytes (a locker's are 32) are stored inside
+///   the table; longer ones take one small allocation each.
 /// - Keys are spread over many independently locked shards, so unrelated keys do not
 ///   serialise on one lock.
 ///
@@ -70,7 +76,8 @@ struct Padded(Mutex<Shard>);
 
 #[derive(Default)]
 struct Shard {
-    slots: HashTable<Slot>,
+    /// Its storage is returned to the OS when a sweep shrinks it (see [`Pages`]).
+    slots: HashTable<Slot, Pages>,
     last_fencing: u64,
     sweep_at_len: usize,
     /// When the shard last swept; `None` before its first insert.
@@ -483,7 +490,10 @@ impl Shard {
     fn sweep(&mut self, now: Instant) {
         self.slots.retain(|slot| !slot.is_idle(now));
         let len = self.slots.len();
-        if self.slots.capacity() > len * 4 + 64 {
+        // Buckets, tombstones included (`capacity()` leaves tombstones out, and would keep a
+        // table of mostly tombstones at its peak size).
+        let buckets = self.slots.allocation_size() / (size_of::<Slot>() + 1);
+        if buckets > len * 4 + 64 {
             self.slots.shrink_to(len, |s| s.hash);
         }
         self.swept_at = Some(now);
@@ -562,6 +572,41 @@ mod tests {
         // Only the last batch can be live; inline sweeps keep the rest from piling up.
         let stored = driver.key_count();
         assert!(stored < 50_000 / 2, "stored {stored}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_gives_back_the_tables_of_expired_keys() {
+        let driver = MemoryDriver::new();
+        let allocated = || -> usize {
+            let shards = driver.inner.shards.iter();
+            shards.map(|s| lock(&s.0).slots.allocation_size()).sum()
+        };
+        for i in 0..5_000 {
+            driver
+                .acquire(key(&format!("held-{i}")), "t", TTL)
+                .await
+                .unwrap();
+        }
+        let held = allocated();
+        // Keys that expire as others arrive: the inline sweeps leave tombstones behind.
+        let short = Duration::from_millis(1);
+        for i in 0..300_000 {
+            driver
+                .acquire(key(&i.to_string()), "t", short)
+                .await
+                .unwrap();
+            if i % 20_000 == 19_999 {
+                tokio::time::advance(Duration::from_millis(2)).await;
+            }
+        }
+        let peak = allocated();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(driver.sweep(), 5_000);
+        let after = allocated();
+        assert!(
+            after <= held * 2,
+            "{after} bytes left of a {peak} byte peak; the held keys took {held}"
+        );
     }
 
     #[test]
