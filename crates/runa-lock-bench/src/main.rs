@@ -7,7 +7,7 @@
 //!
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete), `S1` (sequential
 //! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver), `mempair`
-//! (memory driver pairs against `tokio::sync::Mutex`), `memory` (1M expiring keys). See BENCHMARKS.md for what each number means.
+//! (memory driver pairs against `tokio::sync::Mutex`), `memhandoff` (the same for handoffs), `memory` (1M expiring keys). See BENCHMARKS.md for what each number means.
 
 mod memory_scenario;
 mod redis_scenarios;
@@ -52,7 +52,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,mempair,memory]".into());
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,mempair,memhandoff,memory]".into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -136,6 +136,11 @@ async fn main() -> ExitCode {
             memory_scenario::pairs(if args.quick { 50_000 } else { 500_000 }).await,
             args.json,
         );
+    }
+    if args.wants("memhandoff") {
+        let rounds = if args.quick { 20_000 } else { 200_000 };
+        let scenario = tokio::task::spawn_blocking(move || memory_scenario::handoffs(rounds));
+        emit(scenario.await.expect("the handoff scenario"), args.json);
     }
     if args.wants("memory") {
         emit(

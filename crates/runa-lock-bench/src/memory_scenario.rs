@@ -153,3 +153,73 @@ pub async fn pairs(per_run: u32) -> Scenario {
         ],
     }
 }
+
+/// Handoff latency on one current-thread runtime: from the holder's `release` to the woken
+/// waiter's `wait` returning, against the same handoff through `tokio::sync::Mutex`; the
+/// sum over `rounds` handoffs each, medians of five interleaved runs.
+pub fn handoffs(rounds: u32) -> Scenario {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let registry = runa_lock::Registry::new();
+    let jobs = registry.of("default").expect("the default locker");
+    let (mut ours, mut baseline) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        baseline.push(runtime.block_on(tokio_handoffs(rounds)));
+        ours.push(runtime.block_on(runa_handoffs(&jobs, rounds)));
+    }
+    let (ours, baseline) = (crate::stats::median(ours), crate::stats::median(baseline));
+    Scenario {
+        name: "memhandoff",
+        what: "memory driver: release to the woken waiter's wait returning vs tokio::sync::Mutex",
+        metrics: vec![
+            Metric::plain("handoff_ns", ours, "ns")
+                .against("tokio Mutex ns", baseline)
+                .target("<= 3x tokio", ours <= 3.0 * baseline),
+        ],
+    }
+}
+
+/// Mean nanoseconds from `drop(guard)` to the waiter holding the mutex.
+async fn tokio_handoffs(rounds: u32) -> f64 {
+    let mutex = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        let guard = std::sync::Arc::clone(&mutex).lock_owned().await;
+        let waiter = tokio::spawn({
+            let mutex = std::sync::Arc::clone(&mutex);
+            async move {
+                let _guard = mutex.lock().await;
+                Instant::now()
+            }
+        });
+        tokio::task::yield_now().await;
+        let released = Instant::now();
+        drop(guard);
+        total += waiter.await.expect("the waiter") - released;
+    }
+    total.as_secs_f64() * 1e9 / f64::from(rounds)
+}
+
+/// Mean nanoseconds from `release` to the waiter's `wait` returning.
+async fn runa_handoffs(jobs: &runa_lock::Locker, rounds: u32) -> f64 {
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        let lease = jobs.wait("handoff").await.expect("free");
+        let waiter = tokio::spawn({
+            let jobs = jobs.clone();
+            async move {
+                let lease = jobs.wait("handoff").await.expect("handed over");
+                let woke = Instant::now();
+                drop(lease);
+                woke
+            }
+        });
+        tokio::task::yield_now().await;
+        let released = Instant::now();
+        lease.release().await.expect("release");
+        total += waiter.await.expect("the waiter") - released;
+    }
+    total.as_secs_f64() * 1e9 / f64::from(rounds)
+}

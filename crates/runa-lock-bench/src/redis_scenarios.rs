@@ -50,35 +50,25 @@ impl Bench {
         }
     }
 
-    async fn raw_pairs(
-        &self,
-        connection: &mut ConnectionManager,
-        count: usize,
-    ) -> (Vec<Duration>, Duration) {
-        let mut samples = Vec::with_capacity(count);
-        let started = Instant::now();
-        for _ in 0..count {
-            let begun = Instant::now();
-            let set: Option<String> = redis::cmd("SET")
-                .arg("floor:key")
-                .arg("floor-token")
-                .arg("NX")
-                .arg("PX")
-                .arg(30_000)
-                .query_async(connection)
-                .await
-                .expect("SET NX PX");
-            assert!(set.is_some(), "the floor key was busy");
-            let deleted: i64 = COMPARE_AND_DELETE
-                .key("floor:key")
-                .arg("floor-token")
-                .invoke_async(connection)
-                .await
-                .expect("compare-and-delete");
-            assert_eq!(deleted, 1);
-            samples.push(begun.elapsed());
-        }
-        (samples, started.elapsed())
+    /// One floor pair: `SET NX PX`, then the compare-and-delete.
+    async fn raw_pair(&self, connection: &mut ConnectionManager) {
+        let set: Option<String> = redis::cmd("SET")
+            .arg("floor:key")
+            .arg("floor-token")
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000)
+            .query_async(connection)
+            .await
+            .expect("SET NX PX");
+        assert!(set.is_some(), "the floor key was busy");
+        let deleted: i64 = COMPARE_AND_DELETE
+            .key("floor:key")
+            .arg("floor-token")
+            .invoke_async(connection)
+            .await
+            .expect("compare-and-delete");
+        assert_eq!(deleted, 1);
     }
 
     async fn pings(&self, connection: &mut ConnectionManager, count: usize) -> Vec<Duration> {
@@ -94,40 +84,47 @@ impl Bench {
         samples
     }
 
-    async fn lock_pairs(&self, locker: &Locker, count: usize) -> (Vec<Duration>, Duration) {
-        let mut samples = Vec::with_capacity(count);
-        let started = Instant::now();
-        for _ in 0..count {
-            let begun = Instant::now();
-            let lease = locker
-                .try_lock("s1")
-                .await
-                .expect("try_lock")
-                .expect("the S1 key is free");
-            lease.release().await.expect("release");
-            samples.push(begun.elapsed());
-        }
-        (samples, started.elapsed())
+    /// One S1 pair: `try_lock` + `release`.
+    async fn lock_pair(&self, locker: &Locker) {
+        let lease = locker
+            .try_lock("s1")
+            .await
+            .expect("try_lock")
+            .expect("the S1 key is free");
+        lease.release().await.expect("release");
     }
 
-    /// The floor (PING and raw pair) and S1, interleaved round by round so that both see the
-    /// same machine load. Returns (S1 scenario, floor scenario, S1 pairs/s).
+    /// The floor (PING and raw pair) and S1, interleaved pair by pair so that both see the
+    /// same machine load (on a shared VM the load drifts within seconds). Pairs per second
+    /// are counted over each kind's own time. Returns (S1 scenario, floor scenario, S1
+    /// pairs/s).
     pub async fn s1_and_floor(&self) -> (Scenario, Scenario, f64) {
         let mut connection = connection(&self.client).await;
         let locker = locker(&self.client, LockerOptions::new());
         // Warm up: connections open, scripts loaded.
-        self.raw_pairs(&mut connection, 50).await;
-        self.lock_pairs(&locker, 50).await;
+        for _ in 0..50 {
+            self.raw_pair(&mut connection).await;
+            self.lock_pair(&locker).await;
+        }
         let (mut raw, mut ours, mut pings) = (Vec::new(), Vec::new(), Vec::new());
         let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
         let n = self.pairs_per_round;
         for _ in 0..ROUNDS {
-            let (samples, took) = self.raw_pairs(&mut connection, n).await;
-            raw.extend(samples);
-            raw_rates.push(n as f64 / took.as_secs_f64());
-            let (samples, took) = self.lock_pairs(&locker, n).await;
-            ours.extend(samples);
-            our_rates.push(n as f64 / took.as_secs_f64());
+            let (mut raw_time, mut our_time) = (Duration::ZERO, Duration::ZERO);
+            for _ in 0..n {
+                let begun = Instant::now();
+                self.raw_pair(&mut connection).await;
+                let took = begun.elapsed();
+                raw.push(took);
+                raw_time += took;
+                let begun = Instant::now();
+                self.lock_pair(&locker).await;
+                let took = begun.elapsed();
+                ours.push(took);
+                our_time += took;
+            }
+            raw_rates.push(n as f64 / raw_time.as_secs_f64());
+            our_rates.push(n as f64 / our_time.as_secs_f64());
             pings.extend(self.pings(&mut connection, n).await);
         }
         let (raw, ours, pings) = (

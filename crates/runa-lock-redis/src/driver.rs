@@ -352,11 +352,7 @@ impl Inner {
     async fn renew_once(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool, Error> {
         let mut connection = self.connection()?;
         let mut invocation = RENEW.key(&keys.lock);
-        invocation
-            .key(&keys.fence)
-            .arg(token)
-            .arg(millis(ttl))
-            .arg(fence_ttl(ttl));
+        invocation.arg(token).arg(millis(ttl));
         let renewed: i64 = self
             .bounded("renew", invocation.invoke_async(&mut connection))
             .await?;

@@ -186,11 +186,40 @@ async fn each_operation_is_one_evalsha() {
     // Commands a script runs inside the server are counted too; nothing else was sent.
     for (name, _) in others {
         assert!(
-            ["set", "get", "time", "pttl", "del", "pexpire", "publish"].contains(&name.as_str()),
+            [
+                "set", "get", "incr", "time", "pttl", "del", "pexpire", "publish"
+            ]
+            .contains(&name.as_str()),
             "unexpected command {name}"
         );
     }
     assert_eq!(calls_of(&stats, "eval"), 0);
+
+    // Inside the server, an acquisition of a key whose counter exists is `SET NX` and
+    // `INCR`, a release `GET`, `DEL` and `PUBLISH`.
+    server.command::<String>(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..20 {
+        jobs.try_lock("warm")
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let stats = command_calls(&server);
+    for (name, calls) in [
+        ("set", 20),
+        ("incr", 20),
+        ("get", 20),
+        ("del", 20),
+        ("publish", 20),
+    ] {
+        assert_eq!(calls_of(&stats, name), calls, "{name}: {stats:?}");
+    }
+    for name in ["time", "pexpire", "pttl"] {
+        assert_eq!(calls_of(&stats, name), 0, "{name}: {stats:?}");
+    }
 
     // After the server forgets its scripts, one SCRIPT LOAD brings each back.
     server.command::<String>(&["SCRIPT", "FLUSH"]);
@@ -241,12 +270,21 @@ async fn every_key_written_expires() {
         assert!(ttl > 0, "{key} has no expiry");
     }
     lease.release().await.unwrap();
+    // Later acquisitions count on and keep the counter's expiry.
+    jobs.wait("expiring")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     let keys: Vec<String> = server.command(&["KEYS", "*"]);
     assert_eq!(
         keys,
         ["runa:lock:{5:jobs:expiring}:f"],
-        "only the fencing counter stays, and it expires"
+        "only the fencing counter stays"
     );
+    let ttl: i64 = server.command(&["PTTL", &keys[0]]);
+    assert!(ttl > 0, "the counter has no expiry");
 }
 
 #[tokio::test]
@@ -767,6 +805,8 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
         );
         let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
         assert!(locks.is_empty(), "{garbage}: the lock was written anyway");
+        let counter: String = server.command(&["GET", "runa:lock:{5:jobs:job}:f"]);
+        assert_eq!(counter, garbage, "the counter was changed");
     }
     server.command::<String>(&["SET", "runa:lock:{5:jobs:job}:f", "9007199254740990"]);
     let lease = jobs.try_lock("job").await.unwrap().unwrap();
