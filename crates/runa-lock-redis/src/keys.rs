@@ -14,6 +14,8 @@
 //! escaped prefix and the escaped key; escaping turns `%`, `{` and `}` into `%25`, `%7B` and
 //! `%7D`, so the tag never ends early and the length makes the split unambiguous.
 
+use std::fmt::Write as _;
+
 use runa_lock::LockKey;
 
 /// The Redis names for one lock.
@@ -29,22 +31,39 @@ pub(crate) struct Keys {
 
 impl Keys {
     pub(crate) fn new(driver_prefix: &str, key: LockKey<'_>) -> Keys {
-        let prefix = escape(key.prefix);
-        let base = format!(
-            "{driver_prefix}{{{}:{prefix}{}}}",
-            prefix.len(),
-            escape(key.key)
-        );
+        // One pass, one buffer: this runs on every operation.
+        let prefix_len = escaped_len(key.prefix);
+        let mut base =
+            String::with_capacity(driver_prefix.len() + 24 + prefix_len + escaped_len(key.key));
+        base.push_str(driver_prefix);
+        let _ = write!(base, "{{{prefix_len}:");
+        escape_into(key.prefix, &mut base);
+        escape_into(key.key, &mut base);
+        base.push('}');
+        let name = |suffix: &str| {
+            let mut name = String::with_capacity(base.len() + 2);
+            name.push_str(&base);
+            name.push_str(suffix);
+            name
+        };
         Keys {
-            lock: format!("{base}:l"),
-            fence: format!("{base}:f"),
-            channel: format!("{base}:r"),
+            lock: name(":l"),
+            fence: name(":f"),
+            channel: name(":r"),
         }
     }
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+/// The length of `text` once escaped.
+fn escaped_len(text: &str) -> usize {
+    text.len()
+        + 2 * text
+            .bytes()
+            .filter(|b| matches!(b, b'%' | b'{' | b'}'))
+            .count()
+}
+
+fn escape_into(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
             '%' => out.push_str("%25"),
@@ -53,7 +72,6 @@ fn escape(text: &str) -> String {
             other => out.push(other),
         }
     }
-    out
 }
 
 #[cfg(test)]
