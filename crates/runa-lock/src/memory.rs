@@ -1,10 +1,11 @@
-//! `MemoryDriver`: locks within one process, in a sharded map, with wake-ups on release.
+//! `MemoryDriver`: locks within one process, in a sharded map, with releases handed to waiters.
 
 use std::fmt;
 use std::hash::BuildHasher;
 
 use foldhash::quality::RandomState;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -22,10 +23,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// keys, at an amortised constant cost per insert, with no background task.
 const MIN_SWEEP_LEN: usize = 256;
 
-/// Same-process locks: a sharded map from key to holder, with waiters woken on release.
+/// Same-process locks: a sharded map from key to holder, with releases handed to waiters.
 ///
-/// - A waiter is woken the moment the holder releases (through a [`Notify`] per busy key);
-///   it wakes by itself exactly when the holder's lease expires. Nothing polls.
+/// - A release hands the key straight to the longest-waiting waiter (first come, first
+///   served; nobody can take the key in between) and wakes it, so a waiter gets the key
+///   without looking at the map again. A waiter also wakes by itself exactly when the
+///   holder's lease expires; then whoever asks first gets the key. Nothing polls.
 /// - Waiters that give up or are dropped leave nothing behind.
 /// - Fencing numbers strictly increase per key for the life of the driver. They come from a
 ///   counter per shard, so a key's successive numbers may skip values.
@@ -88,10 +91,18 @@ struct Slot {
     hash: u64,
     name: Name,
     holder: Option<Holder>,
-    /// Waiters registered on this key; the slot lives while there are any.
-    waiters: usize,
-    /// Present while `waiters > 0`.
-    notify: Option<Arc<Notify>>,
+    /// Waiters in arrival order; a release hands the key to the first. The slot lives while
+    /// there are any.
+    queue: Option<Box<VecDeque<Arc<Ticket>>>>,
+}
+
+/// A waiter's place in a key's queue.
+struct Ticket {
+    token: Text<32>,
+    ttl: Duration,
+    /// Set, under the shard lock, by the release that hands the key to this waiter.
+    granted: OnceLock<Grant>,
+    wake: Notify,
 }
 
 struct Holder {
@@ -293,49 +304,55 @@ impl Inner {
         plan: WaitPlan,
     ) -> Result<Option<Grant>, Error> {
         let hash = self.hash(key);
-        let mut registration: Option<Registration<'_>> = None;
+        let mut place: Option<Place<'_>> = None;
         loop {
-            let notify: Arc<Notify>;
             let wake_at: Instant;
             {
                 let now = Instant::now();
                 let mut shard = self.shard(hash);
+                if let Some(grant) = place.as_mut().and_then(|p| p.granted()) {
+                    return Ok(Some(grant));
+                }
                 let retry_after = match shard.try_acquire(hash, key, token, ttl, now) {
                     Attempt::Acquired { fencing } => {
-                        if let Some(registration) = registration.take() {
-                            registration.disarm(&mut shard);
+                        if let Some(place) = place.take() {
+                            place.leave(&mut shard);
                         }
                         return Ok(Some(Grant::new(fencing, now)));
                     }
                     Attempt::Busy { retry_after } => retry_after.unwrap_or(Duration::ZERO),
                 };
                 if now >= plan.deadline {
-                    drop(shard);
+                    if let Some(place) = place.take() {
+                        place.leave(&mut shard);
+                    }
                     return Ok(None);
                 }
-                notify = match &registration {
-                    Some(registration) => Arc::clone(&registration.notify),
-                    None => {
-                        let notify = shard.register(hash, key);
-                        registration = Some(Registration {
-                            inner: self,
-                            hash,
-                            key,
-                            notify: Arc::clone(&notify),
-                            armed: true,
-                        });
-                        notify
-                    }
-                };
+                if place.is_none() {
+                    let ticket = shard.enqueue(hash, key, token, ttl);
+                    place = Some(Place {
+                        inner: self,
+                        hash,
+                        key,
+                        ticket,
+                        active: true,
+                    });
+                }
                 // Wake at the holder's expiry, but poll at `retry_interval` too: a holder can
                 // renew with a shorter ttl, moving its expiry earlier without a release.
                 wake_at = later(now, retry_after.min(plan.retry_interval)).min(plan.deadline);
             }
-            // A release between here and the first poll is not lost: `notify_one` stores a
+            let Some(waiting) = &place else { continue };
+            // A hand-over between here and the first poll is not lost: `notify_one` stores a
             // permit when no waiter is enabled yet, and this future takes it when polled.
             tokio::select! {
-                _ = notify.notified() => {}
+                biased;
+                _ = waiting.ticket.wake.notified() => {}
                 _ = sleep_until(wake_at) => {}
+            }
+            // A release handed the key over: it is ours, with no need to look at the map.
+            if let Some(grant) = place.as_mut().and_then(|p| p.granted()) {
+                return Ok(Some(grant));
             }
         }
     }
@@ -353,27 +370,43 @@ impl Inner {
     }
 }
 
-/// A waiter's place on a busy key; unregisters on drop (timeout or cancellation).
-struct Registration<'a> {
+/// A waiter's place in a key's queue. Dropped before a grant (a timeout or a cancelled
+/// wait), it leaves the queue; dropped after an unclaimed grant, it releases the key, which
+/// goes to the next waiter.
+struct Place<'a> {
     inner: &'a Inner,
     hash: u64,
     key: LockKey<'a>,
-    notify: Arc<Notify>,
-    armed: bool,
+    ticket: Arc<Ticket>,
+    active: bool,
 }
 
-impl Registration<'_> {
-    /// Unregisters under a shard lock the caller already holds.
-    fn disarm(mut self, shard: &mut Shard) {
-        shard.unregister(self.hash, self.key);
-        self.armed = false;
+impl Place<'_> {
+    /// The grant a release handed over, if any; the place is then done.
+    fn granted(&mut self) -> Option<Grant> {
+        let grant = *self.ticket.granted.get()?;
+        self.active = false;
+        Some(grant)
+    }
+
+    /// Leaves the queue under a shard lock the caller already holds (the caller acquired the
+    /// key another way, or gives up).
+    fn leave(mut self, shard: &mut Shard) {
+        shard.dequeue(self.hash, self.key, &self.ticket);
+        self.active = false;
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Place<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.inner.shard(self.hash).unregister(self.hash, self.key);
+        if !self.active {
+            return;
+        }
+        let mut shard = self.inner.shard(self.hash);
+        if self.ticket.granted.get().is_some() {
+            shard.release(self.hash, self.key, self.ticket.token.as_str());
+        } else {
+            shard.dequeue(self.hash, self.key, &self.ticket);
         }
     }
 }
@@ -411,8 +444,7 @@ impl Shard {
             hash,
             name: Name::new(key),
             holder: Some(holder),
-            waiters: 0,
-            notify: None,
+            queue: None,
         };
         self.slots.insert_unique(hash, slot, |s| s.hash);
         self.last_fencing += 1;
@@ -435,6 +467,7 @@ impl Shard {
         }
     }
 
+    /// Releases the key if `token` holds it, handing it to the first waiter if there is one.
     fn release(&mut self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
         let now = Instant::now();
         let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
@@ -444,19 +477,29 @@ impl Shard {
         let held = slot.holder.as_ref().is_some_and(|h| h.is(token, now));
         if held {
             slot.holder = None;
-        }
-        if let Some(notify) = &slot.notify {
-            if held {
-                notify.notify_one();
+            if let Some(next) = slot.queue.as_mut().and_then(|q| q.pop_front()) {
+                if slot.queue.as_ref().is_some_and(|q| q.is_empty()) {
+                    slot.queue = None;
+                }
+                slot.holder = Some(Holder {
+                    token: next.token.clone(),
+                    expires_at: later(now, next.ttl),
+                });
+                self.last_fencing += 1;
+                // Only this release sets it: the ticket just left the queue.
+                let _ = next.granted.set(Grant::new(self.last_fencing, now));
+                next.wake.notify_one();
+                return true;
             }
-        } else if slot.is_idle(now) {
+        }
+        if slot.is_idle(now) {
             entry.remove();
         }
         held
     }
 
-    /// Adds a waiter to a key (which was just found busy, so its slot exists).
-    fn register(&mut self, hash: u64, key: LockKey<'_>) -> Arc<Notify> {
+    /// Queues a waiter on a key (which was just found busy, so its slot exists).
+    fn enqueue(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> Arc<Ticket> {
         let slot = self
             .slots
             .entry(hash, |s| s.is(key), |s| s.hash)
@@ -464,25 +507,35 @@ impl Shard {
                 hash,
                 name: Name::new(key),
                 holder: None,
-                waiters: 0,
-                notify: None,
+                queue: None,
             })
             .into_mut();
-        slot.waiters += 1;
-        Arc::clone(slot.notify.get_or_insert_with(Default::default))
+        let ticket = Arc::new(Ticket {
+            token: Text::new(&[token]),
+            ttl,
+            granted: OnceLock::new(),
+            wake: Notify::new(),
+        });
+        slot.queue
+            .get_or_insert_with(Default::default)
+            .push_back(Arc::clone(&ticket));
+        ticket
     }
 
-    fn unregister(&mut self, hash: u64, key: LockKey<'_>) {
+    /// Takes a waiter out of a key's queue (it gave up, or acquired the key another way).
+    fn dequeue(&mut self, hash: u64, key: LockKey<'_>, ticket: &Arc<Ticket>) {
         let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
             return;
         };
         let slot = entry.get_mut();
-        slot.waiters = slot.waiters.saturating_sub(1);
-        if slot.waiters == 0 {
-            slot.notify = None;
-            if slot.is_idle(Instant::now()) {
-                entry.remove();
+        if let Some(queue) = &mut slot.queue {
+            queue.retain(|t| !Arc::ptr_eq(t, ticket));
+            if queue.is_empty() {
+                slot.queue = None;
             }
+        }
+        if slot.is_idle(Instant::now()) {
+            entry.remove();
         }
     }
 
@@ -508,7 +561,7 @@ impl Slot {
 
     /// Neither held (unexpired) nor waited on: safe to remove.
     fn is_idle(&self, now: Instant) -> bool {
-        self.waiters == 0 && self.holder.as_ref().is_none_or(|h| h.expires_at <= now)
+        self.queue.is_none() && self.holder.as_ref().is_none_or(|h| h.expires_at <= now)
     }
 }
 
@@ -606,6 +659,105 @@ mod tests {
         assert!(
             after <= held * 2,
             "{after} bytes left of a {peak} byte peak; the held keys took {held}"
+        );
+    }
+
+    /// Polls `future` once, without a waker that does anything: enough to queue a waiter.
+    fn poll_once<F: std::future::Future + ?Sized>(
+        future: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        future.poll(&mut std::task::Context::from_waker(waker))
+    }
+
+    fn plan() -> WaitPlan {
+        WaitPlan::new(Instant::now() + TTL, Duration::from_secs(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn releases_hand_the_key_to_waiters_in_arrival_order() {
+        let driver = MemoryDriver::new();
+        driver.acquire(key("k"), "holder", TTL).await.unwrap();
+        let mut waiters = Vec::new();
+        for name in ["first", "second", "third"] {
+            let driver = driver.clone();
+            waiters.push(tokio::spawn(async move {
+                let grant = driver.wait(key("k"), name, TTL, plan()).await.unwrap();
+                (name, grant.unwrap().fencing)
+            }));
+            // Each waiter queues before the next one is spawned.
+            tokio::task::yield_now().await;
+        }
+        // A newcomer cannot take a key that a release handed over.
+        let mut holder = "holder";
+        let mut order = Vec::new();
+        for waiter in waiters {
+            assert!(driver.release(key("k"), holder).await.unwrap());
+            assert!(matches!(
+                driver.acquire(key("k"), "newcomer", TTL).await.unwrap(),
+                Attempt::Busy { .. }
+            ));
+            let (name, fencing) = waiter.await.unwrap();
+            order.push((name, fencing));
+            holder = name;
+        }
+        assert_eq!(
+            order.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            ["first", "second", "third"]
+        );
+        assert!(order.windows(2).all(|w| w[0].1 < w[1].1), "{order:?}");
+        assert!(driver.release(key("k"), "third").await.unwrap());
+        assert_eq!(driver.key_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_after_its_grant_passes_the_key_on() {
+        let driver = MemoryDriver::new();
+        driver.acquire(key("k"), "holder", TTL).await.unwrap();
+        let mut dropped = driver.wait(key("k"), "dropped", TTL, plan());
+        assert!(poll_once(dropped.as_mut()).is_pending(), "queued");
+        let next = {
+            let driver = driver.clone();
+            tokio::spawn(async move { driver.wait(key("k"), "next", TTL, plan()).await })
+        };
+        tokio::task::yield_now().await;
+        // The key goes to the first waiter, whose future is then dropped unpolled.
+        assert!(driver.release(key("k"), "holder").await.unwrap());
+        drop(dropped);
+        let grant = tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("the key was passed on at once, not left to expire")
+            .unwrap()
+            .unwrap();
+        assert!(grant.is_some());
+        assert!(driver.release(key("k"), "next").await.unwrap());
+        assert_eq!(driver.key_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_that_give_up_leave_the_queue() {
+        let driver = MemoryDriver::new();
+        driver.acquire(key("k"), "holder", TTL).await.unwrap();
+        let short = WaitPlan::new(
+            Instant::now() + Duration::from_millis(50),
+            Duration::from_secs(1),
+        );
+        assert!(
+            driver
+                .wait(key("k"), "impatient", TTL, short)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        {
+            let mut cancelled = driver.wait(key("k"), "cancelled", TTL, plan());
+            assert!(poll_once(cancelled.as_mut()).is_pending());
+        }
+        assert!(driver.release(key("k"), "holder").await.unwrap());
+        assert_eq!(
+            driver.key_count(),
+            0,
+            "nobody was left queued to hand the key to"
         );
     }
 

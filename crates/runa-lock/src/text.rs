@@ -3,6 +3,7 @@
 /// A string stored inline when it fits in `N` bytes, so that the common short keys and the
 /// 32-digit tokens cost no allocation of their own (and a swept memory table gives back all
 /// of its memory at once).
+#[derive(Clone)]
 pub(crate) enum Text<const N: usize> {
     Inline { len: u8, bytes: [u8; N] },
     Heap(Box<str>),
