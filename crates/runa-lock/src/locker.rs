@@ -3,7 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
@@ -65,9 +66,35 @@ pub struct Locker {
 struct Inner {
     name: String,
     store: Arc<Store>,
+    /// More references to equal stores, one per group of threads (see [`Locker::lease`]).
+    stripes: Box<[Stripe]>,
     settings: Settings,
     /// Whether `settings` passed validation, checked once here instead of on every call.
     valid: bool,
+}
+
+/// A copy of the locker's store with a reference count of its own, made on first use, on a
+/// cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(OnceLock<Arc<Store>>);
+
+/// How many stripes a locker has: enough for every core to have one, most of the time.
+fn stripe_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (cores * 2).next_power_of_two().min(64)
+    })
+}
+
+/// This thread's stripe number (any value; callers reduce it): threads take turns.
+fn thread_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    STRIPE.with(|stripe| *stripe)
 }
 
 impl Locker {
@@ -81,6 +108,7 @@ impl Locker {
             inner: Arc::new(Inner {
                 name,
                 store,
+                stripes: (0..stripe_count()).map(|_| Stripe::default()).collect(),
                 settings,
                 valid,
             }),
@@ -307,9 +335,21 @@ impl Locker {
         LockKey::new(&self.inner.store.prefix, key)
     }
 
+    /// A lease holds a reference to the store. Taken from one shared `Arc`, every lease
+    /// would bump one reference count, and threads taking leases at once would pass its
+    /// cache line back and forth on every acquisition and release; each thread uses its
+    /// stripe's copy instead.
     fn lease(&self, key: &str, token: Token, fencing: u64, sent: Instant) -> Lease {
+        let stripes = &self.inner.stripes;
+        let stripe = &stripes[thread_stripe() % stripes.len()];
+        let store = stripe.0.get_or_init(|| {
+            Arc::new(Store {
+                driver: Arc::clone(&self.inner.store.driver),
+                prefix: self.inner.store.prefix.clone(),
+            })
+        });
         Lease::new(
-            Arc::clone(&self.inner.store),
+            Arc::clone(store),
             key,
             token,
             fencing,
