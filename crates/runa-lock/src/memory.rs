@@ -6,10 +6,11 @@ use std::hash::BuildHasher;
 use foldhash::quality::RandomState;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hashbrown::HashTable;
-use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
@@ -103,7 +104,8 @@ struct Ticket {
     ttl: Duration,
     /// Set, under the shard lock, by the release that hands the key to this waiter.
     granted: OnceLock<Grant>,
-    wake: Notify,
+    /// The waiting task, woken once `granted` is set.
+    waker: AtomicWaker,
 }
 
 struct Holder {
@@ -344,13 +346,18 @@ impl Inner {
                 wake_at = later(now, retry_after.min(plan.retry_interval)).min(plan.deadline);
             }
             let Some(waiting) = &place else { continue };
-            // A hand-over between here and the first poll is not lost: `notify_one` stores a
-            // permit when no waiter is enabled yet, and this future takes it when polled.
-            tokio::select! {
-                biased;
-                _ = waiting.ticket.wake.notified() => {}
-                _ = sleep_until(wake_at) => {}
-            }
+            let ticket = &waiting.ticket;
+            let mut sleep = std::pin::pin!(sleep_until(wake_at));
+            // The waker is registered before `granted` is looked at, and a release sets
+            // `granted` before it wakes: a hand-over at any point is seen.
+            std::future::poll_fn(|cx| {
+                ticket.waker.register(cx.waker());
+                if ticket.granted.get().is_some() {
+                    return Poll::Ready(());
+                }
+                sleep.as_mut().poll(cx)
+            })
+            .await;
             // A release handed the key over: it is ours, with no need to look at the map.
             if let Some(grant) = place.as_mut().and_then(|p| p.granted()) {
                 return Ok(Some(grant));
@@ -489,7 +496,7 @@ impl Shard {
                 self.last_fencing += 1;
                 // Only this release sets it: the ticket just left the queue.
                 let _ = next.granted.set(Grant::new(self.last_fencing, now));
-                next.wake.notify_one();
+                next.waker.wake();
                 return true;
             }
         }
@@ -515,7 +522,7 @@ impl Shard {
             token: Text::new(&[token]),
             ttl,
             granted: OnceLock::new(),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
         });
         slot.queue
             .get_or_insert_with(Default::default)
