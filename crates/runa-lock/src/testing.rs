@@ -192,7 +192,8 @@ impl Suite {
     /// ```
     /// # #[tokio::main]
     /// # async fn main() {
-    /// runa_lock::testing::Suite::new(runa_lock::MemoryDriver::new()).run_all().await;
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).run_all().await;
     /// # }
     /// ```
     pub async fn run_all(&self) {
@@ -237,6 +238,14 @@ impl Suite {
     /// # Panics
     ///
     /// When exclusion breaks.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).exclusion().await;
+    /// # }
+    /// ```
     pub async fn exclusion(&self) {
         const TASKS: u64 = 50;
         let locker = self.locker(LockerOptions::new().ttl(LONG).wait(PATIENCE * 3));
@@ -272,6 +281,14 @@ impl Suite {
     /// # Panics
     ///
     /// When a fencing number is 0 or goes back.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).fencing_increases().await;
+    /// # }
+    /// ```
     pub async fn fencing_increases(&self) {
         let locker = self.locker(LockerOptions::new().ttl(LONG).wait(PATIENCE));
         let mut last = 0;
@@ -315,6 +332,14 @@ impl Suite {
     /// # Panics
     ///
     /// When a foreign token is accepted.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).only_the_holder_renews_or_releases().await;
+    /// # }
+    /// ```
     pub async fn only_the_holder_renews_or_releases(&self) {
         let locker = self.locker(LockerOptions::new().ttl(LONG));
         let lease = locker.wait("owned").await.expect("wait");
@@ -350,6 +375,14 @@ impl Suite {
     /// # Panics
     ///
     /// When expiry does not free the key or a stale holder disturbs the new one.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).expired_leases_free_the_key().await;
+    /// # }
+    /// ```
     pub async fn expired_leases_free_the_key(&self) {
         let locker = self.locker(LockerOptions::new().ttl(SHORT));
         let old = locker
@@ -381,6 +414,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the waiter is not woken.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).release_wakes_a_waiter().await;
+    /// # }
+    /// ```
     pub async fn release_wakes_a_waiter(&self) {
         let retry = if self.notifies {
             Duration::from_secs(30)
@@ -429,6 +470,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the waiter does not get the expired lock.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).expiry_wakes_a_waiter().await;
+    /// # }
+    /// ```
     pub async fn expiry_wakes_a_waiter(&self) {
         let holder = self.locker(LockerOptions::new().ttl(SHORT));
         let waiter = self.locker_with_prefix(
@@ -464,6 +513,14 @@ impl Suite {
     /// # Panics
     ///
     /// When `wait` does not time out.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).wait_times_out().await;
+    /// # }
+    /// ```
     pub async fn wait_times_out(&self) {
         let locker = self.locker(
             LockerOptions::new()
@@ -489,6 +546,14 @@ impl Suite {
     /// # Panics
     ///
     /// When a waiter is lost or a ghost holder is left.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).cancelled_waiters_leave_nothing().await;
+    /// # }
+    /// ```
     pub async fn cancelled_waiters_leave_nothing(&self) {
         let locker = self.locker(LockerOptions::new().ttl(LONG).wait(PATIENCE * 2));
         let lease = locker.wait("crowd").await.expect("wait");
@@ -530,6 +595,14 @@ impl Suite {
     /// # Panics
     ///
     /// When two different locks collide.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).prefixes_never_collide().await;
+    /// # }
+    /// ```
     pub async fn prefixes_never_collide(&self) {
         let base = format!("suite-{}", new_token().expect("token"));
         let locker =
@@ -562,6 +635,14 @@ impl Suite {
     /// # Panics
     ///
     /// When such a key is refused or an empty one accepted.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).keys_are_arbitrary_text().await;
+    /// # }
+    /// ```
     pub async fn keys_are_arbitrary_text(&self) {
         let locker = self.locker(LockerOptions::new().ttl(LONG));
         let long = "k".repeat(1024);
@@ -604,6 +685,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the key stays held.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).dropped_lease_is_released().await;
+    /// # }
+    /// ```
     pub async fn dropped_lease_is_released(&self) {
         let locker = self.locker(LockerOptions::new().ttl(LONG));
         drop(locker.wait("forgotten").await.expect("wait"));
@@ -616,6 +705,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the lock is kept or the error or panic is swallowed.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).with_releases_on_error_and_panic().await;
+    /// # }
+    /// ```
     pub async fn with_releases_on_error_and_panic(&self) {
         #[derive(Debug)]
         enum JobError {
@@ -661,6 +758,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the loss goes unreported.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).with_reports_expiry().await;
+    /// # }
+    /// ```
     pub async fn with_reports_expiry(&self) {
         let locker = self.locker(LockerOptions::new().ttl(SHORT));
         let started = Instant::now();
@@ -691,6 +796,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the lease lapses while renewed.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).with_auto_renew_keeps_the_lease().await;
+    /// # }
+    /// ```
     pub async fn with_auto_renew_keeps_the_lease(&self) {
         let locker = self.locker(LockerOptions::new().ttl(SHORT).auto_renew(true));
         let probe = locker.clone();
@@ -718,6 +831,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the refused renewal goes unreported.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).with_reports_refused_renewal().await;
+    /// # }
+    /// ```
     pub async fn with_reports_refused_renewal(&self) {
         let locker = self.locker(LockerOptions::new().ttl(SHORT).auto_renew(true));
         let prefix = lease_prefix(&locker);
@@ -761,6 +882,14 @@ impl Suite {
     /// # Panics
     ///
     /// When the key stays held.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).dropped_with_releases().await;
+    /// # }
+    /// ```
     pub async fn dropped_with_releases(&self) {
         let locker = self.locker(LockerOptions::new().ttl(LONG).auto_renew(true));
         let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
