@@ -73,9 +73,8 @@ struct Inner {
     valid: bool,
 }
 
-/// A copy of the locker's store with a reference count of its own, made on first use, on a
-/// cache line of its own.
-#[repr(align(128))]
+/// A copy of the locker's store with a reference count of its own (on cache lines of its
+/// own: `Store` is aligned to 128 bytes), made on first use.
 #[derive(Default)]
 struct Stripe(OnceLock<Arc<Store>>);
 
