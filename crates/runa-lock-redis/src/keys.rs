@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! runa:lock:{5:jobs:daily}:l    the lock: the holder's token, with the lease ttl
-//! runa:lock:{5:jobs:daily}:f    the last fencing number, expiring an hour after it started
+//! runa:lock:{5:jobs:daily}:f    the last fencing number, expiring an hour after last use
 //! runa:lock:{5:jobs:daily}:r    the pub/sub channel a release is announced on
 //! ```
 //!

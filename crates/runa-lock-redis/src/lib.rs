@@ -29,7 +29,7 @@
 //!
 //! For driver prefix `runa:lock:`, locker prefix `jobs:` and key `daily`, the driver uses
 //! `runa:lock:{5:jobs:daily}:l` (the lock), `...:f` (the fencing counter, expiring an hour
-//! after it was started) and the channel `...:r` (release announcements). All share one Redis
+//! after last use) and the channel `...:r` (release announcements). All share one Redis
 //! Cluster hash slot and the driver prefix, so an ACL user can be limited to
 //! `~runa:lock:* &runa:lock:*`. Braces and `%` in prefixes and keys are escaped, and the
 //! locker prefix's length is part of the name, so no two (prefix, key) pairs collide.
