@@ -65,18 +65,35 @@ pub struct Locker {
 
 struct Inner {
     name: String,
-    store: Arc<Store>,
-    /// More references to equal stores, one per group of threads (see [`Locker::lease`]).
-    stripes: Box<[Stripe]>,
+    stores: Arc<Stores>,
     settings: Settings,
     /// Whether `settings` passed validation, checked once here instead of on every call.
     valid: bool,
 }
 
-/// A copy of the locker's store with a reference count of its own (on cache lines of its
-/// own: `Store` is aligned to 128 bytes), made on first use.
-#[derive(Default)]
-struct Stripe(OnceLock<Arc<Store>>);
+/// The locker's store, and copies of it for leases taken on other threads (see
+/// [`Locker::lease`]). Shared by the lockers [`Locker::with_options`] makes.
+struct Stores {
+    main: Arc<Store>,
+    /// One slot per group of threads, made with the first lease; each copy has a reference
+    /// count of its own (on cache lines of its own: `Store` is aligned to 128 bytes).
+    stripes: OnceLock<Box<[OnceLock<Arc<Store>>]>>,
+}
+
+impl Stores {
+    /// The store a lease taken on this thread holds.
+    fn for_this_thread(&self) -> &Arc<Store> {
+        let stripes = self
+            .stripes
+            .get_or_init(|| (0..stripe_count()).map(|_| OnceLock::new()).collect());
+        stripes[thread_stripe() % stripes.len()].get_or_init(|| {
+            Arc::new(Store {
+                driver: Arc::clone(&self.main.driver),
+                prefix: self.main.prefix.clone(),
+            })
+        })
+    }
+}
 
 /// How many stripes a locker has: enough for every core to have one, most of the time.
 fn stripe_count() -> usize {
@@ -98,16 +115,23 @@ fn thread_stripe() -> usize {
 
 impl Locker {
     pub(crate) fn new(name: String, driver: Arc<dyn Driver>, settings: Settings) -> Locker {
-        let store = Arc::new(Store {
+        let main = Arc::new(Store {
             driver,
             prefix: settings.prefix.as_str().into(),
         });
+        let stores = Arc::new(Stores {
+            main,
+            stripes: OnceLock::new(),
+        });
+        Locker::with_stores(name, stores, settings)
+    }
+
+    fn with_stores(name: String, stores: Arc<Stores>, settings: Settings) -> Locker {
         let valid = settings.validate(|_| String::new()).is_ok();
         Locker {
             inner: Arc::new(Inner {
                 name,
-                store,
-                stripes: (0..stripe_count()).map(|_| Stripe::default()).collect(),
+                stores,
                 settings,
                 valid,
             }),
@@ -152,9 +176,10 @@ impl Locker {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_options(&self, options: LockOptions) -> Locker {
-        Locker::new(
+        // Per-call options change neither the driver nor the prefix: share the stores.
+        Locker::with_stores(
             self.inner.name.clone(),
-            Arc::clone(&self.inner.store.driver),
+            Arc::clone(&self.inner.stores),
             self.inner.settings.with_call(&options),
         )
     }
@@ -178,10 +203,10 @@ impl Locker {
     /// ```
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         self.check(key)?;
-        let token = Token::new(!self.inner.store.driver.is_local())?;
+        let token = Token::new(!self.inner.stores.main.driver.is_local())?;
         let ttl = self.inner.settings.ttl;
         let sent = Instant::now();
-        let driver = &self.inner.store.driver;
+        let driver = &self.inner.stores.main.driver;
         let attempt = match driver.acquire_sync(self.lock_key(key), token.as_str(), ttl, sent) {
             Some(attempt) => attempt?,
             None => {
@@ -231,13 +256,18 @@ impl Locker {
     /// ```
     pub async fn wait(&self, key: &str) -> Result<Lease, Error> {
         self.check(key)?;
-        let token = Token::new(!self.inner.store.driver.is_local())?;
+        let token = Token::new(!self.inner.stores.main.driver.is_local())?;
         let settings = &self.inner.settings;
         let plan = WaitPlan::new(Instant::now() + settings.wait, settings.retry_interval);
-        let pending = Pending::new(&self.inner.store.driver, self.lock_key(key), token.as_str());
+        let pending = Pending::new(
+            &self.inner.stores.main.driver,
+            self.lock_key(key),
+            token.as_str(),
+        );
         let acquired = self
             .inner
-            .store
+            .stores
+            .main
             .driver
             .wait(self.lock_key(key), token.as_str(), settings.ttl, plan)
             .await?;
@@ -331,7 +361,7 @@ impl Locker {
     }
 
     fn lock_key<'a>(&'a self, key: &'a str) -> LockKey<'a> {
-        LockKey::new(&self.inner.store.prefix, key)
+        LockKey::new(&self.inner.stores.main.prefix, key)
     }
 
     /// A lease holds a reference to the store. Taken from one shared `Arc`, every lease
@@ -339,14 +369,7 @@ impl Locker {
     /// cache line back and forth on every acquisition and release; each thread uses its
     /// stripe's copy instead.
     fn lease(&self, key: &str, token: Token, fencing: u64, sent: Instant) -> Lease {
-        let stripes = &self.inner.stripes;
-        let stripe = &stripes[thread_stripe() % stripes.len()];
-        let store = stripe.0.get_or_init(|| {
-            Arc::new(Store {
-                driver: Arc::clone(&self.inner.store.driver),
-                prefix: self.inner.store.prefix.clone(),
-            })
-        });
+        let store = self.inner.stores.for_this_thread();
         Lease::new(
             Arc::clone(store),
             key,
@@ -384,7 +407,7 @@ impl fmt::Debug for Locker {
         f.debug_struct("Locker")
             .field("name", &self.inner.name)
             .field("settings", &self.inner.settings)
-            .field("driver", &self.inner.store.driver)
+            .field("driver", &self.inner.stores.main.driver)
             .finish()
     }
 }
