@@ -5,6 +5,7 @@ use std::hash::BuildHasher;
 
 use foldhash::quality::RandomState;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -37,7 +38,7 @@ const MIN_SWEEP_LEN: usize = 256;
 ///   it last swept over a second ago, or has doubled in size since), so memory follows the
 ///   number of live keys; [`sweep`](MemoryDriver::sweep) sweeps everything now.
 /// - A sweep that leaves a table mostly empty shrinks it, and a table's storage (from 16 KiB
-///   up) is a memory mapping of its own, so the memory of a burst of keys goes back to the
+///   or four memory pages up) is a memory mapping of its own, on Unix, so the memory of a burst of keys goes back to the
 ///   operating system once they expire, whatever the global allocator keeps. Keys (prefix
 ///   included) up to 38 bytes and tokens up to 32 bytes (a locker's are 32) are stored inside
 ///   the table; longer ones take one small allocation each.
@@ -93,9 +94,40 @@ struct Slot {
     name: Name,
     holder: Option<Holder>,
     /// Waiters in arrival order; a release hands the key to the first. The slot lives while
-    /// there are any. Boxed: one word in every slot instead of four, for the few with waiters.
-    #[allow(clippy::box_collection)]
-    queue: Option<Box<VecDeque<Arc<Ticket>>>>,
+    /// there are any. Boxed: one word in every slot, for the few with waiters.
+    queue: Option<Box<Queue>>,
+}
+
+/// The waiters of one key. A waiter that leaves is only marked, so that leaving costs the
+/// same however long the queue; releases skip marked tickets, and the queue drops them
+/// whenever they outnumber the waiters still in it.
+#[derive(Default)]
+struct Queue {
+    tickets: VecDeque<Arc<Ticket>>,
+    /// Tickets in `tickets` not marked as left.
+    live: usize,
+}
+
+impl Queue {
+    /// The first waiter still waiting, out of the queue.
+    fn pop(&mut self) -> Option<Arc<Ticket>> {
+        while let Some(ticket) = self.tickets.pop_front() {
+            if !ticket.left.load(Ordering::Relaxed) {
+                self.live -= 1;
+                return Some(ticket);
+            }
+        }
+        None
+    }
+
+    fn leave(&mut self, ticket: &Ticket) {
+        if !ticket.left.swap(true, Ordering::Relaxed) {
+            self.live = self.live.saturating_sub(1);
+        }
+        if self.tickets.len() > 2 * self.live + 8 {
+            self.tickets.retain(|t| !t.left.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// A waiter's place in a key's queue.
@@ -106,6 +138,8 @@ struct Ticket {
     granted: OnceLock<Grant>,
     /// The waiting task, woken once `granted` is set.
     waker: AtomicWaker,
+    /// Set (under the shard lock) when the waiter leaves the queue without the key.
+    left: AtomicBool,
 }
 
 struct Holder {
@@ -296,7 +330,9 @@ impl Inner {
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
         let hash = self.hash(key);
-        self.shard(hash).release(hash, key, token)
+        let (released, next) = self.shard(hash).release(hash, key, token);
+        wake(next);
+        released
     }
 
     async fn wait(
@@ -410,12 +446,26 @@ impl Drop for Place<'_> {
         if !self.active {
             return;
         }
-        let mut shard = self.inner.shard(self.hash);
-        if self.ticket.granted.get().is_some() {
-            shard.release(self.hash, self.key, self.ticket.token.as_str());
-        } else {
-            shard.dequeue(self.hash, self.key, &self.ticket);
-        }
+        let next = {
+            let mut shard = self.inner.shard(self.hash);
+            if self.ticket.granted.get().is_some() {
+                shard
+                    .release(self.hash, self.key, self.ticket.token.as_str())
+                    .1
+            } else {
+                shard.dequeue(self.hash, self.key, &self.ticket);
+                None
+            }
+        };
+        wake(next);
+    }
+}
+
+/// Wakes the waiter a release handed the key to, once the shard lock is no longer held (a
+/// waker may run code that comes back to the driver).
+fn wake(next: Option<Arc<Ticket>>) {
+    if let Some(ticket) = next {
+        ticket.waker.wake();
     }
 }
 
@@ -476,17 +526,18 @@ impl Shard {
     }
 
     /// Releases the key if `token` holds it, handing it to the first waiter if there is one.
-    fn release(&mut self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
+    /// Returns whether it did, and the waiter to wake (by [`wake`], after the shard lock).
+    fn release(&mut self, hash: u64, key: LockKey<'_>, token: &str) -> (bool, Option<Arc<Ticket>>) {
         let now = Instant::now();
         let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
-            return false;
+            return (false, None);
         };
         let slot = entry.get_mut();
         let held = slot.holder.as_ref().is_some_and(|h| h.is(token, now));
         if held {
             slot.holder = None;
-            if let Some(next) = slot.queue.as_mut().and_then(|q| q.pop_front()) {
-                if slot.queue.as_ref().is_some_and(|q| q.is_empty()) {
+            if let Some(next) = slot.queue.as_mut().and_then(|q| q.pop()) {
+                if slot.queue.as_ref().is_some_and(|q| q.live == 0) {
                     slot.queue = None;
                 }
                 slot.holder = Some(Holder {
@@ -496,14 +547,13 @@ impl Shard {
                 self.last_fencing += 1;
                 // Only this release sets it: the ticket just left the queue.
                 let _ = next.granted.set(Grant::new(self.last_fencing, now));
-                next.waker.wake();
-                return true;
+                return (true, Some(next));
             }
         }
         if slot.is_idle(now) {
             entry.remove();
         }
-        held
+        (held, None)
     }
 
     /// Queues a waiter on a key (which was just found busy, so its slot exists).
@@ -523,10 +573,11 @@ impl Shard {
             ttl,
             granted: OnceLock::new(),
             waker: AtomicWaker::new(),
+            left: AtomicBool::new(false),
         });
-        slot.queue
-            .get_or_insert_with(Default::default)
-            .push_back(Arc::clone(&ticket));
+        let queue = slot.queue.get_or_insert_with(Default::default);
+        queue.tickets.push_back(Arc::clone(&ticket));
+        queue.live += 1;
         ticket
     }
 
@@ -537,8 +588,8 @@ impl Shard {
         };
         let slot = entry.get_mut();
         if let Some(queue) = &mut slot.queue {
-            queue.retain(|t| !Arc::ptr_eq(t, ticket));
-            if queue.is_empty() {
+            queue.leave(ticket);
+            if queue.live == 0 {
                 slot.queue = None;
             }
         }
@@ -767,6 +818,34 @@ mod tests {
             0,
             "nobody was left queued to hand the key to"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_skips_waiters_that_left_and_hands_the_key_to_one_still_waiting() {
+        let driver = MemoryDriver::new();
+        driver.acquire(key("k"), "holder", TTL).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        let mut impatient = Vec::new();
+        for i in 0..100 {
+            let driver = driver.clone();
+            let plan = WaitPlan::new(soon, Duration::from_secs(1));
+            impatient.push(tokio::spawn(async move {
+                let token = format!("impatient-{i}");
+                driver.wait(key("k"), &token, TTL, plan).await
+            }));
+        }
+        tokio::task::yield_now().await;
+        let patient = {
+            let driver = driver.clone();
+            tokio::spawn(async move { driver.wait(key("k"), "patient", TTL, plan()).await })
+        };
+        for waiter in impatient {
+            assert!(waiter.await.unwrap().unwrap().is_none(), "timed out");
+        }
+        assert!(driver.release(key("k"), "holder").await.unwrap());
+        assert!(patient.await.unwrap().unwrap().is_some());
+        assert!(driver.release(key("k"), "patient").await.unwrap());
+        assert_eq!(driver.key_count(), 0);
     }
 
     #[test]

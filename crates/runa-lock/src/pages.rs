@@ -5,18 +5,23 @@
 //! glibc, for one, keeps freed heap memory for later and only returns what sits at the top
 //! of its heap, so a burst of keys leaves the process tens of megabytes larger for good.
 //!
-//! [`Pages`] is the allocator of the driver's hash tables. Blocks of [`MAPPED_FROM`] bytes
+//! [`Pages`] is the allocator of the driver's hash tables. Blocks of [`mapped_from`] bytes
 //! and more (the tables of busy shards) are anonymous memory mappings of their own, unmapped
 //! when the table grows out of them or shrinks after a sweep; smaller blocks come from the
 //! global allocator, as they would without it. Only the tables' own storage goes through it.
 
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
 
-/// Blocks at least this large are mappings of their own (four pages of 4 KiB: a table of a
-/// hundred-odd keys).
-pub(crate) const MAPPED_FROM: usize = 16 * 1024;
+/// Blocks at least this large are mappings of their own: four pages, and at least 16 KiB (a
+/// table of a hundred-odd keys), so that a mapping never wastes more than a quarter of itself
+/// on rounding up to whole pages, whatever the page size.
+pub(crate) fn mapped_from() -> usize {
+    static FROM: OnceLock<usize> = OnceLock::new();
+    *FROM.get_or_init(|| (4 * page_size()).max(16 * 1024))
+}
 
 /// The allocator of the memory driver's tables (see the module docs).
 #[derive(Clone, Copy, Default, Debug)]
@@ -26,7 +31,7 @@ impl Pages {
     /// Whether a block of this layout is (or was) a mapping of its own. `allocate` and
     /// `deallocate` decide by the same rule, on the same layout.
     fn mapped(layout: Layout) -> bool {
-        cfg!(unix) && layout.size() >= MAPPED_FROM && layout.align() <= MIN_PAGE
+        cfg!(unix) && layout.size() >= mapped_from() && layout.align() <= MIN_PAGE
     }
 }
 
@@ -59,6 +64,20 @@ unsafe impl Allocator for Pages {
             unsafe { Global.deallocate(block, layout) }
         }
     }
+}
+
+/// The size of a memory page.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system setting.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(MIN_PAGE).max(MIN_PAGE)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> usize {
+    MIN_PAGE
 }
 
 /// A fresh private anonymous mapping of `len` bytes (the kernel rounds up to whole pages).
@@ -127,7 +146,7 @@ mod tests {
 
     #[test]
     fn big_blocks_are_mappings_that_go_away_when_freed() {
-        let layout = Layout::from_size_align(MAPPED_FROM * 64 + 3, 16).unwrap();
+        let layout = Layout::from_size_align(mapped_from() * 64 + 3, 16).unwrap();
         let block = Pages.allocate(layout).unwrap();
         assert!(block.len() >= layout.size());
         let start = block.cast::<u8>();
@@ -158,8 +177,8 @@ mod tests {
     fn small_and_over_aligned_blocks_come_from_the_global_allocator() {
         for layout in [
             Layout::from_size_align(64, 8).unwrap(),
-            Layout::from_size_align(MAPPED_FROM - 1, 16).unwrap(),
-            Layout::from_size_align(MAPPED_FROM, MIN_PAGE * 2).unwrap(),
+            Layout::from_size_align(mapped_from() - 1, 16).unwrap(),
+            Layout::from_size_align(mapped_from(), MIN_PAGE * 2).unwrap(),
         ] {
             assert!(!Pages::mapped(layout), "{layout:?}");
             let block = Pages.allocate(layout).unwrap();
@@ -179,13 +198,13 @@ mod tests {
         for v in 0..100_000u64 {
             table.insert_unique(hash(&v), v, hash);
         }
-        assert!(table.allocation_size() >= MAPPED_FROM);
+        assert!(table.allocation_size() >= mapped_from());
         for v in (0..100_000u64).step_by(7) {
             assert!(table.find(hash(&v), |x| *x == v).is_some());
         }
         table.retain(|v| *v < 10);
         table.shrink_to(0, hash);
-        assert!(table.allocation_size() < MAPPED_FROM);
+        assert!(table.allocation_size() < mapped_from());
         assert_eq!(table.len(), 10);
         assert!((0..10).all(|v| table.find(hash(&v), |x| *x == v).is_some()));
     }
