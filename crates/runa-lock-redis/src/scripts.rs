@@ -22,26 +22,36 @@ pub(crate) const FENCE_TTL_MS: u64 = 60 * 60 * 1000;
 /// clock keeps the next number above those.
 ///
 /// - An attempt with a token that already holds the lock (its earlier attempt ran but the
-///   reply was lost) is granted again with the counter's number, and the lease's ttl starts
-///   over, so a retried acquire never orphans the lock or shortens the lease.
-/// - A counter that is not an integer in 0..2^53 (past which Lua's numbers lose precision)
-///   is an error, and the script leaves the lock and the counter as they were.
+///   reply was lost) is granted again with a new number, and the lease's ttl starts over, so
+///   a retried acquire never orphans the lock or shortens the lease.
+/// - A counter that is not an integer from 0 to 2^53 - 2 (past 2^53 Lua's numbers lose
+///   precision), or not a string at all, is an error; the lock and the counter are left as
+///   they were (a lock just taken is deleted again).
 /// - A busy lock costs a `GET` and a `PTTL`; the counter is not touched.
 /// - Numbers are written with `%.0f`: Redis's Lua formats `%d` through a C `long`, 32 bits
 ///   on some platforms.
+/// - `redis.replicate_commands()` lets Redis 3.2 and 4 accept writes after `TIME` (newer
+///   versions always replicate a script's effects, and ignore the call).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local function corrupt()
-  return redis.error_reply('ERR runa-lock: fencing counter ' .. KEYS[2] .. ' is not an integer below 2^53')
+if redis.replicate_commands then
+  redis.replicate_commands()
 end
+local function corrupt()
+  return redis.error_reply('ERR runa-lock: fencing counter ' .. KEYS[2] .. ' is not an integer from 0 to 2^53 - 2')
+end
+-- The counter, 0 when absent; nil when it is no counter (a wrong type, not an integer, too big).
 local function counter()
-  local last = redis.call('GET', KEYS[2])
+  local last = redis.pcall('GET', KEYS[2])
+  if type(last) == 'table' then
+    return nil
+  end
   if not last then
     return 0
   end
   last = tonumber(last)
-  if not last or last ~= last or last < 0 or last >= 9007199254740992 or last % 1 ~= 0 then
+  if not last or last ~= last or last < 0 or last >= 9007199254740991 or last % 1 ~= 0 then
     return nil
   end
   return last
@@ -68,10 +78,7 @@ if not last then
   return corrupt()
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if last == 0 then
-  return {1, next_fencing(last)}
-end
-return {1, last}
+return {1, next_fencing(last)}
 ",
     )
 });

@@ -793,6 +793,7 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
         "nan",
         "1e19",
         "9007199254740993",
+        "9007199254740991",
         "-5",
         "-1",
         "1.5",
@@ -813,6 +814,21 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
     let lease = jobs.try_lock("job").await.unwrap().unwrap();
     assert_eq!(lease.fencing(), 9_007_199_254_740_991);
     lease.release().await.unwrap();
+
+    // A counter that is not a string at all: straight through the driver, so that no
+    // background clean-up of the locker's can hide a lock left behind.
+    server.command::<i64>(&["DEL", "runa:lock:{5:jobs:other}:f"]);
+    server.command::<i64>(&["HSET", "runa:lock:{5:jobs:other}:f", "x", "1"]);
+    let driver = driver(&server);
+    let key = runa_lock::LockKey::new("jobs:", "other");
+    let token = "0123456789abcdef0123456789abcdef";
+    let ttl = Duration::from_secs(30);
+    let err = runa_lock::Driver::acquire(&driver, key, token, ttl)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fencing counter"), "{err}");
+    let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
+    assert!(locks.is_empty(), "a lock was left behind: {locks:?}");
 }
 
 #[tokio::test]
