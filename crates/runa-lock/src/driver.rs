@@ -258,8 +258,9 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     ///   fresh fencing number.
     /// - A key held by another token gives `Attempt::Busy`.
     /// - A key already held by this token (an earlier attempt ran, but its reply was lost)
-    ///   may be granted again, with the same fencing number and the ttl started over; a
-    ///   driver whose replies cannot be lost may answer `Busy` instead.
+    ///   may be granted again, with a fencing number above every earlier one (the holder
+    ///   never saw the first) and the ttl started over; a driver whose replies cannot be lost
+    ///   may answer `Busy` instead.
     fn acquire<'a>(
         &'a self,
         key: LockKey<'a>,
