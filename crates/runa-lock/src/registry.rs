@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::options::Settings;
@@ -40,6 +40,10 @@ use crate::{
 /// ```
 pub struct Registry {
     state: RwLock<State>,
+    /// Lockers `of` made, handed out again until the registry changes: every change goes
+    /// through [`write`](Registry::write), which empties it. Locked after `state`, never
+    /// before.
+    made: Mutex<BTreeMap<String, Locker>>,
 }
 
 #[derive(Default)]
@@ -106,6 +110,7 @@ impl Registry {
     pub fn new() -> Self {
         let registry = Registry {
             state: RwLock::new(State::default()),
+            made: Mutex::new(BTreeMap::new()),
         };
         registry.register_driver(DEFAULT_DRIVER, MemoryDriver::new());
         registry.register_locker(DEFAULT_NAME, LockerOptions::new());
@@ -233,8 +238,13 @@ impl Registry {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn of(&self, name: &str) -> Result<Locker, Error> {
-        let name = canonical(name.to_owned());
+        let name = if name.is_empty() { DEFAULT_NAME } else { name };
+        // Under the read lock, so that no change lands between making a locker and keeping it.
         let state = self.read();
+        if let Some(locker) = self.made().get(name) {
+            return Ok(locker.clone());
+        }
+        let name = name.to_owned();
         let settings = state.settings(&name).ok_or_else(|| Error::UnknownLocker {
             name: name.clone(),
             known: state.lockers.keys().cloned().collect(),
@@ -248,7 +258,10 @@ impl Registry {
                 known: state.drivers.keys().cloned().collect(),
             })?;
         settings.validate(|field| format!("locker {name:?} option {field}"))?;
-        Ok(Locker::new(name, Arc::clone(driver), settings))
+        let locker = Locker::new(name.clone(), Arc::clone(driver), settings);
+        self.made().insert(name, locker.clone());
+        drop(state);
+        Ok(locker)
     }
 
     /// Like [`of`](Registry::of), but panics with the same message on error. For set-up code
@@ -312,8 +325,15 @@ impl Registry {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state, to change it: lockers made from the old state are no longer handed out.
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        let state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        self.made().clear();
+        state
+    }
+
+    fn made(&self) -> MutexGuard<'_, BTreeMap<String, Locker>> {
+        self.made.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

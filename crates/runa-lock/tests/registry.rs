@@ -286,3 +286,41 @@ async fn debug_output_never_shows_tokens() {
     }
     assert!(format!("{lease:?}").contains("fencing"));
 }
+
+#[tokio::test]
+async fn of_hands_out_the_same_locker_until_the_registry_changes() {
+    let registry = Registry::new();
+    registry.register_locker("jobs", LockerOptions::new().ttl(Duration::from_secs(30)));
+    let first = registry.of("jobs").unwrap();
+    let again = registry.of("jobs").unwrap();
+    assert_eq!(again.info(), first.info());
+    // Each kind of change is seen by the next `of`.
+    registry.register_locker("jobs", LockerOptions::new().ttl(Duration::from_secs(40)));
+    assert_eq!(
+        registry.of("jobs").unwrap().info().ttl,
+        Duration::from_secs(40)
+    );
+    let config = runa_lock::Config::from_toml("[lock.lockers.jobs]\nttl = \"50s\"").unwrap();
+    registry.configure(&config).unwrap();
+    assert_eq!(
+        registry.of("jobs").unwrap().info().ttl,
+        Duration::from_secs(50)
+    );
+    registry.register_driver("other", MemoryDriver::new());
+    registry.register_locker("jobs", LockerOptions::new().driver("other"));
+    let moved = registry.of("jobs").unwrap();
+    assert_eq!(moved.info().driver, "other");
+    // A locker handed out earlier keeps its settings and driver.
+    assert_eq!(first.info().ttl, Duration::from_secs(30));
+    let lease = moved.try_lock("k").await.unwrap().unwrap();
+    assert!(
+        first.try_lock("k").await.unwrap().is_some(),
+        "another driver"
+    );
+    lease.release().await.unwrap();
+    // The default name is the same locker under both spellings.
+    assert_eq!(
+        registry.of("").unwrap().info(),
+        registry.of("default").unwrap().info()
+    );
+}
