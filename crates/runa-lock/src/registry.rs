@@ -219,6 +219,9 @@ impl Registry {
 
     /// The locker `name` (`""` means `"default"`), with its settings resolved now.
     ///
+    /// Until the registry changes, `of` hands out the same locker again (a cheap clone), so
+    /// looking a locker up on every request costs a map lookup.
+    ///
     /// # Errors
     ///
     /// [`Error::UnknownLocker`] when no locker has that name, [`Error::UnknownDriver`] when
