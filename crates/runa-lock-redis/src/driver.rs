@@ -16,8 +16,16 @@ use crate::notify::Notifier;
 use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
 
 /// The default time to connect (and reconnect) to Redis: 2 s.
+///
+/// ```
+/// assert_eq!(runa_lock_redis::DEFAULT_CONNECT_TIMEOUT, std::time::Duration::from_secs(2));
+/// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default time to wait for a reply from Redis: 1 s.
+///
+/// ```
+/// assert_eq!(runa_lock_redis::DEFAULT_RESPONSE_TIMEOUT, std::time::Duration::from_secs(1));
+/// ```
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Locks in Redis, shared by every process and host that uses the same Redis database.

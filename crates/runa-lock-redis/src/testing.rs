@@ -18,6 +18,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `redis-server` child process on `127.0.0.1`; killed on drop.
+///
+/// ```no_run
+/// use runa_lock_redis::testing::RedisServer;
+///
+/// let server = RedisServer::start();
+/// assert_eq!(server.command::<String>(&["PING"]), "PONG");
+/// drop(server); // the process is killed and its directory removed
+/// ```
 #[derive(Debug)]
 pub struct RedisServer {
     dir: tempfile::TempDir,

@@ -64,6 +64,12 @@ pub enum Check {
 
 impl Check {
     /// Every check, in the order `run_all` runs them.
+    ///
+    /// ```
+    /// use runa_lock::testing::Check;
+    /// assert_eq!(Check::ALL[0], Check::Exclusion);
+    /// assert_eq!(Check::ALL.len(), 16);
+    /// ```
     pub const ALL: [Check; 16] = [
         Check::Exclusion,
         Check::FencingIncreases,

@@ -4,6 +4,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// A boxed error, as returned by provider hooks.
+///
+/// ```
+/// let error: runa::BoxError = "the cache is not reachable".into();
+/// assert_eq!(error.to_string(), "the cache is not reachable");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything the application lifecycle can report.

@@ -6,6 +6,11 @@ use std::pin::Pin;
 use crate::{App, BoxError};
 
 /// A boxed, `Send` future, as returned by provider hooks.
+///
+/// ```
+/// let hook: runa::BoxFuture<'static, Result<(), runa::BoxError>> = Box::pin(async { Ok(()) });
+/// # drop(hook);
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A piece of an application: a database pool, a lock registry, an HTTP server.
