@@ -67,6 +67,26 @@ fn calls_of(stats: &[(String, u64)], command: &str) -> u64 {
         .map_or(0, |(_, calls)| *calls)
 }
 
+/// Asserts that what began at `started` ended within `limit`: failing promptly instead of
+/// hanging is the behaviour under test, and `limit` is several times the timeouts involved.
+fn assert_prompt(started: Instant, limit: Duration) {
+    let took = started.elapsed();
+    assert!(took < limit, "took {took:?}, more than {limit:?}");
+}
+
+/// A TLS server, or `None` when this redis-server was built without TLS: the only reason a
+/// TLS test may skip, and it says so. Any other failure to start fails the test.
+fn tls_server(test: &str) -> Option<RedisServer> {
+    match RedisServer::start_tls() {
+        Ok(server) => Some(server),
+        Err(reason) => {
+            assert!(reason.contains("would not start with TLS"), "{reason}");
+            eprintln!("SKIPPED {test}: {reason}");
+            None
+        }
+    }
+}
+
 /// Holds `key` with `holder` while `waiter` waits for it; runs `meanwhile`, releases, and
 /// returns how long after the release the waiter got the lock (and the two fencing numbers).
 async fn handoff(
@@ -397,11 +417,7 @@ async fn a_down_server_fails_promptly_and_the_driver_recovers_after_a_restart() 
     let started = Instant::now();
     let err = jobs.try_lock("other").await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_prompt(started, Duration::from_secs(3));
     assert!(
         err.to_string()
             .contains(&format!("127.0.0.1:{}", server.port())),
@@ -413,11 +429,7 @@ async fn a_down_server_fails_promptly_and_the_driver_recovers_after_a_restart() 
     let err = jobs.wait("other").await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
     assert!(started.elapsed() >= Duration::from_millis(800));
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_prompt(started, Duration::from_secs(4));
 
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -674,23 +686,13 @@ async fn a_closed_port_is_a_prompt_backend_error() {
     let started = Instant::now();
     let err = jobs.try_lock("k").await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_prompt(started, Duration::from_secs(4));
 }
 
 #[tokio::test]
 async fn tls_with_a_private_ca() {
-    let server = match RedisServer::start_tls() {
-        Ok(server) => server,
-        Err(reason) => {
-            // Only a redis-server built without TLS may skip this, and it says so.
-            assert!(reason.contains("would not start with TLS"), "{reason}");
-            eprintln!("SKIPPED tls_with_a_private_ca: {reason}");
-            return;
-        }
+    let Some(server) = tls_server("tls_with_a_private_ca") else {
+        return;
     };
     assert!(server.url().starts_with("rediss://"));
     let holder = locker(RedisDriver::new(server.client()), LockerOptions::new());
@@ -725,8 +727,7 @@ async fn tls_with_a_private_ca() {
 
 #[tokio::test]
 async fn a_plain_client_against_a_tls_port_fails_promptly() {
-    let Ok(server) = RedisServer::start_tls() else {
-        eprintln!("SKIPPED: redis-server without TLS");
+    let Some(server) = tls_server("a_plain_client_against_a_tls_port_fails_promptly") else {
         return;
     };
     let url = format!("redis://127.0.0.1:{}", server.port());
@@ -739,11 +740,7 @@ async fn a_plain_client_against_a_tls_port_fails_promptly() {
         jobs.try_lock("k").await,
         Err(Error::Backend { .. })
     ));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_prompt(started, Duration::from_secs(3));
 }
 
 #[tokio::test]
@@ -1051,9 +1048,5 @@ async fn a_silently_dead_connection_is_replaced() {
         }
     }
     assert!(recovered, "the driver kept using the dead connection");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_prompt(started, Duration::from_secs(5));
 }
