@@ -28,6 +28,16 @@ fn locker(client: &redis::Client, options: LockerOptions) -> Locker {
     registry.of("bench").expect("the bench locker")
 }
 
+/// One lock pair on a key nobody else holds: `try_lock` + `release`.
+async fn lock_pair(locker: &Locker, key: &str) {
+    let lease = locker
+        .try_lock(key)
+        .await
+        .expect("try_lock")
+        .expect("the key is free");
+    lease.release().await.expect("release");
+}
+
 async fn connection(client: &redis::Client) -> ConnectionManager {
     client
         .get_connection_manager()
@@ -84,16 +94,6 @@ impl Bench {
         samples
     }
 
-    /// One S1 pair: `try_lock` + `release`.
-    async fn lock_pair(&self, locker: &Locker) {
-        let lease = locker
-            .try_lock("s1")
-            .await
-            .expect("try_lock")
-            .expect("the S1 key is free");
-        lease.release().await.expect("release");
-    }
-
     /// The floor (PING and raw pair) and S1, interleaved pair by pair so that both see the
     /// same machine load (on a shared VM the load drifts within seconds). Pairs per second
     /// are counted over each kind's own time. Returns (S1 scenario, floor scenario, S1
@@ -104,7 +104,7 @@ impl Bench {
         // Warm up: connections open, scripts loaded.
         for _ in 0..50 {
             self.raw_pair(&mut connection).await;
-            self.lock_pair(&locker).await;
+            lock_pair(&locker, "s1").await;
         }
         let (mut raw, mut ours, mut pings) = (Vec::new(), Vec::new(), Vec::new());
         let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
@@ -118,7 +118,7 @@ impl Bench {
                 raw.push(took);
                 raw_time += took;
                 let begun = Instant::now();
-                self.lock_pair(&locker).await;
+                lock_pair(&locker, "s1").await;
                 let took = begun.elapsed();
                 ours.push(took);
                 our_time += took;
@@ -275,14 +275,7 @@ impl Bench {
         const TASKS: usize = 64;
         let per_task = self.pairs_per_round / 4;
         let locker = locker(&self.client, LockerOptions::new());
-        locker
-            .try_lock("warm")
-            .await
-            .expect("warm-up")
-            .expect("free")
-            .release()
-            .await
-            .expect("release");
+        lock_pair(&locker, "warm").await;
         let mut rates = Vec::new();
         for _ in 0..3 {
             let started = Instant::now();
@@ -292,12 +285,7 @@ impl Bench {
                 tasks.push(tokio::spawn(async move {
                     let key = format!("s4-{t}");
                     for _ in 0..per_task {
-                        let lease = locker
-                            .try_lock(&key)
-                            .await
-                            .expect("try_lock")
-                            .expect("own key free");
-                        lease.release().await.expect("release");
+                        lock_pair(&locker, &key).await;
                     }
                 }));
             }
