@@ -138,6 +138,12 @@ impl Locker {
         }
     }
 
+    /// Whether `other` is a clone of this locker (not merely one with equal settings).
+    #[cfg(test)]
+    pub(crate) fn is_same(&self, other: &Locker) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The locker's name in its registry.
     ///
     /// ```

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::options::Settings;
@@ -43,7 +43,7 @@ pub struct Registry {
     /// Lockers `of` made, handed out again until the registry changes: every change goes
     /// through [`write`](Registry::write), which empties it. Locked after `state`, never
     /// before.
-    made: Mutex<BTreeMap<String, Locker>>,
+    made: RwLock<BTreeMap<String, Locker>>,
 }
 
 #[derive(Default)]
@@ -110,7 +110,7 @@ impl Registry {
     pub fn new() -> Self {
         let registry = Registry {
             state: RwLock::new(State::default()),
-            made: Mutex::new(BTreeMap::new()),
+            made: RwLock::new(BTreeMap::new()),
         };
         registry.register_driver(DEFAULT_DRIVER, MemoryDriver::new());
         registry.register_locker(DEFAULT_NAME, LockerOptions::new());
@@ -151,7 +151,8 @@ impl Registry {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn register_locker(&self, name: impl Into<String>, options: LockerOptions) {
-        let name = canonical(name.into());
+        let name: String = name.into();
+        let name = canonical(&name).to_owned();
         self.write().lockers.insert(name, options);
     }
 
@@ -185,7 +186,7 @@ impl Registry {
         let mut state = self.write();
         let mut updates = Vec::new();
         for (name, section) in &config.lockers {
-            let name = canonical(name.clone());
+            let name = canonical(name).to_owned();
             let Some(code) = state.lockers.get(&name) else {
                 tracing::warn!(
                     locker = %name,
@@ -241,12 +242,14 @@ impl Registry {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn of(&self, name: &str) -> Result<Locker, Error> {
-        let name = if name.is_empty() { DEFAULT_NAME } else { name };
+        let name = canonical(name);
         // Under the read lock, so that no change lands between making a locker and keeping it.
         let state = self.read();
-        if let Some(locker) = self.made().get(name) {
+        let made = self.made.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(locker) = made.get(name) {
             return Ok(locker.clone());
         }
+        drop(made);
         let name = name.to_owned();
         let settings = state.settings(&name).ok_or_else(|| Error::UnknownLocker {
             name: name.clone(),
@@ -262,7 +265,10 @@ impl Registry {
             })?;
         settings.validate(|field| format!("locker {name:?} option {field}"))?;
         let locker = Locker::new(name.clone(), Arc::clone(driver), settings);
-        self.made().insert(name, locker.clone());
+        self.made
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, locker.clone());
         drop(state);
         Ok(locker)
     }
@@ -331,12 +337,11 @@ impl Registry {
     /// The state, to change it: lockers made from the old state are no longer handed out.
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         let state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        self.made().clear();
+        self.made
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         state
-    }
-
-    fn made(&self) -> MutexGuard<'_, BTreeMap<String, Locker>> {
-        self.made.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -366,12 +371,9 @@ impl fmt::Debug for Registry {
     }
 }
 
-fn canonical(name: String) -> String {
-    if name.is_empty() {
-        DEFAULT_NAME.to_owned()
-    } else {
-        name
-    }
+/// A locker's name as the registry keeps it: `""` means `"default"`.
+fn canonical(name: &str) -> &str {
+    if name.is_empty() { DEFAULT_NAME } else { name }
 }
 
 fn names<V>(map: &BTreeMap<String, V>) -> String {
@@ -379,4 +381,27 @@ fn names<V>(map: &BTreeMap<String, V>) -> String {
         return "(none)".to_owned();
     }
     map.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_hands_out_one_locker_until_a_change() {
+        let registry = Registry::new();
+        let a = registry.of("").unwrap();
+        let b = registry.of("default").unwrap();
+        assert!(
+            a.is_same(&b),
+            "the default locker under both spellings is one locker"
+        );
+        registry.register_locker("other", LockerOptions::new());
+        let c = registry.of("default").unwrap();
+        assert!(
+            !c.is_same(&a),
+            "a change to the registry makes lockers anew"
+        );
+        assert!(registry.of("default").unwrap().is_same(&c));
+    }
 }
