@@ -38,21 +38,22 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 if redis.replicate_commands then
   redis.replicate_commands()
 end
-local function corrupt()
-  return redis.error_reply('ERR runa-lock: fencing counter ' .. KEYS[2] .. ' is not an integer from 0 to 2^53 - 2')
+local function corrupt(got)
+  return redis.error_reply('ERR runa-lock: fencing counter ' .. KEYS[2] .. ' is not an integer from 0 to 2^53 - 2 (got ' .. got .. ')')
 end
--- The counter, 0 when absent; nil when it is no counter (a wrong type, not an integer, too big).
+-- The counter, 0 when absent; or nil and what was found instead (a wrong type, not an
+-- integer, too big).
 local function counter()
-  local last = redis.pcall('GET', KEYS[2])
-  if type(last) == 'table' then
-    return nil
+  local raw = redis.pcall('GET', KEYS[2])
+  if type(raw) == 'table' then
+    return nil, 'a value that is not a string'
   end
-  if not last then
+  if not raw then
     return 0
   end
-  last = tonumber(last)
+  local last = tonumber(raw)
   if not last or last ~= last or last < 0 or last >= 9007199254740991 or last % 1 ~= 0 then
-    return nil
+    return nil, string.format('%q', string.sub(raw, 1, 40))
   end
   return last
 end
@@ -63,19 +64,19 @@ local function next_fencing(last)
   return fencing
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
-  local last = counter()
+  local last, got = counter()
   if not last then
     redis.call('DEL', KEYS[1])
-    return corrupt()
+    return corrupt(got)
   end
   return {1, next_fencing(last)}
 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0, redis.call('PTTL', KEYS[1])}
 end
-local last = counter()
+local last, got = counter()
 if not last then
-  return corrupt()
+  return corrupt(got)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, next_fencing(last)}

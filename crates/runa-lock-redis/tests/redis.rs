@@ -802,6 +802,10 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
             err.to_string().contains("fencing counter"),
             "{garbage}: {err}"
         );
+        assert!(
+            err.to_string().contains(&format!("(got \"{garbage}\")")),
+            "the error shows what it found: {err}"
+        );
         let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
         assert!(locks.is_empty(), "{garbage}: the lock was written anyway");
         let counter: String = server.command(&["GET", "runa:lock:{5:jobs:job}:f"]);
@@ -824,6 +828,7 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("fencing counter"), "{err}");
+    assert!(err.to_string().contains("not a string"), "{err}");
     let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
     assert!(locks.is_empty(), "a lock was left behind: {locks:?}");
 }
