@@ -74,6 +74,12 @@ fn assert_prompt(started: Instant, limit: Duration) {
     assert!(took < limit, "took {took:?}, more than {limit:?}");
 }
 
+/// Asserts that no lock key is left on the server; `context` says after what.
+fn assert_no_locks(server: &RedisServer, context: &str) {
+    let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
+    assert!(locks.is_empty(), "{context}: locks left behind: {locks:?}");
+}
+
 /// A TLS server, or `None` when this redis-server was built without TLS: the only reason a
 /// TLS test may skip, and it says so. Any other failure to start fails the test.
 fn tls_server(test: &str) -> Option<RedisServer> {
@@ -777,8 +783,7 @@ async fn an_acquire_whose_reply_is_lost_is_granted_on_the_next_attempt() {
         "the granted lease kept the first attempt's ttl: {ttl} ms"
     );
     lease.release().await.unwrap();
-    let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
-    assert!(locks.is_empty(), "{locks:?}");
+    assert_no_locks(&server, "after the release");
 }
 
 #[tokio::test]
@@ -806,8 +811,7 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
             err.to_string().contains(&format!("(got \"{garbage}\")")),
             "the error shows what it found: {err}"
         );
-        let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
-        assert!(locks.is_empty(), "{garbage}: the lock was written anyway");
+        assert_no_locks(&server, garbage);
         let counter: String = server.command(&["GET", "runa:lock:{5:jobs:job}:f"]);
         assert_eq!(counter, garbage, "the counter was changed");
     }
@@ -829,8 +833,7 @@ async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("fencing counter"), "{err}");
     assert!(err.to_string().contains("not a string"), "{err}");
-    let locks: Vec<String> = server.command(&["KEYS", "*:l"]);
-    assert!(locks.is_empty(), "a lock was left behind: {locks:?}");
+    assert_no_locks(&server, "a counter that is not a string");
 }
 
 #[tokio::test]
