@@ -80,7 +80,8 @@ pub(crate) struct LeaseState {
     store: Arc<Store>,
     key: Text<48>,
     token: Token,
-    fencing: u64,
+    /// Set once, before the lease is handed out (see [`Unsettled`]).
+    fencing: AtomicU64,
     ttl: Duration,
     /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
     origin: Instant,
@@ -207,34 +208,60 @@ impl LeaseState {
     }
 }
 
-impl Lease {
-    /// A lease on `key` whose acquire was sent at `sent`.
+/// A lease's state, built before its acquisition completes: a waiter builds it before it
+/// waits, so that when a release wakes it, it has nothing left to allocate.
+pub(crate) struct Unsettled {
+    state: Arc<LeaseState>,
+}
+
+impl Unsettled {
+    /// The state of a lease on `key`, to be acquired after `origin`.
     pub(crate) fn new(
         store: Arc<Store>,
         key: &str,
         token: Token,
-        fencing: u64,
         ttl: Duration,
-        sent: Instant,
-    ) -> Lease {
+        origin: Instant,
+    ) -> Unsettled {
         let state = LeaseState {
             store,
             key: Text::new(&[key]),
             token,
-            fencing,
+            fencing: AtomicU64::new(0),
             ttl,
-            origin: sent,
+            origin,
             deadline_nanos: AtomicU64::new(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
             phase: AtomicU8::new(HELD),
             ended: Notify::new(),
             watchers: AtomicUsize::new(0),
         };
-        Lease {
+        Unsettled {
             state: Arc::new(state),
-            done: false,
         }
     }
 
+    pub(crate) fn token(&self) -> &str {
+        self.state.token()
+    }
+
+    /// The lease, acquired with `fencing` by an attempt sent at `sent` (not before `origin`).
+    pub(crate) fn settle(self, fencing: u64, sent: Instant) -> Lease {
+        let state = &self.state;
+        // Nobody else sees the state yet: handing the lease to another thread publishes these.
+        state.fencing.store(fencing, Ordering::Relaxed);
+        let deadline = (sent + state.ttl).saturating_duration_since(state.origin);
+        state.deadline_nanos.store(
+            u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Lease {
+            state: self.state,
+            done: false,
+        }
+    }
+}
+
+impl Lease {
     pub(crate) fn state(&self) -> &LeaseState {
         &self.state
     }
@@ -283,7 +310,7 @@ impl Lease {
     /// # }
     /// ```
     pub fn fencing(&self) -> u64 {
-        self.state.fencing
+        self.state.fencing.load(Ordering::Relaxed)
     }
 
     /// The ttl the lease was acquired with.
@@ -461,7 +488,7 @@ impl LeaseHandle {
     /// # }
     /// ```
     pub fn fencing(&self) -> u64 {
-        self.state.fencing
+        self.state.fencing.load(Ordering::Relaxed)
     }
 
     /// Whether the lease no longer protects anything: it expired (by the local clock), a
@@ -533,7 +560,7 @@ fn debug_state(f: &mut fmt::Formatter<'_>, name: &str, state: &LeaseState) -> fm
     f.debug_struct(name)
         .field("prefix", &&*state.store.prefix)
         .field("key", &state.key.as_str())
-        .field("fencing", &state.fencing)
+        .field("fencing", &state.fencing.load(Ordering::Relaxed))
         .field("ttl", &state.ttl)
         .field("lost", &state.is_lost())
         .finish_non_exhaustive()

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::driver::{Driver, LockKey, Store, WaitPlan};
 use crate::error::LossReason;
-use crate::lease::{Lease, LeaseHandle};
+use crate::lease::{Lease, LeaseHandle, Unsettled};
 use crate::options::Settings;
 use crate::registry::LockerInfo;
 use crate::token::Token;
@@ -225,7 +225,9 @@ impl Locker {
             }
         };
         Ok(match attempt {
-            crate::Attempt::Acquired { fencing } => Some(self.lease(key, token, fencing, sent)),
+            crate::Attempt::Acquired { fencing } => {
+                Some(self.unsettled(key, token, sent).settle(fencing, sent))
+            }
             crate::Attempt::Busy { .. } => None,
         })
     }
@@ -264,22 +266,25 @@ impl Locker {
         self.check(key)?;
         let token = Token::new(!self.inner.stores.main.driver.is_local())?;
         let settings = &self.inner.settings;
-        let plan = WaitPlan::new(Instant::now() + settings.wait, settings.retry_interval);
+        let now = Instant::now();
+        let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
+        // Built now, so that a waiter woken by a release only has to fill in the grant.
+        let lease = self.unsettled(key, token, now);
         let pending = Pending::new(
             &self.inner.stores.main.driver,
             self.lock_key(key),
-            token.as_str(),
+            lease.token(),
         );
         let acquired = self
             .inner
             .stores
             .main
             .driver
-            .wait(self.lock_key(key), token.as_str(), settings.ttl, plan)
+            .wait(self.lock_key(key), lease.token(), settings.ttl, plan)
             .await?;
         pending.disarm();
         match acquired {
-            Some(grant) => Ok(self.lease(key, token, grant.fencing, grant.sent)),
+            Some(grant) => Ok(lease.settle(grant.fencing, grant.sent)),
             None => Err(Error::Timeout {
                 key: key.to_owned(),
                 waited: settings.wait,
@@ -374,15 +379,14 @@ impl Locker {
     /// would bump one reference count, and threads taking leases at once would pass its
     /// cache line back and forth on every acquisition and release; each thread uses its
     /// stripe's copy instead.
-    fn lease(&self, key: &str, token: Token, fencing: u64, sent: Instant) -> Lease {
+    fn unsettled(&self, key: &str, token: Token, origin: Instant) -> Unsettled {
         let store = self.inner.stores.for_this_thread();
-        Lease::new(
+        Unsettled::new(
             Arc::clone(store),
             key,
             token,
-            fencing,
             self.inner.settings.ttl,
-            sent,
+            origin,
         )
     }
 

@@ -394,3 +394,50 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
         Poll::Pending => panic!("the memory driver's try_lock should not wait"),
     }
 }
+
+/// A lease handed over after a long wait runs its whole ttl from the handover, not from when
+/// its wait began (the lease state is built before the wait, and settled at the grant).
+#[tokio::test(start_paused = true)]
+async fn a_lease_won_after_waiting_runs_its_ttl_from_the_handover() {
+    let ttl = Duration::from_secs(10);
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new()
+            .ttl(ttl)
+            .wait(HOUR)
+            .retry_interval(HOUR),
+    );
+    let holder = locker.wait("k").await.unwrap();
+    let waiter = tokio::spawn({
+        let locker = locker.clone();
+        async move { locker.wait("k").await }
+    });
+    tokio::task::yield_now().await; // the waiter starts waiting now
+    advance(Duration::from_secs(7)).await;
+    let handed_over = Instant::now();
+    let first = holder.fencing();
+    holder.release().await.unwrap();
+    let lease = waiter.await.unwrap().unwrap();
+    assert!(lease.fencing() > first);
+    assert_eq!(
+        Instant::now(),
+        handed_over,
+        "woken by the release, not a timer"
+    );
+    let handle = lease.handle();
+    advance(ttl - Duration::from_millis(1)).await;
+    assert!(
+        !handle.is_lost(),
+        "the lease ended before its ttl from the handover"
+    );
+    lease.renew(None).await.unwrap();
+    advance(ttl - Duration::from_millis(1)).await;
+    assert!(
+        !handle.is_lost(),
+        "a renewal did not run its ttl from the renewal"
+    );
+    advance(Duration::from_millis(2)).await;
+    assert!(handle.is_lost(), "the lease outlived its ttl");
+    assert!(matches!(lease.release().await, Err(Error::NotHeld { .. })));
+}
