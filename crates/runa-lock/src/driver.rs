@@ -1,5 +1,6 @@
 //! The `Driver` trait: what a lock store must do, and the polling wait it gets for free.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use crate::Error;
+use crate::{Error, MemoryDriver};
 
 /// A driver and the key prefix a locker uses it with: shared by a locker and its leases
 /// behind one `Arc`, so that a lease costs one reference count, not two.
@@ -19,6 +20,21 @@ use crate::Error;
 pub(crate) struct Store {
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) prefix: Box<str>,
+    /// `driver` itself when it is a [`MemoryDriver`]: lockers then wait on it directly, with
+    /// no boxed future to allocate before a wait and free after it.
+    pub(crate) memory: Option<MemoryDriver>,
+}
+
+impl Store {
+    pub(crate) fn new(driver: Arc<dyn Driver>, prefix: Box<str>) -> Store {
+        let any: &dyn Any = &*driver;
+        let memory = any.downcast_ref::<MemoryDriver>().cloned();
+        Store {
+            driver,
+            prefix,
+            memory,
+        }
+    }
 }
 
 /// A boxed, `Send` future, as returned by [`Driver`] methods.
@@ -249,7 +265,7 @@ impl WaitPlan {
 /// # Ok(())
 /// # }
 /// ```
-pub trait Driver: Send + Sync + fmt::Debug + 'static {
+pub trait Driver: Any + Send + Sync + fmt::Debug {
     /// Makes one attempt to take `key` for `token` for `ttl`.
     ///
     /// # Behavior
@@ -505,5 +521,53 @@ pub async fn poll_until<D: Driver + ?Sized>(
             .max(MIN_PAUSE);
         let wake = now.checked_add(pause).unwrap_or(plan.deadline);
         sleep_until(wake.min(plan.deadline)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver that is not a `MemoryDriver`, even though it forwards to one.
+    #[derive(Debug)]
+    struct Wrapped(MemoryDriver);
+
+    impl Driver for Wrapped {
+        fn acquire<'a>(
+            &'a self,
+            key: LockKey<'a>,
+            token: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<Attempt, Error>> {
+            self.0.acquire(key, token, ttl)
+        }
+
+        fn renew<'a>(
+            &'a self,
+            key: LockKey<'a>,
+            token: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<bool, Error>> {
+            self.0.renew(key, token, ttl)
+        }
+
+        fn release<'a>(
+            &'a self,
+            key: LockKey<'a>,
+            token: &'a str,
+        ) -> BoxFuture<'a, Result<bool, Error>> {
+            self.0.release(key, token)
+        }
+    }
+
+    #[test]
+    fn a_store_knows_a_memory_driver_and_only_a_memory_driver() {
+        let memory = Store::new(Arc::new(MemoryDriver::new()), "p:".into());
+        assert!(
+            memory.memory.is_some(),
+            "lockers on it would box every wait"
+        );
+        let other = Store::new(Arc::new(Wrapped(MemoryDriver::new())), "p:".into());
+        assert!(other.memory.is_none(), "a wrapper's own wait must be used");
     }
 }

@@ -249,7 +249,9 @@ impl Unsettled {
         let state = &self.state;
         // Nobody else sees the state yet: handing the lease to another thread publishes these.
         state.fencing.store(fencing, Ordering::Relaxed);
-        let deadline = (sent + state.ttl).saturating_duration_since(state.origin);
+        let deadline = sent
+            .saturating_duration_since(state.origin)
+            .saturating_add(state.ttl);
         state.deadline_nanos.store(
             u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -412,7 +414,7 @@ impl Lease {
     /// # }
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
-        let state = Arc::clone(&self.state);
+        let state = &self.state;
         let released = match state.store.driver.release_sync(state.key(), state.token()) {
             Some(released) => released,
             None => state.store.driver.release(state.key(), state.token()).await,

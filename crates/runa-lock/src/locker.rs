@@ -87,10 +87,10 @@ impl Stores {
             .stripes
             .get_or_init(|| (0..stripe_count()).map(|_| OnceLock::new()).collect());
         stripes[thread_stripe() % stripes.len()].get_or_init(|| {
-            Arc::new(Store {
-                driver: Arc::clone(&self.main.driver),
-                prefix: self.main.prefix.clone(),
-            })
+            Arc::new(Store::new(
+                Arc::clone(&self.main.driver),
+                self.main.prefix.clone(),
+            ))
         })
     }
 }
@@ -115,10 +115,7 @@ fn thread_stripe() -> usize {
 
 impl Locker {
     pub(crate) fn new(name: String, driver: Arc<dyn Driver>, settings: Settings) -> Locker {
-        let main = Arc::new(Store {
-            driver,
-            prefix: settings.prefix.as_str().into(),
-        });
+        let main = Arc::new(Store::new(driver, settings.prefix.as_str().into()));
         let stores = Arc::new(Stores {
             main,
             stripes: OnceLock::new(),
@@ -275,13 +272,12 @@ impl Locker {
             self.lock_key(key),
             lease.token(),
         );
-        let acquired = self
-            .inner
-            .stores
-            .main
-            .driver
-            .wait(self.lock_key(key), lease.token(), settings.ttl, plan)
-            .await?;
+        let store = &self.inner.stores.main;
+        let (lock_key, token, ttl) = (self.lock_key(key), lease.token(), settings.ttl);
+        let acquired = match &store.memory {
+            Some(memory) => memory.wait_unboxed(lock_key, token, ttl, plan).await?,
+            None => store.driver.wait(lock_key, token, ttl, plan).await?,
+        };
         pending.disarm();
         match acquired {
             Some(grant) => Ok(lease.settle(grant.fencing, grant.sent)),

@@ -230,6 +230,17 @@ impl MemoryDriver {
     pub fn sweep(&self) -> usize {
         self.inner.sweep_all(Instant::now())
     }
+
+    /// [`Driver::wait`] without the boxed future, for lockers on this driver.
+    pub(crate) async fn wait_unboxed(
+        &self,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> Result<Option<Grant>, Error> {
+        self.inner.wait(key, token, ttl, plan).await
+    }
 }
 
 impl Default for MemoryDriver {
@@ -330,7 +341,9 @@ impl Inner {
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
         let hash = self.hash(key);
-        let (released, next) = self.shard(hash).release(hash, key, token);
+        // Read before the shard lock, so that the lock is held for less time.
+        let now = Instant::now();
+        let (released, next) = self.shard(hash).release(hash, key, token, now);
         wake(next);
         released
     }
@@ -447,10 +460,11 @@ impl Drop for Place<'_> {
             return;
         }
         let next = {
+            let now = Instant::now();
             let mut shard = self.inner.shard(self.hash);
             if self.ticket.granted.get().is_some() {
                 shard
-                    .release(self.hash, self.key, self.ticket.token.as_str())
+                    .release(self.hash, self.key, self.ticket.token.as_str(), now)
                     .1
             } else {
                 shard.dequeue(self.hash, self.key, &self.ticket);
@@ -527,8 +541,13 @@ impl Shard {
 
     /// Releases the key if `token` holds it, handing it to the first waiter if there is one.
     /// Returns whether it did, and the waiter to wake (by [`wake`], after the shard lock).
-    fn release(&mut self, hash: u64, key: LockKey<'_>, token: &str) -> (bool, Option<Arc<Ticket>>) {
-        let now = Instant::now();
+    fn release(
+        &mut self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        now: Instant,
+    ) -> (bool, Option<Arc<Ticket>>) {
         let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
             return (false, None);
         };
