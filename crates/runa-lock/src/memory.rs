@@ -94,7 +94,8 @@ struct Slot {
     name: Name,
     holder: Option<Holder>,
     /// Waiters in arrival order; a release hands the key to the first. The slot lives while
-    /// there are any. Boxed: one word in every slot, for the few with waiters.
+    /// there are any. Boxed: one word in every slot, for the few with waiters; once made, kept
+    /// (perhaps empty) until the slot is removed.
     queue: Option<Box<Queue>>,
 }
 
@@ -555,10 +556,9 @@ impl Shard {
         let held = slot.holder.as_ref().is_some_and(|h| h.is(token, now));
         if held {
             slot.holder = None;
+            // A queue left empty stays until the slot is removed: the hand-over does not wait
+            // for its memory to be freed, and the next waiter reuses it.
             if let Some(next) = slot.queue.as_mut().and_then(|q| q.pop()) {
-                if slot.queue.as_ref().is_some_and(|q| q.live == 0) {
-                    slot.queue = None;
-                }
                 slot.holder = Some(Holder {
                     token: next.token.clone(),
                     expires_at: later(now, next.ttl),
@@ -639,7 +639,8 @@ impl Slot {
 
     /// Neither held (unexpired) nor waited on: safe to remove.
     fn is_idle(&self, now: Instant) -> bool {
-        self.queue.is_none() && self.holder.as_ref().is_none_or(|h| h.expires_at <= now)
+        self.queue.as_ref().is_none_or(|q| q.live == 0)
+            && self.holder.as_ref().is_none_or(|h| h.expires_at <= now)
     }
 }
 
