@@ -138,7 +138,7 @@ async fn main() -> ExitCode {
         );
     }
     if args.wants("memhandoff") {
-        let rounds = if args.quick { 20_000 } else { 200_000 };
+        let rounds = if args.quick { 100_000 } else { 1_000_000 };
         let scenario = tokio::task::spawn_blocking(move || memory_scenario::handoffs(rounds));
         emit(scenario.await.expect("the handoff scenario"), args.json);
     }
