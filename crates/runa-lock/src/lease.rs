@@ -249,13 +249,13 @@ impl Unsettled {
         let state = &self.state;
         // Nobody else sees the state yet: handing the lease to another thread publishes these.
         state.fencing.store(fencing, Ordering::Relaxed);
-        let deadline = sent
-            .saturating_duration_since(state.origin)
-            .saturating_add(state.ttl);
-        state.deadline_nanos.store(
-            u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        // `sent + ttl` exactly, even for a grant sent before `origin` (a driver breaking the
+        // contract): the lease must never outlive the store's hold.
+        let nanos = sent.checked_add(state.ttl).map_or(u64::MAX, |end| {
+            u64::try_from(end.saturating_duration_since(state.origin).as_nanos())
+                .unwrap_or(u64::MAX)
+        });
+        state.deadline_nanos.store(nanos, Ordering::Relaxed);
         Lease {
             state: self.state,
             done: false,
@@ -566,4 +566,34 @@ fn debug_state(f: &mut fmt::Formatter<'_>, name: &str, state: &LeaseState) -> fm
         .field("ttl", &state.ttl)
         .field("lost", &state.is_lost())
         .finish_non_exhaustive()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryDriver;
+
+    fn unsettled(ttl: Duration, origin: Instant) -> Unsettled {
+        let store = Arc::new(Store::new(Arc::new(MemoryDriver::new()), "p:".into()));
+        Unsettled::new(store, "k", Token::new(false).unwrap(), ttl, origin)
+    }
+
+    /// The lease ends exactly `ttl` after its winning attempt was sent, wherever that falls
+    /// from the moment its state was built: later (a wait), or even earlier (a driver
+    /// breaking its contract must not make the lease outlive the store's hold).
+    #[test]
+    fn a_settled_lease_ends_ttl_after_its_attempt_was_sent() {
+        let ttl = Duration::from_secs(10);
+        let origin = Instant::now();
+        for sent in [
+            origin,
+            origin + Duration::from_secs(3),
+            origin.checked_sub(Duration::from_secs(5)).unwrap_or(origin),
+        ] {
+            let lease = unsettled(ttl, origin).settle(7, sent);
+            assert_eq!(lease.state().deadline(), sent + ttl);
+            assert_eq!(lease.fencing(), 7);
+            drop(lease); // the memory driver releases without a runtime
+        }
+    }
 }

@@ -342,9 +342,7 @@ impl Inner {
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
         let hash = self.hash(key);
-        // Read before the shard lock, so that the lock is held for less time.
-        let now = Instant::now();
-        let (released, next) = self.shard(hash).release(hash, key, token, now);
+        let (released, next) = self.shard(hash).release(hash, key, token);
         wake(next);
         released
     }
@@ -461,11 +459,10 @@ impl Drop for Place<'_> {
             return;
         }
         let next = {
-            let now = Instant::now();
             let mut shard = self.inner.shard(self.hash);
             if self.ticket.granted.get().is_some() {
                 shard
-                    .release(self.hash, self.key, self.ticket.token.as_str(), now)
+                    .release(self.hash, self.key, self.ticket.token.as_str())
                     .1
             } else {
                 shard.dequeue(self.hash, self.key, &self.ticket);
@@ -542,13 +539,11 @@ impl Shard {
 
     /// Releases the key if `token` holds it, handing it to the first waiter if there is one.
     /// Returns whether it did, and the waiter to wake (by [`wake`], after the shard lock).
-    fn release(
-        &mut self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-        now: Instant,
-    ) -> (bool, Option<Arc<Ticket>>) {
+    fn release(&mut self, hash: u64, key: LockKey<'_>, token: &str) -> (bool, Option<Arc<Ticket>>) {
+        // Read under the shard lock, not before it: the waiter this hands the key to was
+        // queued before this lock was taken, so its lease state (built before it waited)
+        // starts no later than `now`, and the grant's time can be measured from it.
+        let now = Instant::now();
         let Ok(mut entry) = self.slots.find_entry(hash, |s| s.is(key)) else {
             return (false, None);
         };
