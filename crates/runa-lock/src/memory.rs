@@ -5,8 +5,8 @@ use std::hash::BuildHasher;
 
 use foldhash::quality::RandomState;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -132,15 +132,46 @@ impl Queue {
 }
 
 /// A waiter's place in a key's queue.
+///
+/// The grant is two atomics rather than a `OnceLock<Grant>`: two plain stores on the release
+/// path instead of a once-cell's read-modify-writes.
 struct Ticket {
     token: Text<32>,
     ttl: Duration,
-    /// Set, under the shard lock, by the release that hands the key to this waiter.
-    granted: OnceLock<Grant>,
-    /// The waiting task, woken once `granted` is set.
+    /// When the waiter queued; a grant's time is kept as nanoseconds after it.
+    queued_at: Instant,
+    /// The granted fencing number (0 until a release hands the key to this waiter: numbers
+    /// start at 1). Set once, under the shard lock, after `sent_nanos`.
+    fencing: AtomicU64,
+    sent_nanos: AtomicU64,
+    /// The waiting task, woken once the key is granted.
     waker: AtomicWaker,
     /// Set (under the shard lock) when the waiter leaves the queue without the key.
     left: AtomicBool,
+}
+
+impl Ticket {
+    /// Hands the key over. Only the release that took this ticket out of the queue calls it.
+    fn grant(&self, fencing: u64, sent: Instant) {
+        // `sent` is read under the shard lock the ticket was queued under before: not before
+        // `queued_at`.
+        let nanos = u64::try_from(sent.saturating_duration_since(self.queued_at).as_nanos());
+        self.sent_nanos
+            .store(nanos.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.fencing.store(fencing, Ordering::Release);
+    }
+
+    fn is_granted(&self) -> bool {
+        self.fencing.load(Ordering::Acquire) != 0
+    }
+
+    fn granted(&self) -> Option<Grant> {
+        let fencing = self.fencing.load(Ordering::Acquire);
+        (fencing != 0).then(|| {
+            let nanos = self.sent_nanos.load(Ordering::Relaxed);
+            Grant::new(fencing, self.queued_at + Duration::from_nanos(nanos))
+        })
+    }
 }
 
 struct Holder {
@@ -380,7 +411,7 @@ impl Inner {
                     return Ok(None);
                 }
                 if place.is_none() {
-                    let ticket = shard.enqueue(hash, key, token, ttl);
+                    let ticket = shard.enqueue(hash, key, token, ttl, now);
                     place = Some(Place {
                         inner: self,
                         hash,
@@ -396,11 +427,11 @@ impl Inner {
             let Some(waiting) = &place else { continue };
             let ticket = &waiting.ticket;
             let mut sleep = std::pin::pin!(sleep_until(wake_at));
-            // The waker is registered before `granted` is looked at, and a release sets
-            // `granted` before it wakes: a hand-over at any point is seen.
+            // The waker is registered before the grant is looked at, and a release grants
+            // before it wakes: a hand-over at any point is seen.
             std::future::poll_fn(|cx| {
                 ticket.waker.register(cx.waker());
-                if ticket.granted.get().is_some() {
+                if ticket.is_granted() {
                     return Poll::Ready(());
                 }
                 sleep.as_mut().poll(cx)
@@ -440,7 +471,7 @@ struct Place<'a> {
 impl Place<'_> {
     /// The grant a release handed over, if any; the place is then done.
     fn granted(&mut self) -> Option<Grant> {
-        let grant = *self.ticket.granted.get()?;
+        let grant = self.ticket.granted()?;
         self.active = false;
         Some(grant)
     }
@@ -460,7 +491,7 @@ impl Drop for Place<'_> {
         }
         let next = {
             let mut shard = self.inner.shard(self.hash);
-            if self.ticket.granted.get().is_some() {
+            if self.ticket.is_granted() {
                 shard
                     .release(self.hash, self.key, self.ticket.token.as_str())
                     .1
@@ -560,7 +591,7 @@ impl Shard {
                 });
                 self.last_fencing += 1;
                 // Only this release sets it: the ticket just left the queue.
-                let _ = next.granted.set(Grant::new(self.last_fencing, now));
+                next.grant(self.last_fencing, now);
                 return (true, Some(next));
             }
         }
@@ -571,7 +602,14 @@ impl Shard {
     }
 
     /// Queues a waiter on a key (which was just found busy, so its slot exists).
-    fn enqueue(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> Arc<Ticket> {
+    fn enqueue(
+        &mut self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        queued_at: Instant,
+    ) -> Arc<Ticket> {
         let slot = self
             .slots
             .entry(hash, |s| s.is(key), |s| s.hash)
@@ -585,7 +623,9 @@ impl Shard {
         let ticket = Arc::new(Ticket {
             token: Text::new(&[token]),
             ttl,
-            granted: OnceLock::new(),
+            queued_at,
+            fencing: AtomicU64::new(0),
+            sent_nanos: AtomicU64::new(0),
             waker: AtomicWaker::new(),
             left: AtomicBool::new(false),
         });
