@@ -177,7 +177,8 @@ impl WaitPlan {
 ///
 /// A driver knows nothing of lockers, options or config: it is told a [`LockKey`], a token
 /// and a ttl, and answers. The registry holds drivers as `Arc<dyn Driver>`, so the trait is
-/// object-safe and its futures are boxed.
+/// object-safe and its futures are boxed. Its `Any` bound (every `'static` type meets it) lets
+/// a locker recognise the built-in [`MemoryDriver`] and wait on it without a boxed future.
 ///
 /// # Contract
 ///
