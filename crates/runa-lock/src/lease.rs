@@ -79,6 +79,8 @@ pub struct LeaseHandle {
 pub(crate) struct LeaseState {
     store: Arc<Store>,
     key: Text<48>,
+    /// The key's hash in the store's [`MemoryDriver`](crate::MemoryDriver), if it is one.
+    hash: u64,
     token: Token,
     /// Set once, before the lease is handed out (see [`Unsettled`]).
     fencing: AtomicU64,
@@ -215,10 +217,12 @@ pub(crate) struct Unsettled {
 }
 
 impl Unsettled {
-    /// The state of a lease on `key`, to be acquired after `origin`.
+    /// The state of a lease on `key`, to be acquired after `origin`; `hash` is the key's in
+    /// the store's memory driver, if it has one.
     pub(crate) fn new(
         store: Arc<Store>,
         key: &str,
+        hash: u64,
         token: Token,
         ttl: Duration,
         origin: Instant,
@@ -226,6 +230,7 @@ impl Unsettled {
         let state = LeaseState {
             store,
             key: Text::new(&[key]),
+            hash,
             token,
             fencing: AtomicU64::new(0),
             ttl,
@@ -415,9 +420,12 @@ impl Lease {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let state = &self.state;
-        let released = match state.store.driver.release_sync(state.key(), state.token()) {
-            Some(released) => released,
-            None => state.store.driver.release(state.key(), state.token()).await,
+        let released = match &state.store.memory {
+            Some(memory) => Ok(memory.release_hashed(state.hash, state.key(), state.token())),
+            None => match state.store.driver.release_sync(state.key(), state.token()) {
+                Some(released) => released,
+                None => state.store.driver.release(state.key(), state.token()).await,
+            },
         };
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
@@ -444,8 +452,14 @@ impl Drop for Lease {
         let state = &self.state;
         let refused = state.phase.load(Ordering::Acquire) == REFUSED;
         state.end(RELEASED);
-        if !refused {
-            Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
+        if refused {
+            return;
+        }
+        match &state.store.memory {
+            Some(memory) => {
+                memory.release_hashed(state.hash, state.key(), state.token());
+            }
+            None => Arc::clone(&state.store.driver).release_detached(state.key(), state.token()),
         }
     }
 }
@@ -575,7 +589,7 @@ mod tests {
 
     fn unsettled(ttl: Duration, origin: Instant) -> Unsettled {
         let store = Arc::new(Store::new(Arc::new(MemoryDriver::new()), "p:".into()));
-        Unsettled::new(store, "k", Token::new(false).unwrap(), ttl, origin)
+        Unsettled::new(store, "k", 0, Token::new(false).unwrap(), ttl, origin)
     }
 
     /// The lease ends exactly `ttl` after its winning attempt was sent, wherever that falls

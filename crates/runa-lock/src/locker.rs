@@ -209,21 +209,28 @@ impl Locker {
         let token = Token::new(!self.inner.stores.main.driver.is_local())?;
         let ttl = self.inner.settings.ttl;
         let sent = Instant::now();
-        let driver = &self.inner.stores.main.driver;
-        let attempt = match driver.acquire_sync(self.lock_key(key), token.as_str(), ttl, sent) {
-            Some(attempt) => attempt?,
-            None => {
-                let pending = Pending::new(driver, self.lock_key(key), token.as_str());
-                let attempt = driver
-                    .acquire(self.lock_key(key), token.as_str(), ttl)
-                    .await?;
-                pending.disarm();
-                attempt
+        let store = &self.inner.stores.main;
+        let driver = &store.driver;
+        let mut hash = 0;
+        let attempt = if let Some(memory) = &store.memory {
+            hash = memory.key_hash(self.lock_key(key));
+            memory.acquire_hashed(hash, self.lock_key(key), token.as_str(), ttl, sent)
+        } else {
+            match driver.acquire_sync(self.lock_key(key), token.as_str(), ttl, sent) {
+                Some(attempt) => attempt?,
+                None => {
+                    let pending = Pending::new(driver, self.lock_key(key), token.as_str());
+                    let attempt = driver
+                        .acquire(self.lock_key(key), token.as_str(), ttl)
+                        .await?;
+                    pending.disarm();
+                    attempt
+                }
             }
         };
         Ok(match attempt {
             crate::Attempt::Acquired { fencing } => {
-                Some(self.unsettled(key, token, sent).settle(fencing, sent))
+                Some(self.unsettled(key, hash, token, sent).settle(fencing, sent))
             }
             crate::Attempt::Busy { .. } => None,
         })
@@ -265,17 +272,21 @@ impl Locker {
         let settings = &self.inner.settings;
         let now = Instant::now();
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
+        let store = &self.inner.stores.main;
+        let hash = store
+            .memory
+            .as_ref()
+            .map_or(0, |m| m.key_hash(self.lock_key(key)));
         // Built now, so that a waiter woken by a release only has to fill in the grant.
-        let lease = self.unsettled(key, token, now);
+        let lease = self.unsettled(key, hash, token, now);
         let pending = Pending::new(
             &self.inner.stores.main.driver,
             self.lock_key(key),
             lease.token(),
         );
-        let store = &self.inner.stores.main;
         let (lock_key, token, ttl) = (self.lock_key(key), lease.token(), settings.ttl);
         let acquired = match &store.memory {
-            Some(memory) => memory.wait_unboxed(lock_key, token, ttl, plan).await?,
+            Some(memory) => memory.wait_hashed(hash, lock_key, token, ttl, plan).await?,
             None => store.driver.wait(lock_key, token, ttl, plan).await?,
         };
         pending.disarm();
@@ -375,11 +386,13 @@ impl Locker {
     /// would bump one reference count, and threads taking leases at once would pass its
     /// cache line back and forth on every acquisition and release; each thread uses its
     /// stripe's copy instead.
-    fn unsettled(&self, key: &str, token: Token, origin: Instant) -> Unsettled {
+    /// A lease's state; `hash` is the key's in the store's memory driver, if it has one.
+    fn unsettled(&self, key: &str, hash: u64, token: Token, origin: Instant) -> Unsettled {
         let store = self.inner.stores.for_this_thread();
         Unsettled::new(
             Arc::clone(store),
             key,
+            hash,
             token,
             self.inner.settings.ttl,
             origin,

@@ -263,15 +263,42 @@ impl MemoryDriver {
         self.inner.sweep_all(Instant::now())
     }
 
-    /// [`Driver::wait`] without the boxed future, for lockers on this driver.
-    pub(crate) async fn wait_unboxed(
+    /// The hash this driver files `key` under. Lockers on this driver keep it in their
+    /// leases, so that a release does not hash the key again.
+    pub(crate) fn key_hash(&self, key: LockKey<'_>) -> u64 {
+        self.inner.hash(key)
+    }
+
+    /// [`Driver::acquire_sync`] for a key hashed by [`key_hash`](Self::key_hash).
+    pub(crate) fn acquire_hashed(
         &self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Attempt {
+        self.inner
+            .shard(hash)
+            .try_acquire(hash, key, token, ttl, now)
+    }
+
+    /// [`Driver::release_sync`] for a key hashed by [`key_hash`](Self::key_hash).
+    pub(crate) fn release_hashed(&self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
+        self.inner.release_hashed(hash, key, token)
+    }
+
+    /// [`Driver::wait`] for a key hashed by [`key_hash`](Self::key_hash), without the boxed
+    /// future.
+    pub(crate) async fn wait_hashed(
+        &self,
+        hash: u64,
         key: LockKey<'_>,
         token: &str,
         ttl: Duration,
         plan: WaitPlan,
     ) -> Result<Option<Grant>, Error> {
-        self.inner.wait(key, token, ttl, plan).await
+        self.inner.wait(hash, key, token, ttl, plan).await
     }
 }
 
@@ -327,7 +354,7 @@ impl Driver for MemoryDriver {
         ttl: Duration,
         plan: WaitPlan,
     ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
-        Box::pin(self.inner.wait(key, token, ttl, plan))
+        Box::pin(self.inner.wait(self.inner.hash(key), key, token, ttl, plan))
     }
 
     fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
@@ -372,7 +399,10 @@ impl Inner {
     }
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
-        let hash = self.hash(key);
+        self.release_hashed(self.hash(key), key, token)
+    }
+
+    fn release_hashed(&self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
         let (released, next) = self.shard(hash).release(hash, key, token);
         wake(next);
         released
@@ -380,12 +410,12 @@ impl Inner {
 
     async fn wait(
         &self,
+        hash: u64,
         key: LockKey<'_>,
         token: &str,
         ttl: Duration,
         plan: WaitPlan,
     ) -> Result<Option<Grant>, Error> {
-        let hash = self.hash(key);
         let mut place: Option<Place<'_>> = None;
         loop {
             let wake_at: Instant;
