@@ -6,12 +6,14 @@
 //! ```
 //!
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete), `S1` (sequential
-//! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver), `mempair`
+//! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver),
+//! `scriptcost` (what a script costs against `SET NX PX`), `mempair`
 //! (memory driver pairs against `tokio::sync::Mutex`), `memhandoff` (the same for handoffs), `memory` (1M expiring keys). See BENCHMARKS.md for what each number means.
 
 mod memory_scenario;
 mod redis_scenarios;
 mod report;
+mod script_cost;
 mod stats;
 
 use std::process::ExitCode;
@@ -52,7 +54,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,mempair,memhandoff,memory]".into());
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memhandoff,memory]".into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -88,7 +90,7 @@ async fn main() -> ExitCode {
         scenarios.push(scenario);
     };
 
-    let redis_wanted = ["floor", "s1", "s2", "s3", "s4"]
+    let redis_wanted = ["floor", "s1", "s2", "s3", "s4", "scriptcost"]
         .iter()
         .any(|s| args.wants(s));
     let server = (args.spawn && redis_wanted).then(RedisServer::start);
@@ -105,7 +107,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let bench = Bench::new(client, args.quick);
+            let bench = Bench::new(client.clone(), args.quick);
             let (s1, floor, s1_rate) = bench.s1_and_floor().await;
             if args.wants("floor") {
                 emit(floor, args.json);
@@ -124,6 +126,10 @@ async fn main() -> ExitCode {
             }
             if args.wants("s4") {
                 emit(bench.s4(s1_rate).await, args.json);
+            }
+            if args.wants("scriptcost") {
+                let rounds = if args.quick { 500 } else { 5000 };
+                emit(script_cost::script_cost(&client, rounds).await, args.json);
             }
         }
         (None, true) => {

@@ -21,7 +21,7 @@ pub struct Bench {
 }
 
 /// A locker named `bench` on its own driver (its own connections: a separate "process").
-fn locker(client: &redis::Client, options: LockerOptions) -> Locker {
+pub(crate) fn locker(client: &redis::Client, options: LockerOptions) -> Locker {
     let registry = Registry::new();
     registry.register_driver("redis", RedisDriver::new(client.clone()));
     registry.register_locker("bench", options.driver("redis").prefix("bench:"));
@@ -38,7 +38,7 @@ async fn lock_pair(locker: &Locker, key: &str) {
     lease.release().await.expect("release");
 }
 
-async fn connection(client: &redis::Client) -> ConnectionManager {
+pub(crate) async fn connection(client: &redis::Client) -> ConnectionManager {
     client
         .get_connection_manager()
         .await
