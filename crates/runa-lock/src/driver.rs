@@ -1,6 +1,5 @@
 //! The `Driver` trait: what a lock store must do, and the polling wait it gets for free.
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,8 +26,7 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn new(driver: Arc<dyn Driver>, prefix: Box<str>) -> Store {
-        let any: &dyn Any = &*driver;
-        let memory = any.downcast_ref::<MemoryDriver>().cloned();
+        let memory = driver.as_memory().cloned();
         Store {
             driver,
             prefix,
@@ -177,8 +175,7 @@ impl WaitPlan {
 ///
 /// A driver knows nothing of lockers, options or config: it is told a [`LockKey`], a token
 /// and a ttl, and answers. The registry holds drivers as `Arc<dyn Driver>`, so the trait is
-/// object-safe and its futures are boxed. Its `Any` bound (every `'static` type meets it) lets
-/// a locker recognise the built-in [`MemoryDriver`] and wait on it without a boxed future.
+/// object-safe and its futures are boxed.
 ///
 /// # Contract
 ///
@@ -266,7 +263,7 @@ impl WaitPlan {
 /// # Ok(())
 /// # }
 /// ```
-pub trait Driver: Any + Send + Sync + fmt::Debug {
+pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Makes one attempt to take `key` for `token` for `ttl`.
     ///
     /// # Behavior
@@ -398,6 +395,14 @@ pub trait Driver: Any + Send + Sync + fmt::Debug {
         false
     }
 
+    /// The built-in [`MemoryDriver`], when this is it: lockers then call it directly, without
+    /// boxed futures. Only `MemoryDriver` (and wrappers that forward to it, such as `Arc`)
+    /// answer `Some`; other drivers keep the default.
+    #[doc(hidden)]
+    fn as_memory(&self) -> Option<&MemoryDriver> {
+        None
+    }
+
     /// Closes the driver's connections. The default does nothing.
     ///
     /// # Behavior
@@ -451,6 +456,10 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
 
     fn is_local(&self) -> bool {
         (**self).is_local()
+    }
+
+    fn as_memory(&self) -> Option<&MemoryDriver> {
+        (**self).as_memory()
     }
 
     fn acquire_sync(
@@ -568,7 +577,12 @@ mod tests {
             memory.memory.is_some(),
             "lockers on it would box every wait"
         );
+        let shared = Store::new(Arc::new(Arc::new(MemoryDriver::new())), "p:".into());
+        assert!(shared.memory.is_some(), "an Arc<MemoryDriver> is one too");
         let other = Store::new(Arc::new(Wrapped(MemoryDriver::new())), "p:".into());
-        assert!(other.memory.is_none(), "a wrapper's own wait must be used");
+        assert!(
+            other.memory.is_none(),
+            "a driver of its own is called through the trait"
+        );
     }
 }

@@ -94,8 +94,9 @@ struct Slot {
     name: Name,
     holder: Option<Holder>,
     /// Waiters in arrival order; a release hands the key to the first. The slot lives while
-    /// there are any. Boxed: one word in every slot, for the few with waiters; once made, kept
-    /// (perhaps empty) until the slot is removed.
+    /// there are any. Boxed: one word in every slot, for the few with waiters. A hand-over
+    /// that empties it keeps it (for the next waiter, and so as not to free it on the way to
+    /// the woken one) until the slot is removed.
     queue: Option<Box<Queue>>,
 }
 
@@ -153,8 +154,7 @@ struct Ticket {
 impl Ticket {
     /// Hands the key over. Only the release that took this ticket out of the queue calls it.
     fn grant(&self, fencing: u64, sent: Instant) {
-        // `sent` is read under the shard lock the ticket was queued under before: not before
-        // `queued_at`.
+        // The release makes sure `sent` is not before `queued_at` (see `Shard::release`).
         let nanos = u64::try_from(sent.saturating_duration_since(self.queued_at).as_nanos());
         self.sent_nanos
             .store(nanos.unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -364,6 +364,10 @@ impl Driver for MemoryDriver {
 
     fn is_local(&self) -> bool {
         true
+    }
+
+    fn as_memory(&self) -> Option<&MemoryDriver> {
+        Some(self)
     }
 
     fn acquire_sync(
@@ -615,6 +619,16 @@ impl Shard {
             // A queue left empty stays until the slot is removed: the hand-over does not wait
             // for its memory to be freed, and the next waiter reuses it.
             if let Some(next) = slot.queue.as_mut().and_then(|q| q.pop()) {
+                if let Some(queue) = slot.queue.as_mut().filter(|q| q.live == 0) {
+                    // Drop the departed waiters' tickets (and their wakers) now; keep the
+                    // allocation.
+                    queue.tickets.clear();
+                }
+                // The waiter read the clock before it queued, under this lock, so `now` is
+                // not earlier than that on one clock; with two (a paused test clock and the
+                // real one) it could be, and the grant must never start before the queueing,
+                // nor the hold end before the lease does.
+                let now = now.max(next.queued_at);
                 slot.holder = Some(Holder {
                     token: next.token.clone(),
                     expires_at: later(now, next.ttl),
@@ -929,6 +943,50 @@ mod tests {
         }
         assert!(driver.release(key("k"), "holder").await.unwrap());
         assert!(patient.await.unwrap().unwrap().is_some());
+        assert!(driver.release(key("k"), "patient").await.unwrap());
+        assert_eq!(driver.key_count(), 0);
+    }
+
+    /// Waiters that gave up behind the one a release hands the key to are dropped at the
+    /// hand-over (with their wakers), not kept until the slot goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_over_that_empties_the_queue_drops_departed_tickets() {
+        let driver = MemoryDriver::new();
+        driver.acquire(key("k"), "holder", TTL).await.unwrap();
+        let patient = {
+            let driver = driver.clone();
+            tokio::spawn(async move { driver.wait(key("k"), "patient", TTL, plan()).await })
+        };
+        tokio::task::yield_now().await;
+        // Few enough that leaving never compacts the queue: 1 live + 9 left <= 2 * 1 + 8.
+        let soon = Instant::now() + Duration::from_millis(50);
+        let mut impatient = Vec::new();
+        for i in 0..9 {
+            let driver = driver.clone();
+            let plan = WaitPlan::new(soon, Duration::from_secs(1));
+            impatient.push(tokio::spawn(async move {
+                driver
+                    .wait(key("k"), &format!("impatient-{i}"), TTL, plan)
+                    .await
+            }));
+        }
+        for waiter in impatient {
+            assert!(waiter.await.unwrap().unwrap().is_none(), "timed out");
+        }
+        let tickets = |driver: &MemoryDriver| {
+            let hash = driver.inner.hash(key("k"));
+            let shard = driver.inner.shard(hash);
+            let slot = shard.slots.find(hash, |s| s.is(key("k"))).unwrap();
+            slot.queue.as_ref().map_or(0, |q| q.tickets.len())
+        };
+        assert_eq!(tickets(&driver), 10, "the departed are still queued");
+        assert!(driver.release(key("k"), "holder").await.unwrap());
+        assert!(patient.await.unwrap().unwrap().is_some());
+        assert_eq!(
+            tickets(&driver),
+            0,
+            "departed tickets outlived the hand-over"
+        );
         assert!(driver.release(key("k"), "patient").await.unwrap());
         assert_eq!(driver.key_count(), 0);
     }

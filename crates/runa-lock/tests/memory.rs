@@ -427,17 +427,52 @@ async fn a_lease_won_after_waiting_runs_its_ttl_from_the_handover() {
     );
     let handle = lease.handle();
     advance(ttl - Duration::from_millis(1)).await;
+    assert!(!handle.is_lost(), "the lease ended before its ttl");
     assert!(
-        !handle.is_lost(),
-        "the lease ended before its ttl from the handover"
+        locker.try_lock("k").await.unwrap().is_none(),
+        "the store let go early"
     );
-    lease.renew(None).await.unwrap();
-    advance(ttl - Duration::from_millis(1)).await;
+    advance(Duration::from_millis(1)).await;
+    // At handover + ttl, the lease and the store agree that it is over.
     assert!(
-        !handle.is_lost(),
-        "a renewal did not run its ttl from the renewal"
+        handle.is_lost(),
+        "the lease outlived its ttl from the handover"
     );
-    advance(Duration::from_millis(2)).await;
-    assert!(handle.is_lost(), "the lease outlived its ttl");
+    let next = locker.try_lock("k").await.unwrap();
+    assert!(
+        next.is_some(),
+        "the store kept the key past the lease's ttl"
+    );
     assert!(matches!(lease.release().await, Err(Error::NotHeld { .. })));
+}
+
+/// A lease released on a thread outside the runtime reads the real clock, which under a paused
+/// test clock that has been advanced is far behind the waiter's. The key handed over must
+/// still be held, for the waiter's whole ttl, on the waiter's clock.
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_from_a_thread_on_another_clock_keeps_the_key_held() {
+    let driver = MemoryDriver::new();
+    let locker = locker_on(
+        &driver,
+        LockerOptions::new()
+            .ttl(Duration::from_secs(10))
+            .wait(HOUR * 3)
+            .retry_interval(HOUR * 3),
+    );
+    advance(HOUR).await; // the paused clock is now an hour ahead of the real one
+    let holder = locker.wait("k").await.unwrap();
+    let waiter = tokio::spawn({
+        let locker = locker.clone();
+        async move { locker.wait("k").await }
+    });
+    tokio::task::yield_now().await;
+    // Dropped without a runtime, the lease is released at once, on the real clock.
+    std::thread::spawn(move || drop(holder)).join().unwrap();
+    let lease = waiter.await.unwrap().unwrap();
+    assert!(!lease.handle().is_lost());
+    assert!(
+        locker.try_lock("k").await.unwrap().is_none(),
+        "the store let the key go while the new holder's lease runs"
+    );
+    lease.release().await.unwrap();
 }
