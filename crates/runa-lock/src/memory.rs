@@ -461,9 +461,13 @@ impl Inner {
             let Some(waiting) = &place else { continue };
             let ticket = &waiting.ticket;
             let mut sleep = std::pin::pin!(sleep_until(wake_at));
-            // The waker is registered before the grant is looked at, and a release grants
-            // before it wakes: a hand-over at any point is seen.
+            // The waker is registered before the grant is looked at (again), and a release
+            // grants before it wakes: a hand-over at any point is seen. The first look spares
+            // the poll that a grant woke from registering (and cloning) the waker once more.
             std::future::poll_fn(|cx| {
+                if ticket.is_granted() {
+                    return Poll::Ready(());
+                }
                 ticket.waker.register(cx.waker());
                 if ticket.is_granted() {
                     return Poll::Ready(());
