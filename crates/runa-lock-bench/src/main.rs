@@ -8,7 +8,8 @@
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete), `S1` (sequential
 //! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver),
 //! `scriptcost` (what a script costs against `SET NX PX`), `mempair`
-//! (memory driver pairs against `tokio::sync::Mutex`), `memhandoff` (the same for handoffs), `memory` (1M expiring keys). See BENCHMARKS.md for what each number means.
+//! (memory driver pairs against `tokio::sync::Mutex`), `memhandoff` (the same for handoffs), `memthreads` (2 threads against 1), `memory` (1M
+//! expiring keys). See BENCHMARKS.md for what each number means.
 
 mod memory_scenario;
 mod redis_scenarios;
@@ -54,7 +55,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memhandoff,memory]".into());
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memhandoff,memthreads,memory]".into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -147,6 +148,11 @@ async fn main() -> ExitCode {
         let rounds = if args.quick { 100_000 } else { 1_000_000 };
         let scenario = tokio::task::spawn_blocking(move || memory_scenario::handoffs(rounds));
         emit(scenario.await.expect("the handoff scenario"), args.json);
+    }
+    if args.wants("memthreads") {
+        let blocks = if args.quick { 20 } else { 100 };
+        let scenario = tokio::task::spawn_blocking(move || memory_scenario::threads(blocks));
+        emit(scenario.await.expect("the threads scenario"), args.json);
     }
     if args.wants("memory") {
         emit(

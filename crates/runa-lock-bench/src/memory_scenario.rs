@@ -238,3 +238,85 @@ async fn runa_handoff(jobs: &runa_lock::Locker) -> Duration {
     lease.release().await.expect("release");
     waiter.await.expect("the waiter") - released
 }
+
+/// Polls a future the memory driver completes at once, without a runtime.
+fn ready<F: Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            return output;
+        }
+    }
+}
+
+/// Throughput of uncontended pairs on distinct keys from two threads against one, on the
+/// same driver: blocks of 100,000 pairs done by one thread, then by two, alternating (the
+/// same machine state for both); the medians of the blocks' pairs per second. The two worker
+/// threads live through the whole run (a thread started per block would spend part of a
+/// short block waiting for the kernel to move it to the other core), and wait at barriers
+/// between blocks; the time is taken from the barrier that starts a block to the one that
+/// ends it.
+pub fn threads(blocks: u32) -> Scenario {
+    const PAIRS: usize = 100_000;
+    let registry = runa_lock::Registry::new();
+    let jobs = registry.of("default").expect("the default locker");
+    let names: Vec<Vec<String>> = (0..2)
+        .map(|t| (0..256).map(|k| format!("t{t}-key-{k}")).collect())
+        .collect();
+    // Each block: everyone meets at `start`, the workers run their share, everyone meets at
+    // `done`. `threads` says how many workers run in the next block (0 ends the run).
+    let (start, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    let threads = std::sync::atomic::AtomicUsize::new(0);
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..2 {
+            let (jobs, keys) = (jobs.clone(), &names[worker]);
+            let (start, done, threads) = (&start, &done, &threads);
+            scope.spawn(move || {
+                loop {
+                    start.wait();
+                    let running = threads.load(std::sync::atomic::Ordering::SeqCst);
+                    if running == 0 {
+                        return;
+                    }
+                    if worker < running {
+                        for n in 0..PAIRS / running {
+                            let lease = ready(jobs.try_lock(&keys[n % keys.len()]))
+                                .expect("try_lock")
+                                .expect("free");
+                            ready(lease.release()).expect("release");
+                        }
+                    }
+                    done.wait();
+                }
+            });
+        }
+        let block = |running: usize| {
+            threads.store(running, std::sync::atomic::Ordering::SeqCst);
+            let started = Instant::now();
+            start.wait();
+            done.wait();
+            PAIRS as f64 / started.elapsed().as_secs_f64()
+        };
+        for _ in 0..blocks {
+            one.push(block(1));
+            two.push(block(2));
+        }
+        threads.store(0, std::sync::atomic::Ordering::SeqCst);
+        start.wait();
+    });
+    let (one, two) = (crate::stats::median(one), crate::stats::median(two));
+    Scenario {
+        name: "memthreads",
+        what: "memory driver: uncontended pairs on distinct keys, 2 threads vs 1, alternating blocks",
+        metrics: vec![
+            Metric::plain("two_threads_pairs_per_sec", two, "1/s")
+                .against("one thread pairs/s", one)
+                .target(">= 1.5x one thread", two >= 1.5 * one),
+        ],
+    }
+}
