@@ -273,8 +273,8 @@ pub fn threads(blocks: u32) -> Scenario {
     let threads = std::sync::atomic::AtomicUsize::new(0);
     let (mut one, mut two) = (Vec::new(), Vec::new());
     std::thread::scope(|scope| {
-        for worker in 0..2 {
-            let (jobs, keys) = (jobs.clone(), &names[worker]);
+        for (worker, keys) in names.iter().enumerate() {
+            let jobs = jobs.clone();
             let (start, done, threads) = (&start, &done, &threads);
             scope.spawn(move || {
                 loop {
