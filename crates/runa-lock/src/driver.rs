@@ -14,7 +14,7 @@ use crate::{Error, MemoryDriver};
 /// behind one `Arc`, so that a lease costs one reference count, not two.
 ///
 /// Aligned so that each store's reference count (just before it in its `Arc`) has cache lines
-/// to itself: threads taking leases at once use different stores (see `Locker::lease`).
+/// to itself: threads taking leases at once use different stores (see `Locker::unsettled`).
 #[repr(align(128))]
 pub(crate) struct Store {
     pub(crate) driver: Arc<dyn Driver>,
@@ -31,6 +31,15 @@ impl Store {
             driver,
             prefix,
             memory,
+        }
+    }
+
+    /// Another store with the same driver, prefix and memory driver.
+    pub(crate) fn copy(&self) -> Store {
+        Store {
+            driver: Arc::clone(&self.driver),
+            prefix: self.prefix.clone(),
+            memory: self.memory.clone(),
         }
     }
 }
@@ -397,7 +406,9 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
 
     /// The built-in [`MemoryDriver`], when this is it: lockers then call it directly, without
     /// boxed futures. Only `MemoryDriver` (and wrappers that forward to it, such as `Arc`)
-    /// answer `Some`; other drivers keep the default.
+    /// answer `Some`; other drivers keep the default. A wrapper that forwards it has its own
+    /// `acquire`, `wait` and `release` bypassed by lockers (its `renew` is still called), and
+    /// must answer the same on every call.
     #[doc(hidden)]
     fn as_memory(&self) -> Option<&MemoryDriver> {
         None

@@ -254,8 +254,9 @@ impl Unsettled {
         let state = &self.state;
         // Nobody else sees the state yet: handing the lease to another thread publishes these.
         state.fencing.store(fencing, Ordering::Relaxed);
-        // `sent + ttl` exactly, even for a grant sent before `origin` (a driver breaking the
-        // contract): the lease must never outlive the store's hold.
+        // `sent + ttl` measured from `origin`; for a grant sent before `origin` (a driver
+        // breaking the contract) that is still exact while `sent + ttl` is after `origin`, and
+        // the lease counts as ended at once otherwise: it never outlives the store's hold.
         let nanos = sent.checked_add(state.ttl).map_or(u64::MAX, |end| {
             u64::try_from(end.saturating_duration_since(state.origin).as_nanos())
                 .unwrap_or(u64::MAX)
@@ -588,8 +589,10 @@ mod tests {
     use crate::MemoryDriver;
 
     fn unsettled(ttl: Duration, origin: Instant) -> Unsettled {
-        let store = Arc::new(Store::new(Arc::new(MemoryDriver::new()), "p:".into()));
-        Unsettled::new(store, "k", 0, Token::new(false).unwrap(), ttl, origin)
+        let memory = MemoryDriver::new();
+        let hash = memory.key_hash(LockKey::new("p:", "k"));
+        let store = Arc::new(Store::new(Arc::new(memory), "p:".into()));
+        Unsettled::new(store, "k", hash, Token::new(false).unwrap(), ttl, origin)
     }
 
     /// The lease ends exactly `ttl` after its winning attempt was sent, wherever that falls

@@ -72,7 +72,7 @@ struct Inner {
 }
 
 /// The locker's store, and copies of it for leases taken on other threads (see
-/// [`Locker::lease`]). Shared by the lockers [`Locker::with_options`] makes.
+/// `Locker::unsettled`). Shared by the lockers [`Locker::with_options`] makes.
 struct Stores {
     main: Arc<Store>,
     /// One slot per group of threads, made with the first lease; each copy has a reference
@@ -87,10 +87,9 @@ impl Stores {
             .stripes
             .get_or_init(|| (0..stripe_count()).map(|_| OnceLock::new()).collect());
         stripes[thread_stripe() % stripes.len()].get_or_init(|| {
-            Arc::new(Store::new(
-                Arc::clone(&self.main.driver),
-                self.main.prefix.clone(),
-            ))
+            // A copy of the main store, memory driver included: leases release through it
+            // with a hash the main store's driver made.
+            Arc::new(self.main.copy())
         })
     }
 }
@@ -382,11 +381,12 @@ impl Locker {
         LockKey::new(&self.inner.stores.main.prefix, key)
     }
 
+    /// A lease's state; `hash` is the key's in the store's memory driver, if it has one.
+    ///
     /// A lease holds a reference to the store. Taken from one shared `Arc`, every lease
     /// would bump one reference count, and threads taking leases at once would pass its
     /// cache line back and forth on every acquisition and release; each thread uses its
     /// stripe's copy instead.
-    /// A lease's state; `hash` is the key's in the store's memory driver, if it has one.
     fn unsettled(&self, key: &str, hash: u64, token: Token, origin: Instant) -> Unsettled {
         let store = self.inner.stores.for_this_thread();
         Unsettled::new(

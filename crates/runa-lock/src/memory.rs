@@ -126,6 +126,8 @@ impl Queue {
         if !ticket.left.swap(true, Ordering::Relaxed) {
             self.live = self.live.saturating_sub(1);
         }
+        // The ticket may stay queued a while: let go of its task now.
+        drop(ticket.waker.take());
         if self.tickets.len() > 2 * self.live + 8 {
             self.tickets.retain(|t| !t.left.load(Ordering::Relaxed));
         }
