@@ -19,8 +19,9 @@ use crate::{Error, MemoryDriver};
 pub(crate) struct Store {
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) prefix: Box<str>,
-    /// `driver` itself when it is a [`MemoryDriver`]: lockers then wait on it directly, with
-    /// no boxed future to allocate before a wait and free after it.
+    /// `driver` itself when it is a [`MemoryDriver`]: the store then calls it directly, with
+    /// no boxed future and with the key hashed once per lease. The methods below are the one
+    /// place that tells the two apart.
     pub(crate) memory: Option<MemoryDriver>,
 }
 
@@ -40,6 +41,72 @@ impl Store {
             driver: Arc::clone(&self.driver),
             prefix: self.prefix.clone(),
             memory: self.memory.clone(),
+        }
+    }
+
+    /// `key` under this store's prefix.
+    pub(crate) fn lock_key<'a>(&'a self, key: &'a str) -> LockKey<'a> {
+        LockKey::new(&self.prefix, key)
+    }
+
+    /// What a lease keeps to release `key` with: its hash in the memory driver (0 for other
+    /// drivers, which never read it).
+    pub(crate) fn key_hash(&self, key: LockKey<'_>) -> u64 {
+        self.memory
+            .as_ref()
+            .map_or(0, |memory| memory.key_hash(key))
+    }
+
+    /// [`Driver::acquire_sync`], for a key hashed by [`key_hash`](Self::key_hash).
+    pub(crate) fn acquire_sync(
+        &self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Option<Result<Attempt, Error>> {
+        match &self.memory {
+            Some(memory) => Some(Ok(memory.acquire_hashed(hash, key, token, ttl, now))),
+            None => self.driver.acquire_sync(key, token, ttl, now),
+        }
+    }
+
+    /// [`Driver::release_sync`], for a key hashed by [`key_hash`](Self::key_hash).
+    pub(crate) fn release_sync(
+        &self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+    ) -> Option<Result<bool, Error>> {
+        match &self.memory {
+            Some(memory) => Some(Ok(memory.release_hashed(hash, key, token))),
+            None => self.driver.release_sync(key, token),
+        }
+    }
+
+    /// [`Driver::release_detached`], for a key hashed by [`key_hash`](Self::key_hash).
+    pub(crate) fn release_detached(&self, hash: u64, key: LockKey<'_>, token: &str) {
+        match &self.memory {
+            Some(memory) => {
+                memory.release_hashed(hash, key, token);
+            }
+            None => Arc::clone(&self.driver).release_detached(key, token),
+        }
+    }
+
+    /// [`Driver::wait`], for a key hashed by [`key_hash`](Self::key_hash).
+    pub(crate) async fn wait(
+        &self,
+        hash: u64,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> Result<Option<Grant>, Error> {
+        match &self.memory {
+            Some(memory) => memory.wait_hashed(hash, key, token, ttl, plan).await,
+            None => self.driver.wait(key, token, ttl, plan).await,
         }
     }
 }

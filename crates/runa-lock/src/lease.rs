@@ -96,7 +96,7 @@ pub(crate) struct LeaseState {
 
 impl LeaseState {
     pub(crate) fn key(&self) -> LockKey<'_> {
-        LockKey::new(&self.store.prefix, self.key.as_str())
+        self.store.lock_key(self.key.as_str())
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -421,12 +421,12 @@ impl Lease {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let state = &self.state;
-        let released = match &state.store.memory {
-            Some(memory) => Ok(memory.release_hashed(state.hash, state.key(), state.token())),
-            None => match state.store.driver.release_sync(state.key(), state.token()) {
-                Some(released) => released,
-                None => state.store.driver.release(state.key(), state.token()).await,
-            },
+        let released = match state
+            .store
+            .release_sync(state.hash, state.key(), state.token())
+        {
+            Some(released) => released,
+            None => state.store.driver.release(state.key(), state.token()).await,
         };
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
@@ -453,14 +453,10 @@ impl Drop for Lease {
         let state = &self.state;
         let refused = state.phase.load(Ordering::Acquire) == REFUSED;
         state.end(RELEASED);
-        if refused {
-            return;
-        }
-        match &state.store.memory {
-            Some(memory) => {
-                memory.release_hashed(state.hash, state.key(), state.token());
-            }
-            None => Arc::clone(&state.store.driver).release_detached(state.key(), state.token()),
+        if !refused {
+            state
+                .store
+                .release_detached(state.hash, state.key(), state.token());
         }
     }
 }

@@ -209,22 +209,15 @@ impl Locker {
         let ttl = self.inner.settings.ttl;
         let sent = Instant::now();
         let store = &self.inner.stores.main;
-        let driver = &store.driver;
-        let mut hash = 0;
-        let attempt = if let Some(memory) = &store.memory {
-            hash = memory.key_hash(self.lock_key(key));
-            memory.acquire_hashed(hash, self.lock_key(key), token.as_str(), ttl, sent)
-        } else {
-            match driver.acquire_sync(self.lock_key(key), token.as_str(), ttl, sent) {
-                Some(attempt) => attempt?,
-                None => {
-                    let pending = Pending::new(driver, self.lock_key(key), token.as_str());
-                    let attempt = driver
-                        .acquire(self.lock_key(key), token.as_str(), ttl)
-                        .await?;
-                    pending.disarm();
-                    attempt
-                }
+        let lock_key = store.lock_key(key);
+        let hash = store.key_hash(lock_key);
+        let attempt = match store.acquire_sync(hash, lock_key, token.as_str(), ttl, sent) {
+            Some(attempt) => attempt?,
+            None => {
+                let pending = Pending::new(&store.driver, lock_key, token.as_str());
+                let attempt = store.driver.acquire(lock_key, token.as_str(), ttl).await?;
+                pending.disarm();
+                attempt
             }
         };
         Ok(match attempt {
@@ -272,22 +265,14 @@ impl Locker {
         let now = Instant::now();
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
         let store = &self.inner.stores.main;
-        let hash = store
-            .memory
-            .as_ref()
-            .map_or(0, |m| m.key_hash(self.lock_key(key)));
+        let lock_key = store.lock_key(key);
+        let hash = store.key_hash(lock_key);
         // Built now, so that a waiter woken by a release only has to fill in the grant.
         let lease = self.unsettled(key, hash, token, now);
-        let pending = Pending::new(
-            &self.inner.stores.main.driver,
-            self.lock_key(key),
-            lease.token(),
-        );
-        let (lock_key, token, ttl) = (self.lock_key(key), lease.token(), settings.ttl);
-        let acquired = match &store.memory {
-            Some(memory) => memory.wait_hashed(hash, lock_key, token, ttl, plan).await?,
-            None => store.driver.wait(lock_key, token, ttl, plan).await?,
-        };
+        let pending = Pending::new(&store.driver, lock_key, lease.token());
+        let acquired = store
+            .wait(hash, lock_key, lease.token(), settings.ttl, plan)
+            .await?;
         pending.disarm();
         match acquired {
             Some(grant) => Ok(lease.settle(grant.fencing, grant.sent)),
@@ -375,10 +360,6 @@ impl Locker {
             key: key.to_owned(),
             reason,
         }
-    }
-
-    fn lock_key<'a>(&'a self, key: &'a str) -> LockKey<'a> {
-        LockKey::new(&self.inner.stores.main.prefix, key)
     }
 
     /// A lease's state; `hash` is the key's in the store's memory driver, if it has one.
