@@ -761,13 +761,7 @@ mod tests {
     async fn release_of_a_waited_key_keeps_the_slot_for_its_waiters() {
         let driver = MemoryDriver::new();
         driver.acquire(key("k"), "a", TTL).await.unwrap();
-        let waiter = {
-            let driver = driver.clone();
-            tokio::spawn(async move {
-                let plan = WaitPlan::new(Instant::now() + TTL, Duration::from_secs(1));
-                driver.wait(key("k"), "b", TTL, plan).await
-            })
-        };
+        let waiter = spawn_wait(&driver, "b".into(), Instant::now() + TTL);
         tokio::task::yield_now().await;
         assert!(driver.release(key("k"), "a").await.unwrap());
         assert!(waiter.await.unwrap().unwrap().is_some());
@@ -838,30 +832,39 @@ mod tests {
         WaitPlan::new(Instant::now() + TTL, Duration::from_secs(1))
     }
 
+    /// A task waiting for `k` with `token` until `deadline`; it queues once it is first polled.
+    fn spawn_wait(
+        driver: &MemoryDriver,
+        token: String,
+        deadline: Instant,
+    ) -> tokio::task::JoinHandle<Result<Option<Grant>, Error>> {
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            let plan = WaitPlan::new(deadline, Duration::from_secs(1));
+            driver.wait(key("k"), &token, TTL, plan).await
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn releases_hand_the_key_to_waiters_in_arrival_order() {
         let driver = MemoryDriver::new();
         driver.acquire(key("k"), "holder", TTL).await.unwrap();
         let mut waiters = Vec::new();
         for name in ["first", "second", "third"] {
-            let driver = driver.clone();
-            waiters.push(tokio::spawn(async move {
-                let grant = driver.wait(key("k"), name, TTL, plan()).await.unwrap();
-                (name, grant.unwrap().fencing)
-            }));
+            waiters.push((name, spawn_wait(&driver, name.into(), Instant::now() + TTL)));
             // Each waiter queues before the next one is spawned.
             tokio::task::yield_now().await;
         }
         // A newcomer cannot take a key that a release handed over.
         let mut holder = "holder";
         let mut order = Vec::new();
-        for waiter in waiters {
+        for (name, waiter) in waiters {
             assert!(driver.release(key("k"), holder).await.unwrap());
             assert!(matches!(
                 driver.acquire(key("k"), "newcomer", TTL).await.unwrap(),
                 Attempt::Busy { .. }
             ));
-            let (name, fencing) = waiter.await.unwrap();
+            let fencing = waiter.await.unwrap().unwrap().unwrap().fencing;
             order.push((name, fencing));
             holder = name;
         }
@@ -880,10 +883,7 @@ mod tests {
         driver.acquire(key("k"), "holder", TTL).await.unwrap();
         let mut dropped = driver.wait(key("k"), "dropped", TTL, plan());
         assert!(poll_once(dropped.as_mut()).is_pending(), "queued");
-        let next = {
-            let driver = driver.clone();
-            tokio::spawn(async move { driver.wait(key("k"), "next", TTL, plan()).await })
-        };
+        let next = spawn_wait(&driver, "next".into(), Instant::now() + TTL);
         tokio::task::yield_now().await;
         // The key goes to the first waiter, whose future is then dropped unpolled.
         assert!(driver.release(key("k"), "holder").await.unwrap());
@@ -932,18 +932,10 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(50);
         let mut impatient = Vec::new();
         for i in 0..100 {
-            let driver = driver.clone();
-            let plan = WaitPlan::new(soon, Duration::from_secs(1));
-            impatient.push(tokio::spawn(async move {
-                let token = format!("impatient-{i}");
-                driver.wait(key("k"), &token, TTL, plan).await
-            }));
+            impatient.push(spawn_wait(&driver, format!("impatient-{i}"), soon));
         }
         tokio::task::yield_now().await;
-        let patient = {
-            let driver = driver.clone();
-            tokio::spawn(async move { driver.wait(key("k"), "patient", TTL, plan()).await })
-        };
+        let patient = spawn_wait(&driver, "patient".into(), Instant::now() + TTL);
         for waiter in impatient {
             assert!(waiter.await.unwrap().unwrap().is_none(), "timed out");
         }
@@ -959,22 +951,13 @@ mod tests {
     async fn a_hand_over_that_empties_the_queue_drops_departed_tickets() {
         let driver = MemoryDriver::new();
         driver.acquire(key("k"), "holder", TTL).await.unwrap();
-        let patient = {
-            let driver = driver.clone();
-            tokio::spawn(async move { driver.wait(key("k"), "patient", TTL, plan()).await })
-        };
+        let patient = spawn_wait(&driver, "patient".into(), Instant::now() + TTL);
         tokio::task::yield_now().await;
         // Few enough that leaving never compacts the queue: 1 live + 9 left <= 2 * 1 + 8.
         let soon = Instant::now() + Duration::from_millis(50);
         let mut impatient = Vec::new();
         for i in 0..9 {
-            let driver = driver.clone();
-            let plan = WaitPlan::new(soon, Duration::from_secs(1));
-            impatient.push(tokio::spawn(async move {
-                driver
-                    .wait(key("k"), &format!("impatient-{i}"), TTL, plan)
-                    .await
-            }));
+            impatient.push(spawn_wait(&driver, format!("impatient-{i}"), soon));
         }
         for waiter in impatient {
             assert!(waiter.await.unwrap().unwrap().is_none(), "timed out");
