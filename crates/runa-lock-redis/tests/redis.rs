@@ -29,13 +29,10 @@ impl Impatient for RedisDriver {
     }
 }
 
-/// Takes and releases the key `warm` once: connections open and scripts loaded.
-async fn warm_up(jobs: &Locker) {
-    let lease = jobs
-        .try_lock("warm")
-        .await
-        .unwrap()
-        .expect("the warm-up key is free");
+/// Takes `key`, which must be free, and releases it (with `warm`: connections open and
+/// scripts loaded).
+async fn lock_once(jobs: &Locker, key: &str) {
+    let lease = jobs.try_lock(key).await.unwrap().expect("the key is free");
     lease.release().await.unwrap();
 }
 
@@ -222,8 +219,7 @@ async fn each_operation_is_one_evalsha() {
     // a release `GET`, `DEL` and `PUBLISH`.
     server.command::<String>(&["CONFIG", "RESETSTAT"]);
     for _ in 0..20 {
-        let lease = jobs.try_lock("warm").await.unwrap().unwrap();
-        lease.release().await.unwrap();
+        lock_once(&jobs, "warm").await;
     }
     let stats = command_calls(&server);
     let expected = [
@@ -243,8 +239,7 @@ async fn each_operation_is_one_evalsha() {
     // After the server forgets its scripts, one SCRIPT LOAD brings each back.
     server.command::<String>(&["SCRIPT", "FLUSH"]);
     server.command::<String>(&["CONFIG", "RESETSTAT"]);
-    let lease = jobs.try_lock("after-flush").await.unwrap().unwrap();
-    lease.release().await.unwrap();
+    lock_once(&jobs, "after-flush").await;
     let stats = command_calls(&server);
     assert_eq!(calls_of(&stats, "script|load"), 2, "{stats:?}");
 }
@@ -466,7 +461,7 @@ async fn a_wait_rides_over_an_outage_until_redis_is_back() {
             .wait(Duration::from_secs(15))
             .retry_interval(Duration::from_millis(100)),
     );
-    warm_up(&jobs).await;
+    lock_once(&jobs, "warm").await;
     server.stop();
     let waiter = tokio::spawn({
         let jobs = jobs.clone();
@@ -759,7 +754,7 @@ async fn an_acquire_whose_reply_is_lost_is_granted_on_the_next_attempt() {
             .wait(Duration::from_secs(5))
             .retry_interval(Duration::from_millis(100)),
     );
-    warm_up(&jobs).await;
+    lock_once(&jobs, "warm").await;
     // The server stops for 800 ms: the first attempt is read and run when it resumes, after
     // the driver gave up on its reply (400 ms) and dropped that connection.
     server.pause();
@@ -841,13 +836,7 @@ async fn fencing_stays_above_numbers_handed_out_when_the_counter_comes_back_olde
     let server = RedisServer::start();
     let jobs = locker(driver(&server), LockerOptions::new());
     let counter = "runa:lock:{5:jobs:job}:f";
-    jobs.try_lock("job")
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    lock_once(&jobs, "job").await;
     // What a snapshot taken now would hold.
     let snapshot: String = server.command(&["GET", counter]);
     let mut highest = 0;
@@ -1038,13 +1027,7 @@ async fn a_silently_dead_connection_is_replaced() {
         .unwrap()
         .with_timeouts_for_test(300);
     let jobs = locker(driver, LockerOptions::new());
-    jobs.try_lock("a")
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    lock_once(&jobs, "a").await;
     proxy.freeze_existing();
     let started = Instant::now();
     let mut recovered = false;
