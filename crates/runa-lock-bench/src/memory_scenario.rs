@@ -61,7 +61,7 @@ pub async fn run(keys: usize) -> Scenario {
     let trimmed = trim_and_measure();
     let held_ok = (0..10_000).all(|i| {
         let name = format!("held-{i}");
-        futures_lite_ready(driver.renew(LockKey::new("", &name), held_token, held_ttl))
+        ready(driver.renew(LockKey::new("", &name), held_token, held_ttl)).unwrap_or(false)
     });
     let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     Scenario {
@@ -103,19 +103,6 @@ fn trim_and_measure() -> f64 {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_and_measure() -> f64 {
     resident()
-}
-
-/// The memory driver's futures are ready at once: poll one without a runtime's help.
-fn futures_lite_ready(future: runa_lock::BoxFuture<'_, Result<bool, runa_lock::Error>>) -> bool {
-    use std::task::{Context, Poll, Waker};
-    let mut future = future;
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(Ok(renewed)) => renewed,
-        _ => false,
-    }
 }
 
 /// Uncontended pairs without tokio's test clock (which the criterion build of runa-lock has,
@@ -160,12 +147,11 @@ pub async fn pairs(total: u32) -> Scenario {
 
 /// Handoff latency on one current-thread runtime: from the holder's `release` to the woken
 /// waiter's `wait` returning, against the same handoff through `tokio::sync::Mutex`. The two
-/// alternate handoff by handoff, so both see the same machine (this shared VM drifts between
-/// a fast and a slow state every few hundred milliseconds); every handoff is timed on its
-/// own, and the target is on the medians (a preempted handoff moves a mean by microseconds,
-/// a median not at all). The means are reported too.
+/// alternate in blocks of 2,000 handoffs, so both see the same machine (this shared VM
+/// drifts between a fast and a slow state every few hundred milliseconds) with warm caches;
+/// every handoff is timed on its own, and the target is on the medians (a preempted handoff
+/// moves a mean by microseconds, a median not at all). The means are reported too.
 pub fn handoffs(rounds: u32) -> Scenario {
-    // Long enough for each side to run with warm caches, short next to the machine's drift.
     const BLOCK: u32 = 2_000;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,11 +172,9 @@ pub fn handoffs(rounds: u32) -> Scenario {
         }
     });
     let ns = |d: Duration| d.as_secs_f64() * 1e9;
-    let mean =
-        |samples: &[Duration]| ns(samples.iter().sum::<Duration>()) / samples.len().max(1) as f64;
-    let (our_mean, base_mean) = (mean(&ours), mean(&baseline));
     let (ours, baseline) = (Latencies::new(ours), Latencies::new(baseline));
     let (our_p50, base_p50) = (ns(ours.p50()), ns(baseline.p50()));
+    let (our_mean, base_mean) = (ns(ours.mean()), ns(baseline.mean()));
     Scenario {
         name: "memhandoff",
         what: "memory driver: release to the woken waiter's wait returning vs tokio::sync::Mutex",
@@ -239,17 +223,16 @@ async fn runa_handoff(jobs: &runa_lock::Locker) -> Duration {
     waiter.await.expect("the waiter") - released
 }
 
-/// Polls a future the memory driver completes at once, without a runtime.
+/// The output of a future the memory driver completes at once, polled without a runtime.
 fn ready<F: Future>(future: F) -> F::Output {
     use std::task::{Context, Poll, Waker};
     let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(output) = future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            return output;
-        }
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a memory-driver future that should be ready at once waited"),
     }
 }
 

@@ -27,6 +27,11 @@ impl Latencies {
         self.percentile(99.0)
     }
 
+    pub fn mean(&self) -> Duration {
+        let count = u32::try_from(self.0.len()).unwrap_or(u32::MAX).max(1);
+        self.0.iter().sum::<Duration>() / count
+    }
+
     pub fn max(&self) -> Duration {
         self.0.last().copied().unwrap_or_default()
     }
