@@ -102,7 +102,8 @@ struct Slot {
 
 /// The waiters of one key. A waiter that leaves is only marked, so that leaving costs the
 /// same however long the queue; releases skip marked tickets, and the queue drops them
-/// whenever they outnumber the waiters still in it.
+/// whenever they outnumber the waiters still in it, and all of them (with their wakers) once
+/// no waiter is left.
 #[derive(Default)]
 struct Queue {
     tickets: VecDeque<Arc<Ticket>>,
@@ -116,6 +117,7 @@ impl Queue {
         while let Some(ticket) = self.tickets.pop_front() {
             if !ticket.left.load(Ordering::Relaxed) {
                 self.live -= 1;
+                self.compact();
                 return Some(ticket);
             }
         }
@@ -128,7 +130,14 @@ impl Queue {
         }
         // The ticket may stay queued a while: let go of its task now.
         drop(ticket.waker.take());
-        if self.tickets.len() > 2 * self.live + 8 {
+        self.compact();
+    }
+
+    /// Drops marked tickets once they outnumber the waiters, or once no waiter is left.
+    fn compact(&mut self) {
+        if self.live == 0 {
+            self.tickets.clear();
+        } else if self.tickets.len() > 2 * self.live + 8 {
             self.tickets.retain(|t| !t.left.load(Ordering::Relaxed));
         }
     }
@@ -625,11 +634,6 @@ impl Shard {
             // A queue left empty stays until the slot is removed: the hand-over does not wait
             // for its memory to be freed, and the next waiter reuses it.
             if let Some(next) = slot.queue.as_mut().and_then(|q| q.pop()) {
-                if let Some(queue) = slot.queue.as_mut().filter(|q| q.live == 0) {
-                    // Drop the departed waiters' tickets (and their wakers) now; keep the
-                    // allocation.
-                    queue.tickets.clear();
-                }
                 // The waiter read the clock before it queued, under this lock, so `now` is
                 // not earlier than that on one clock; with two (a paused test clock and the
                 // real one) it could be, and the grant must never start before the queueing,
