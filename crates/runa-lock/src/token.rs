@@ -12,6 +12,8 @@
 
 use std::cell::RefCell;
 
+use arrayvec::ArrayString;
+
 use crate::Error;
 
 /// Bytes of randomness in a token.
@@ -32,7 +34,7 @@ thread_local! {
 
 /// A token: 32 lowercase hex digits, stored inline.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Token([u8; TOKEN_BYTES * 2]);
+pub(crate) struct Token(ArrayString<{ TOKEN_BYTES * 2 }>);
 
 impl Token {
     /// A new token; `shared` asks for the fork check (see the module docs).
@@ -56,17 +58,19 @@ impl Token {
             Ok::<(), Error>(())
         })?;
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; TOKEN_BYTES * 2];
-        for (i, byte) in raw.into_iter().enumerate() {
-            text[2 * i] = HEX[usize::from(byte >> 4)];
-            text[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        let mut digits = [0u8; TOKEN_BYTES * 2];
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(raw) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
+        // Checked once here, so that reading the token back never checks again.
+        let text = ArrayString::from_byte_string(&digits)
+            .map_err(|e| Error::backend("token", format!("hex digits are not UTF-8: {e}")))?;
         Ok(Token(text))
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        // Only ASCII hex digits are ever stored.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        self.0.as_str()
     }
 }
 
