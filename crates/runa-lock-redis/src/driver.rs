@@ -297,6 +297,7 @@ impl Inner {
                     address: self.address.clone(),
                     detail: format!("no reply within {}", humantime::format_duration(limit)),
                     connection: false,
+                    unsent: false,
                 },
             )),
         }
@@ -320,6 +321,7 @@ impl Inner {
                 connection: error.is_io_error()
                     || error.is_connection_dropped()
                     || error.is_connection_refusal(),
+                unsent: error.is_connection_refusal(),
             },
         )
     }
@@ -367,9 +369,17 @@ impl Inner {
         Ok(renewed == 1)
     }
 
+    /// A release sent again finds the key gone when the first one ran and only its reply
+    /// was lost (a response timeout, a connection dropped after the script ran), which looks
+    /// just like a lease that had expired. Unless the first call certainly never reached the
+    /// server, that answer is ambiguous, and the first call's error is returned instead of a
+    /// `NotHeld` that may be false.
     async fn release(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
         match self.release_once(keys, token).await {
-            Err(error) if broken_connection(&error) => self.release_once(keys, token).await,
+            Err(error) if broken_connection(&error) => match self.release_once(keys, token).await {
+                Ok(false) if !unsent(&error) => Err(error),
+                outcome => outcome,
+            },
             outcome => outcome,
         }
     }
@@ -391,11 +401,18 @@ impl Inner {
 
 /// Whether `error` is a call that failed because the connection broke.
 fn broken_connection(error: &Error) -> bool {
+    failure_of(error).is_some_and(|f| f.connection)
+}
+
+/// Whether `error` is a call that certainly never reached the server.
+fn unsent(error: &Error) -> bool {
+    failure_of(error).is_some_and(|f| f.unsent)
+}
+
+fn failure_of(error: &Error) -> Option<&Failure> {
     match error {
-        Error::Backend { source, .. } => source
-            .downcast_ref::<Failure>()
-            .is_some_and(|f| f.connection),
-        _ => false,
+        Error::Backend { source, .. } => source.downcast_ref::<Failure>(),
+        _ => None,
     }
 }
 
@@ -498,6 +515,9 @@ pub(crate) struct Failure {
     /// The connection broke (or was refused) before a reply: an idempotent call may be
     /// sent again on the reconnected connection.
     connection: bool,
+    /// The call certainly never reached the server (the connection was refused). Otherwise
+    /// a failed call may still have run: its reply is what was lost.
+    unsent: bool,
 }
 
 impl fmt::Display for Failure {

@@ -407,7 +407,8 @@ impl Lease {
     ///
     /// - [`Error::NotHeld`] when the lease had expired or been taken over (nothing of the new
     ///   holder's is touched).
-    /// - [`Error::Backend`] when the store cannot be asked; the lease then ends by its ttl.
+    /// - [`Error::Backend`] when the store cannot be asked, or its answer was lost (the
+    ///   release may then have happened); otherwise the lease ends by its ttl.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
