@@ -1,8 +1,8 @@
 //! `Lease` (an acquired lock) and `LeaseHandle` (its shareable view), with the loss signal.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -88,10 +88,36 @@ pub(crate) struct LeaseState {
     /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
     origin: Instant,
     deadline_nanos: AtomicU64,
+    /// Renewals sent and not yet answered (see [`LeaseState::renewing`]).
+    renewals: Mutex<Renewals>,
     phase: AtomicU8,
-    ended: Notify,
-    /// Tasks inside `lost()`; `end` only wakes anyone when there are some.
+    /// Woken when the lease ends or its deadline moves earlier.
+    changed: Notify,
+    /// Tasks inside `lost()`; `end` and an earlier deadline only wake anyone when there are
+    /// some.
     watchers: AtomicUsize,
+}
+
+/// The renewals of one lease that may be in flight at once.
+///
+/// A store applies a renewal as it receives it, but the lease hears so only with the reply,
+/// and two renewals in flight together may be applied in either order. So the deadline
+/// comes down to a renewal's end as it is sent (never later than the store's hold, should
+/// that end be earlier), and goes up again only once nothing is in flight, to the earliest
+/// end asked for since something was.
+#[derive(Default)]
+struct Renewals {
+    in_flight: u32,
+    /// The earliest end (nanoseconds after `origin`) of the renewals sent since none was in
+    /// flight.
+    earliest: u64,
+}
+
+/// A renewal on its way to the store; dropping it without [`accepted`](Renewal::accepted)
+/// (refused, failed, or abandoned mid-flight) leaves the deadline where sending it put it.
+pub(crate) struct Renewal<'a> {
+    state: &'a LeaseState,
+    answered: bool,
 }
 
 impl LeaseState {
@@ -115,34 +141,37 @@ impl LeaseState {
         self.origin + Duration::from_nanos(self.deadline_nanos.load(Ordering::Acquire))
     }
 
-    /// Moves the deadline to `sent + ttl` (earlier or later: a renewal with a shorter ttl
-    /// shortens the lease), unless the lease has ended or its deadline has already passed: a
-    /// loss is final. Returns whether the lease is still held.
-    pub(crate) fn extend(&self, sent: Instant, ttl: Duration) -> bool {
-        let nanos = u64::try_from(
-            (sent + ttl)
-                .saturating_duration_since(self.origin)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX);
-        let mut current = self.deadline_nanos.load(Ordering::Acquire);
-        loop {
-            let passed = Instant::now() >= self.origin + Duration::from_nanos(current);
-            if passed || self.phase.load(Ordering::Acquire) != HELD {
-                self.end(EXPIRED);
-                return false;
-            }
-            match self.deadline_nanos.compare_exchange(
-                current,
-                nanos,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                // A reader may have seen the old deadline pass just before the swap and latched
-                // the loss; then it stays lost.
-                Ok(_) => return self.phase.load(Ordering::Acquire) == HELD,
-                Err(seen) => current = seen,
-            }
+    /// `instant` as nanoseconds after `origin` (0 before it, `u64::MAX` far after it).
+    fn nanos_at(&self, instant: Instant) -> u64 {
+        u64::try_from(instant.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A renewal to `ttl`, about to be sent at `sent`: the deadline comes down to
+    /// `sent + ttl` now if that is earlier (the store may apply it before its reply comes).
+    pub(crate) fn renewing(&self, sent: Instant, ttl: Duration) -> Renewal<'_> {
+        let until = sent
+            .checked_add(ttl)
+            .map_or(u64::MAX, |end| self.nanos_at(end));
+        let mut renewals = self.renewals.lock().unwrap_or_else(PoisonError::into_inner);
+        renewals.earliest = if renewals.in_flight == 0 {
+            until
+        } else {
+            renewals.earliest.min(until)
+        };
+        renewals.in_flight += 1;
+        self.move_deadline(until.min(self.deadline_nanos.load(Ordering::Acquire)));
+        Renewal {
+            state: self,
+            answered: false,
+        }
+    }
+
+    /// Sets the deadline, waking the tasks in `lost()` if it moved earlier. Only called
+    /// with the renewals locked.
+    fn move_deadline(&self, nanos: u64) {
+        let previous = self.deadline_nanos.swap(nanos, Ordering::SeqCst);
+        if nanos < previous && self.watchers.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
         }
     }
 
@@ -183,7 +212,7 @@ impl LeaseState {
             .is_ok()
             && self.watchers.load(Ordering::SeqCst) > 0
         {
-            self.ended.notify_waiters();
+            self.changed.notify_waiters();
         }
     }
 
@@ -197,15 +226,54 @@ impl LeaseState {
         self.watchers.fetch_add(1, Ordering::SeqCst);
         let _watching = Watching(&self.watchers);
         loop {
-            // Created before the check, so an `end` right after it still wakes us.
-            let ended = self.ended.notified();
+            // Created before the check, so an `end` or an earlier deadline right after it
+            // still wakes us.
+            let changed = self.changed.notified();
             if self.is_lost() {
                 return;
             }
             tokio::select! {
-                _ = ended => {}
+                _ = changed => {}
                 _ = sleep_until(self.deadline()) => {}
             }
+        }
+    }
+}
+
+impl Renewal<'_> {
+    /// The store accepted the renewal. Unless the lease has ended or its deadline has
+    /// passed (a loss is final), the deadline moves to the earliest end asked for, once no
+    /// other renewal is in flight. Returns whether the lease is still held.
+    pub(crate) fn accepted(mut self) -> bool {
+        self.answered = true;
+        let state = self.state;
+        let mut renewals = state
+            .renewals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        renewals.in_flight = renewals.in_flight.saturating_sub(1);
+        if Instant::now() >= state.deadline() || state.phase.load(Ordering::Acquire) != HELD {
+            state.end(EXPIRED);
+            return false;
+        }
+        if renewals.in_flight == 0 {
+            // A reader may see the old deadline pass just before this and latch the loss;
+            // then it stays lost.
+            state.move_deadline(renewals.earliest);
+        }
+        state.phase.load(Ordering::Acquire) == HELD
+    }
+}
+
+impl Drop for Renewal<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let mut renewals = self
+                .state
+                .renewals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            renewals.in_flight = renewals.in_flight.saturating_sub(1);
         }
     }
 }
@@ -236,8 +304,9 @@ impl Unsettled {
             ttl,
             origin,
             deadline_nanos: AtomicU64::new(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+            renewals: Mutex::new(Renewals::default()),
             phase: AtomicU8::new(HELD),
-            ended: Notify::new(),
+            changed: Notify::new(),
             watchers: AtomicUsize::new(0),
         };
         Unsettled {
@@ -356,6 +425,11 @@ impl Lease {
 
     /// Extends the lease to `ttl` from now (`None`: the ttl it was acquired with).
     ///
+    /// A shorter `ttl` shortens the lease from the moment the renewal is sent, since the
+    /// store may apply it before its answer arrives; a longer one counts once it is
+    /// accepted. Renewals in flight together leave the lease ending at the earliest of their
+    /// ends, whatever order they are answered in.
+    ///
     /// # Errors
     ///
     /// - [`Error::NotHeld`] when the lease has expired (by the local clock, measured from when
@@ -385,7 +459,7 @@ impl Lease {
         if state.is_lost() {
             return Err(self.not_held());
         }
-        let sent = Instant::now();
+        let renewal = state.renewing(Instant::now(), ttl);
         if !state
             .store
             .driver
@@ -395,7 +469,7 @@ impl Lease {
             state.mark_refused();
             return Err(self.not_held());
         }
-        if !state.extend(sent, ttl) {
+        if !renewal.accepted() {
             return Err(self.not_held());
         }
         Ok(())
@@ -422,6 +496,9 @@ impl Lease {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let state = &self.state;
+        // Ended before the store lets go: from then on another holder may have the key, and
+        // no handle of this lease may still say it is held.
+        state.end(RELEASED);
         let released = match state
             .store
             .release_sync(state.hash, state.key(), state.token())
@@ -431,7 +508,6 @@ impl Lease {
         };
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
-        state.end(RELEASED);
         match released {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.not_held()),

@@ -37,7 +37,7 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
             state.mark_expired();
             return state.loss_reason();
         }
-        let sent = Instant::now();
+        let renewal = state.renewing(Instant::now(), ttl);
         match timeout_at(
             deadline,
             state.driver().renew(state.key(), state.token(), ttl),
@@ -53,7 +53,7 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
                 return state.loss_reason();
             }
             Ok(Ok(true)) => {
-                if !state.extend(sent, ttl) {
+                if !renewal.accepted() {
                     return state.loss_reason();
                 }
             }

@@ -1,0 +1,159 @@
+//! A lease must never count as held while the store may already have let it go: not while a
+//! renewal that shortens it is in flight, not when two renewals are answered in another
+//! order than the store applied them, and not while its release is on the way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runa_lock::{
+    Attempt, BoxFuture, Driver, Error, LockKey, LockerOptions, MemoryDriver, Registry,
+};
+use tokio::time::sleep;
+
+/// A memory driver whose store acts at once, but whose answers to `renew` (for ttls of
+/// `slow_renew_from` and longer) and to `release` take `delay` to come back, like replies
+/// over a slow network.
+#[derive(Debug)]
+struct SlowReplies {
+    store: MemoryDriver,
+    delay: Duration,
+    slow_renew_from: Duration,
+}
+
+impl Driver for SlowReplies {
+    fn acquire<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Attempt, Error>> {
+        self.store.acquire(key, token, ttl)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let renewed = self.store.renew(key, token, ttl).await;
+            if ttl >= self.slow_renew_from {
+                sleep(self.delay).await;
+            }
+            renewed
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: LockKey<'a>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let released = self.store.release(key, token).await;
+            sleep(self.delay).await;
+            released
+        })
+    }
+}
+
+/// Two lockers on one slow driver: `jobs` (ttl 10 s) and `other`, which contends with it.
+fn lockers(slow_renew_from: Duration) -> (runa_lock::Locker, runa_lock::Locker) {
+    let registry = Registry::new();
+    registry.register_driver(
+        "slow",
+        SlowReplies {
+            store: MemoryDriver::new(),
+            delay: Duration::from_millis(100),
+            slow_renew_from,
+        },
+    );
+    let options = LockerOptions::new()
+        .driver("slow")
+        .prefix("p:")
+        .ttl(Duration::from_secs(10));
+    registry.register_locker("jobs", options.clone());
+    registry.register_locker("other", options);
+    (registry.of("jobs").unwrap(), registry.of("other").unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shortening_renewal_counts_from_when_it_is_sent() {
+    let (jobs, other) = lockers(Duration::ZERO);
+    let lease = Arc::new(jobs.try_lock("k").await.unwrap().unwrap());
+    let handle = lease.handle();
+    let renewing = tokio::spawn({
+        let lease = Arc::clone(&lease);
+        async move { lease.renew(Some(Duration::from_millis(50))).await }
+    });
+    // The store cut the hold to 50 ms at once; the reply is still 40 ms away.
+    sleep(Duration::from_millis(60)).await;
+    let taker = other.try_lock("k").await.unwrap();
+    assert!(taker.is_some(), "the store let the key go after 50 ms");
+    assert!(
+        handle.is_lost(),
+        "the lease counts as held while fencing {} holds the key",
+        taker.unwrap().fencing()
+    );
+    let _ = renewing.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_answered_out_of_order_leave_the_earlier_end() {
+    // The 60 s renewal is applied first and answered last; the 1 s one is applied last.
+    let (jobs, other) = lockers(Duration::from_secs(30));
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    let (long, short) = tokio::join!(
+        lease.renew(Some(Duration::from_secs(60))),
+        lease.renew(Some(Duration::from_secs(1)))
+    );
+    long.unwrap();
+    short.unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert!(
+        other.try_lock("k").await.unwrap().is_some(),
+        "the store holds the key for the last renewal applied: 1 s"
+    );
+    assert!(handle.is_lost(), "the lease outlives the store's hold");
+    assert!(matches!(
+        lease.renew(None).await,
+        Err(Error::NotHeld { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_resolves_when_a_renewal_moves_the_deadline_earlier() {
+    let (jobs, _) = lockers(Duration::from_secs(3600));
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    let started = tokio::time::Instant::now();
+    let watcher = tokio::spawn(async move {
+        handle.lost().await;
+        started.elapsed()
+    });
+    tokio::task::yield_now().await;
+    lease.renew(Some(Duration::from_secs(1))).await.unwrap();
+    let after = watcher.await.unwrap();
+    assert!(
+        after <= Duration::from_millis(1100),
+        "lost() resolved {after:?} in, at the old deadline, not the renewed one (1 s)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_counts_as_lost_as_soon_as_its_release_is_sent() {
+    let (jobs, other) = lockers(Duration::ZERO);
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    let releasing = tokio::spawn(lease.release());
+    // The store let the key go at once; the reply is still 90 ms away.
+    sleep(Duration::from_millis(10)).await;
+    assert!(other.try_lock("k").await.unwrap().is_some());
+    assert!(
+        handle.is_lost(),
+        "a handle says held while another holds the key"
+    );
+    releasing.await.unwrap().unwrap();
+}
