@@ -161,6 +161,7 @@ impl Registry {
     ///
     /// - Everything is checked first; on any error nothing changes.
     /// - A section's `driver` must name a registered driver.
+    /// - Sections `""` and `default` name the same locker, so only one of them may be given.
     /// - A section for a locker that is not registered is skipped with a `tracing` warning:
     ///   config tunes lockers, it does not create them.
     ///
@@ -185,8 +186,19 @@ impl Registry {
     pub fn configure(&self, config: &Config) -> Result<(), Error> {
         let mut state = self.write();
         let mut updates = Vec::new();
-        for (name, section) in &config.lockers {
-            let name = canonical(name).to_owned();
+        let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
+        for (raw, section) in &config.lockers {
+            let name = canonical(raw).to_owned();
+            if let Some(first) = sections.insert(canonical(raw), raw) {
+                return Err(Error::invalid_config(
+                    crate::config::join("lock.lockers", raw),
+                    format!(
+                        "names the same locker as section {} (the empty name means \"{DEFAULT_NAME}\"); give its keys in one section",
+                        crate::config::join("lock.lockers", first)
+                    ),
+                    Some(format!("{raw:?}")),
+                ));
+            }
             let Some(code) = state.lockers.get(&name) else {
                 tracing::warn!(
                     locker = %name,

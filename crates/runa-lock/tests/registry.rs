@@ -327,3 +327,31 @@ async fn of_sees_every_change_to_the_registry() {
         registry.of("default").unwrap().info()
     );
 }
+
+#[test]
+fn sections_for_the_empty_name_and_default_cannot_both_be_given() {
+    let registry = Registry::new();
+    let both = runa_lock::Config::from_toml(
+        "[lock.lockers.\"\"]\nttl = \"5s\"\n[lock.lockers.default]\nwait = \"1s\"\n",
+    )
+    .unwrap();
+    let err = registry.configure(&both).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        r#"lock.lockers.default: names the same locker as section lock.lockers."" (the empty name means "default"); give its keys in one section (got "default")"#
+    );
+    let info = registry.of(DEFAULT_NAME).unwrap().info();
+    assert_eq!(
+        (info.ttl, info.wait),
+        (DEFAULT_TTL, DEFAULT_WAIT),
+        "nothing applied"
+    );
+    // Either name alone tunes the default locker.
+    let empty = runa_lock::Config::from_toml("[lock.lockers.\"\"]\nttl = \"5s\"\n").unwrap();
+    registry.configure(&empty).unwrap();
+    assert_eq!(
+        registry.of(DEFAULT_NAME).unwrap().info().ttl,
+        Duration::from_secs(5)
+    );
+}
