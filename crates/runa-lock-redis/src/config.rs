@@ -34,11 +34,15 @@ pub(crate) fn connection_info(url: &str, path: &str) -> Result<ConnectionInfo, E
 }
 
 fn invalid_url(path: &str, url: &str, problem: &str) -> Error {
-    // The parser's own message may quote the URL: hide its credentials there too.
-    let problem = match userinfo(url) {
-        Some(secret) if !secret.is_empty() => problem.replace(secret, "***"),
-        _ => problem.to_owned(),
-    };
+    // The parser's own message may quote the URL: hide its secrets there too (all but a
+    // bare `:`, which hides nothing and would garble the message).
+    let mut problem = problem.to_owned();
+    for range in secrets(url) {
+        let secret = &url[range];
+        if secret != ":" {
+            problem = problem.replace(secret, "***");
+        }
+    }
     Error::invalid_config(
         path,
         format!("not a valid Redis URL: {problem}"),
@@ -46,19 +50,51 @@ fn invalid_url(path: &str, url: &str, problem: &str) -> Error {
     )
 }
 
-/// `url` with its credentials (everything between `://` and the last `@`) replaced by
-/// `***`. The last `@` is used because a password that was not percent-encoded may hold
-/// `@`, `/`, `?` or `#` itself.
+/// `url` with its secrets replaced by `***`: the credentials (everything between `://`
+/// and the last `@`; the last, because a password that was not percent-encoded may hold
+/// `@`, `/`, `?` or `#` itself), and the value of a `pass` query parameter, where a
+/// unix-socket URL (`unix:///run/redis.sock?pass=...`) carries its password.
 pub(crate) fn mask(url: &str) -> String {
-    match userinfo(url) {
-        Some(secret) if !secret.is_empty() => url.replacen(secret, "***", 1),
-        _ => url.to_owned(),
+    let mut masked = String::with_capacity(url.len());
+    let mut copied = 0;
+    for range in secrets(url) {
+        masked.push_str(&url[copied..range.start]);
+        masked.push_str("***");
+        copied = range.end;
     }
+    masked.push_str(&url[copied..]);
+    masked
 }
 
-fn userinfo(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    Some(&rest[..rest.rfind('@')?])
+/// Where the secrets of `url` are, in order, as byte ranges; none of them empty.
+fn secrets(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return found;
+    };
+    // The query starts after the credentials, which may hold a `?` of their own.
+    let mut rest_start = scheme_end;
+    if let Some(at) = url[scheme_end..].rfind('@') {
+        if at > 0 {
+            found.push(scheme_end..scheme_end + at);
+        }
+        rest_start = scheme_end + at + 1;
+    }
+    let Some(query_start) = url[rest_start..].find('?').map(|at| rest_start + at + 1) else {
+        return found;
+    };
+    let query_end = url[query_start..]
+        .find('#')
+        .map_or(url.len(), |at| query_start + at);
+    let mut start = query_start;
+    for pair in url[query_start..query_end].split('&') {
+        if let Some(value) = pair.strip_prefix("pass=").filter(|v| !v.is_empty()) {
+            let value_start = start + "pass=".len();
+            found.push(value_start..value_start + value.len());
+        }
+        start += pair.len() + 1;
+    }
+    found
 }
 
 /// Makes rustls use ring, unless the process already chose a crypto provider.
@@ -95,5 +131,31 @@ mod tests {
         );
         let err = client_for_url("redis://u:s3cret@host:notaport", "url").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
+        // An empty password is masked where it stands, not at the first `:` of the URL.
+        assert_eq!(mask("redis://:@host"), "redis://***@host");
+    }
+
+    #[test]
+    fn unix_socket_passwords_are_masked() {
+        assert_eq!(
+            mask("unix:///tmp/redis.sock?pass=s3cret&db=1"),
+            "unix:///tmp/redis.sock?pass=***&db=1"
+        );
+        assert_eq!(
+            mask("redis+unix:///tmp/redis.sock?db=1&pass=s3cret#x"),
+            "redis+unix:///tmp/redis.sock?db=1&pass=***#x"
+        );
+        assert_eq!(
+            mask("redis+unix:///tmp/redis.sock?pass="),
+            "redis+unix:///tmp/redis.sock?pass="
+        );
+        // Credentials holding a `?` do not start the query early.
+        assert_eq!(
+            mask("redis://u:a?pass=b@host/0?pass=c"),
+            "redis://***@host/0?pass=***"
+        );
+        let err = client_for_url("unix:///tmp/redis.sock?pass=s3cret&db=x", "url").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(err.to_string().contains("pass=***"), "{err}");
     }
 }
