@@ -1,6 +1,7 @@
 //! `RedisDriver`: one round trip per operation over a self-healing connection.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 ///   managed setups) waiters poll with jittered backoff, which is logged once.
 /// - Every call has a timeout; connection errors are [`Error::Backend`], the connection
 ///   re-establishes itself, and a `wait` rides over errors until its own deadline.
+/// - [`close`](runa_lock::Driver::close) (as at app shutdown) is final: the driver drops its
+///   connections and opens none again, waits in flight end with [`Error::Backend`], later
+///   calls fail with it, and leases still held end by their ttl.
 ///
 /// ```no_run
 /// use runa_lock::{LockerOptions, Registry};
@@ -77,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) response_timeout: Duration,
     connection: Mutex<Option<ConnectionManager>>,
     pub(crate) notifier: Notifier,
+    /// Set by `close`: no connection is opened again, and every call fails.
+    closed: AtomicBool,
 }
 
 /// The outcome of one acquire script.
@@ -240,6 +246,7 @@ impl RedisDriver {
                 response_timeout,
                 connection: Mutex::new(None),
                 notifier,
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -248,6 +255,18 @@ impl RedisDriver {
 impl Inner {
     /// The shared command connection, created on first use; it reconnects by itself.
     fn connection(&self) -> Result<ConnectionManager, Error> {
+        if self.is_closed() {
+            return Err(Error::backend(
+                "redis",
+                Failure {
+                    operation: "connect",
+                    address: self.address.clone(),
+                    detail: "the driver was closed".to_owned(),
+                    connection: false,
+                    unsent: true,
+                },
+            ));
+        }
         let mut slot = self
             .connection
             .lock()
@@ -301,6 +320,11 @@ impl Inner {
                 },
             )),
         }
+    }
+
+    /// Whether the driver was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Drops the command connection; the next call opens a new one.
@@ -477,6 +501,7 @@ impl Driver for RedisDriver {
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
+            self.inner.closed.store(true, Ordering::Release);
             self.inner.notifier.close();
             self.inner
                 .connection

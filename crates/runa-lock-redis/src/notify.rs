@@ -45,6 +45,8 @@ struct State {
     pump: Option<(u64, AbortHandle)>,
     pumps_started: u64,
     keys: HashMap<String, Member>,
+    /// Set by `close`: no subscriber connection is opened again.
+    closed: bool,
 }
 
 struct Member {
@@ -158,6 +160,9 @@ impl Notifier {
     /// The live subscriber sink, if connected; (re)starts the pump when none is running.
     fn live_sink(&self) -> Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)> {
         let mut state = self.shared.lock();
+        if state.closed {
+            return None;
+        }
         let running = state
             .pump
             .as_ref()
@@ -176,9 +181,11 @@ impl Notifier {
         state.sink.clone()
     }
 
-    /// Drops the subscriber connection; a later wait reconnects.
+    /// Drops the subscriber connection for good: waiters still waiting are woken, and from
+    /// then on nothing subscribes.
     pub(crate) fn close(&self) {
         let mut state = self.shared.lock();
+        state.closed = true;
         if let Some((_, pump)) = state.pump.take() {
             pump.abort();
         }

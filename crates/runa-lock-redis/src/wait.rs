@@ -71,6 +71,9 @@ pub(crate) async fn wait(
                         retry_after = left;
                         failure = None;
                     }
+                    Err(error @ Error::Backend { .. }) if driver.is_closed() => {
+                        return Err(error);
+                    }
                     Err(error @ Error::Backend { .. }) => {
                         tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
                         retry_after = None;

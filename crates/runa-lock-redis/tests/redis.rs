@@ -40,6 +40,14 @@ fn driver(server: &RedisServer) -> RedisDriver {
     RedisDriver::new(server.client())
 }
 
+/// The server's client connections, leaving out the one asking.
+fn clients(server: &RedisServer) -> usize {
+    let list: String = server.command(&["CLIENT", "LIST"]);
+    list.lines()
+        .filter(|line| !line.contains("cmd=client|list"))
+        .count()
+}
+
 /// Stops the server now and lets it run again after `pause`, from another thread.
 fn pause_for(server: &RedisServer, pause: Duration) -> std::thread::JoinHandle<()> {
     server.pause();
@@ -808,6 +816,45 @@ async fn a_release_whose_reply_is_lost_is_not_reported_as_not_held() {
         matches!(released, Ok(()) | Err(Error::Backend { .. })),
         "a release that ran was reported as {released:?}"
     );
+}
+
+#[tokio::test]
+async fn a_closed_driver_ends_its_waits_and_opens_no_connection_again() {
+    let server = RedisServer::start();
+    let driver = driver(&server);
+    let holder = locker(driver.clone(), LockerOptions::new());
+    let lease = holder.try_lock("k").await.unwrap().unwrap();
+    let waiter = tokio::spawn({
+        let jobs = locker(
+            driver.clone(),
+            LockerOptions::new().wait(Duration::from_secs(5)),
+        );
+        async move { jobs.wait("k").await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(clients(&server) >= 2, "command and subscriber connections");
+    let closing = Instant::now();
+    runa_lock::Driver::close(&driver).await.unwrap();
+    let outcome = waiter.await.unwrap();
+    assert_prompt(closing, Duration::from_secs(2));
+    match outcome {
+        Err(Error::Backend { .. }) => {
+            let text = outcome.unwrap_err().to_string();
+            assert!(text.contains("the driver was closed"), "{text}");
+        }
+        other => panic!("the wait went on after close: {other:?}"),
+    }
+    assert!(matches!(
+        holder.try_lock("other").await,
+        Err(Error::Backend { .. })
+    ));
+    drop(lease);
+    // Longer than the subscriber's heartbeat: a connection opened again would show.
+    let deadline = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < deadline {
+        assert_eq!(clients(&server), 0, "connections after close");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]
