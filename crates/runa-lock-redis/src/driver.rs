@@ -12,7 +12,7 @@ use runa_lock::{
 };
 use tokio::time::timeout;
 
-use crate::keys::Keys;
+use crate::keys::{Keys, prefix_problem};
 use crate::notify::Notifier;
 use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
 
@@ -418,8 +418,17 @@ impl Inner {
         Ok(released == 1)
     }
 
-    pub(crate) fn keys(&self, key: LockKey<'_>) -> Keys {
-        Keys::new(&self.prefix, key)
+    /// The Redis names of `key`; [`Error::InvalidConfig`] for a prefix that would spread
+    /// them over Cluster slots (see [`prefix_problem`]).
+    pub(crate) fn keys(&self, key: LockKey<'_>) -> Result<Keys, Error> {
+        if let Some(problem) = prefix_problem(&self.prefix) {
+            return Err(Error::invalid_config(
+                "redis driver prefix",
+                problem,
+                Some(format!("{:?}", self.prefix)),
+            ));
+        }
+        Ok(Keys::new(&self.prefix, key))
     }
 }
 
@@ -462,7 +471,7 @@ impl Driver for RedisDriver {
             Ok(
                 match self
                     .inner
-                    .acquire(&self.inner.keys(key), token, ttl)
+                    .acquire(&self.inner.keys(key)?, token, ttl)
                     .await?
                 {
                     Outcome::Acquired(fencing) => Attempt::Acquired { fencing },
@@ -478,7 +487,7 @@ impl Driver for RedisDriver {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move { self.inner.renew(&self.inner.keys(key), token, ttl).await })
+        Box::pin(async move { self.inner.renew(&self.inner.keys(key)?, token, ttl).await })
     }
 
     fn release<'a>(
@@ -486,7 +495,7 @@ impl Driver for RedisDriver {
         key: LockKey<'a>,
         token: &'a str,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move { self.inner.release(&self.inner.keys(key), token).await })
+        Box::pin(async move { self.inner.release(&self.inner.keys(key)?, token).await })
     }
 
     fn wait<'a>(

@@ -54,6 +54,18 @@ impl Keys {
     }
 }
 
+/// Why `prefix` cannot be a driver prefix, if it cannot. Redis Cluster hashes a key on the
+/// text between its first `{` and the next `}`, or on the whole key when that text is empty.
+/// A prefix without braces leaves that to our tag; one with a tag of its own puts every lock
+/// in its slot; but one whose first `{` is followed at once by `}` would have each key of a
+/// lock hashed on its own whole name, spreading the lock over several slots.
+pub(crate) fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    let open = prefix.find('{')?;
+    prefix[open + 1..].starts_with('}').then_some(
+        "its first `{` is followed at once by `}` (an empty hash tag), which would put a lock's keys in different Redis Cluster slots",
+    )
+}
+
 /// The length of `text` once escaped.
 fn escaped_len(text: &str) -> usize {
     text.len()
@@ -134,5 +146,46 @@ mod tests {
         assert_eq!(hash_tag(&k.lock), hash_tag(&k.fence));
         let k = Keys::new("app{:", LockKey::new("p", "k"));
         assert_eq!(hash_tag(&k.lock), hash_tag(&k.fence));
+    }
+
+    /// What Redis Cluster hashes a key on: the first `{...}` when it holds something,
+    /// otherwise the whole name.
+    fn slot_text(name: &str) -> &str {
+        match name.find('{') {
+            Some(open) => match name[open + 1..].find('}') {
+                Some(0) | None => name,
+                Some(len) => &name[open + 1..open + 1 + len],
+            },
+            None => name,
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_refused_exactly_when_it_would_split_a_lock_over_slots() {
+        for prefix in [
+            "",
+            "runa:lock:",
+            "app{}:",
+            "{}",
+            "a{}{b}",
+            "app{1}:",
+            "app{:",
+            "}{",
+            "a}b{}",
+            "{{}",
+            "{}}",
+            "x{y}{}",
+        ] {
+            let k = Keys::new(prefix, LockKey::new("p", "k"));
+            let one_slot = [&k.fence, &k.channel]
+                .iter()
+                .all(|name| slot_text(name) == slot_text(&k.lock))
+                && slot_text(&k.lock) != k.lock;
+            assert_eq!(
+                prefix_problem(prefix).is_none(),
+                one_slot,
+                "prefix {prefix:?}: {k:?}"
+            );
+        }
     }
 }

@@ -310,6 +310,11 @@ impl Table {
         if let Some(db) = raw.db.filter(|db| *db < 0) {
             return Err(fail("db", "must be 0 or more", db.to_string()));
         }
+        if let Some(prefix) = &raw.prefix {
+            if let Some(problem) = crate::keys::prefix_problem(prefix) {
+                return Err(fail("prefix", problem, format!("{prefix:?}")));
+            }
+        }
         for (key, value) in [
             ("connect_timeout", &raw.connect_timeout),
             ("response_timeout", &raw.response_timeout),

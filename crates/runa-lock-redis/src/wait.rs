@@ -26,7 +26,7 @@ pub(crate) async fn wait(
     ttl: Duration,
     plan: WaitPlan,
 ) -> Result<Option<Grant>, Error> {
-    let keys = driver.keys(key);
+    let keys = driver.keys(key)?;
     let mut failure = None;
     let sent = Instant::now();
     match driver.acquire(&keys, token, ttl).await {

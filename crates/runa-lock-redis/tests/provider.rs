@@ -236,6 +236,10 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
             "redis.db: must be 0 or more (got -1) in inline TOML #1",
         ),
         (
+            "[lock.redis]\nprefix = \"app{}:\"",
+            "lock.redis.prefix: its first `{` is followed at once by `}` (an empty hash tag), which would put a lock's keys in different Redis Cluster slots (got \"app{}:\") in inline TOML #1",
+        ),
+        (
             "[redis]\nurl = \"redis://a\"\naddr = \"b:1\"",
             r#"redis.addr: set either url or addr, not both (got "b:1") in inline TOML #1"#,
         ),

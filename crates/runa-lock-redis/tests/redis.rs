@@ -858,6 +858,26 @@ async fn a_closed_driver_ends_its_waits_and_opens_no_connection_again() {
 }
 
 #[tokio::test]
+async fn a_prefix_that_would_split_a_lock_over_cluster_slots_is_refused() {
+    // No server needed: the prefix is refused before anything is sent.
+    let driver = RedisDriver::open("redis://127.0.0.1:1")
+        .unwrap()
+        .with_prefix("app{}:");
+    let jobs = locker(driver, LockerOptions::new());
+    for outcome in [
+        jobs.try_lock("k").await.map(drop),
+        jobs.wait("k").await.map(drop),
+    ] {
+        let err = outcome.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with("redis driver prefix: "),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
     let server = RedisServer::start();
     let jobs = locker(driver(&server), LockerOptions::new());
