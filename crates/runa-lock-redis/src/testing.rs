@@ -390,9 +390,25 @@ impl RedisServer {
                 return Err(format!("redis-server exited with {status}: {}", log.trim()));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                let pid = child.id();
                 self.child = Some(child);
                 if self.try_command::<String>(&["PING"]).is_ok() {
-                    return Ok(());
+                    // Another test's server may have taken the port between `free_port` and
+                    // this spawn (ours then fails to bind and exits): only ours will do.
+                    let info = self
+                        .try_command::<String>(&["INFO", "server"])
+                        .unwrap_or_default();
+                    let own = format!("process_id:{pid}");
+                    if info.lines().any(|line| line.trim() == own) {
+                        return Ok(());
+                    }
+                    let mut stray = self.child.take().expect("just set");
+                    let _ = stray.kill();
+                    let _ = stray.wait();
+                    return Err(format!(
+                        "port {} is served by another redis-server",
+                        self.port
+                    ));
                 }
                 child = self.child.take().expect("just set");
             }
@@ -515,4 +531,27 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
         "san.ext",
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_server_answers_on_is_not_taken_for_ours() {
+        let first = RedisServer::start();
+        let mut second = RedisServer {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            port: first.port(),
+            args: Vec::new(),
+            tls: None,
+            child: None,
+        };
+        let outcome = second.spawn();
+        assert!(
+            outcome.is_err(),
+            "the second server took the first one's port as its own"
+        );
+        assert!(second.child.is_none());
+    }
 }
