@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -12,6 +12,7 @@ use crate::Error;
 use crate::driver::{Driver, LockKey, Store};
 use crate::error::LossReason;
 use crate::options::duration_problem;
+use crate::renewals::Renewals;
 use crate::text::Text;
 use crate::token::Token;
 
@@ -88,7 +89,7 @@ pub(crate) struct LeaseState {
     /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
     origin: Instant,
     deadline_nanos: AtomicU64,
-    /// Renewals sent and not yet answered (see [`LeaseState::renewing`]).
+    /// Renewals on their way to the store (see [`crate::renewals`]).
     renewals: Mutex<Renewals>,
     phase: AtomicU8,
     /// Woken when the lease ends or its deadline moves earlier.
@@ -98,25 +99,11 @@ pub(crate) struct LeaseState {
     watchers: AtomicUsize,
 }
 
-/// The renewals of one lease that may be in flight at once.
-///
-/// A store applies a renewal as it receives it, but the lease hears so only with the reply,
-/// and two renewals in flight together may be applied in either order. So the deadline
-/// comes down to a renewal's end as it is sent (never later than the store's hold, should
-/// that end be earlier), and goes up again only once nothing is in flight, to the earliest
-/// end asked for since something was.
-#[derive(Default)]
-struct Renewals {
-    in_flight: u32,
-    /// The earliest end (nanoseconds after `origin`) of the renewals sent since none was in
-    /// flight.
-    earliest: u64,
-}
-
-/// A renewal on its way to the store; dropping it without [`accepted`](Renewal::accepted)
-/// (refused, failed, or abandoned mid-flight) leaves the deadline where sending it put it.
+/// A renewal on its way to the store (see [`crate::renewals`]). Dropping it unanswered
+/// (failed, or abandoned mid-flight) counts it as one the store may still apply.
 pub(crate) struct Renewal<'a> {
     state: &'a LeaseState,
+    ttl: u64,
     answered: bool,
 }
 
@@ -149,21 +136,19 @@ impl LeaseState {
     /// A renewal to `ttl`, about to be sent at `sent`: the deadline comes down to
     /// `sent + ttl` now if that is earlier (the store may apply it before its reply comes).
     pub(crate) fn renewing(&self, sent: Instant, ttl: Duration) -> Renewal<'_> {
-        let until = sent
-            .checked_add(ttl)
-            .map_or(u64::MAX, |end| self.nanos_at(end));
-        let mut renewals = self.renewals.lock().unwrap_or_else(PoisonError::into_inner);
-        renewals.earliest = if renewals.in_flight == 0 {
-            until
-        } else {
-            renewals.earliest.min(until)
-        };
-        renewals.in_flight += 1;
-        self.move_deadline(until.min(self.deadline_nanos.load(Ordering::Acquire)));
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let mut renewals = self.renewals();
+        let end = renewals.send(self.nanos_at(sent), ttl);
+        self.move_deadline(end.min(self.deadline_nanos.load(Ordering::Acquire)));
         Renewal {
             state: self,
+            ttl,
             answered: false,
         }
+    }
+
+    fn renewals(&self) -> MutexGuard<'_, Renewals> {
+        self.renewals.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sets the deadline, waking the tasks in `lost()` if it moved earlier. Only called
@@ -242,38 +227,36 @@ impl LeaseState {
 
 impl Renewal<'_> {
     /// The store accepted the renewal. Unless the lease has ended or its deadline has
-    /// passed (a loss is final), the deadline moves to the earliest end asked for, once no
-    /// other renewal is in flight. Returns whether the lease is still held.
+    /// passed (a loss is final), the deadline moves to what [`Renewals::accept`] allows.
+    /// Returns whether the lease is still held.
     pub(crate) fn accepted(mut self) -> bool {
         self.answered = true;
         let state = self.state;
-        let mut renewals = state
-            .renewals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        renewals.in_flight = renewals.in_flight.saturating_sub(1);
+        let mut renewals = state.renewals();
+        let deadline = renewals.accept();
         if Instant::now() >= state.deadline() || state.phase.load(Ordering::Acquire) != HELD {
             state.end(EXPIRED);
             return false;
         }
-        if renewals.in_flight == 0 {
+        if let Some(deadline) = deadline {
             // A reader may see the old deadline pass just before this and latch the loss;
             // then it stays lost.
-            state.move_deadline(renewals.earliest);
+            state.move_deadline(deadline);
         }
         state.phase.load(Ordering::Acquire) == HELD
+    }
+
+    /// The store refused the renewal (the lease is lost).
+    pub(crate) fn refused(mut self) {
+        self.answered = true;
+        self.state.renewals().refuse();
     }
 }
 
 impl Drop for Renewal<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            let mut renewals = self
-                .state
-                .renewals
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            renewals.in_flight = renewals.in_flight.saturating_sub(1);
+            self.state.renewals().abandon(self.ttl);
         }
     }
 }
@@ -428,7 +411,9 @@ impl Lease {
     /// A shorter `ttl` shortens the lease from the moment the renewal is sent, since the
     /// store may apply it before its answer arrives; a longer one counts once it is
     /// accepted. Renewals in flight together leave the lease ending at the earliest of their
-    /// ends, whatever order they are answered in.
+    /// ends, whatever order they are answered in. A renewal that fails or is dropped may
+    /// still be applied by the store later, so from then on the lease counts renewals as
+    /// extending it by no more than that renewal's ttl.
     ///
     /// # Errors
     ///
@@ -466,6 +451,7 @@ impl Lease {
             .renew(state.key(), state.token(), ttl)
             .await?
         {
+            renewal.refused();
             state.mark_refused();
             return Err(self.not_held());
         }

@@ -58,6 +58,7 @@ mod pages;
 mod provider;
 mod registry;
 mod renew;
+mod renewals;
 mod text;
 mod token;
 

@@ -58,6 +58,7 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
                 }
             }
             Ok(Ok(false)) => {
+                renewal.refused();
                 tracing::warn!(
                     key = state.key().key,
                     "lease renewal refused: the lock expired or was taken over"
@@ -66,6 +67,8 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
                 return state.loss_reason();
             }
             Ok(Err(error)) => {
+                // Failed: the store may still apply it (see `crate::renewals`).
+                drop(renewal);
                 tracing::warn!(key = state.key().key, %error, "lease renewal failed; retrying until the lease expires");
                 sleep_until((Instant::now() + retry_pause).min(deadline)).await;
             }
