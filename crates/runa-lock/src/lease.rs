@@ -1,11 +1,11 @@
 //! `Lease` (an acquired lock) and `LeaseHandle` (its shareable view), with the loss signal.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, MutexGuard, Notify};
 use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
@@ -89,7 +89,8 @@ pub(crate) struct LeaseState {
     /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
     origin: Instant,
     deadline_nanos: AtomicU64,
-    /// Renewals on their way to the store (see [`crate::renewals`]).
+    /// Held by the renewal on its way to the store, if any: renewals go one at a time
+    /// (see [`crate::renewals`]).
     renewals: Mutex<Renewals>,
     phase: AtomicU8,
     /// Woken when the lease ends or its deadline moves earlier.
@@ -99,10 +100,13 @@ pub(crate) struct LeaseState {
     watchers: AtomicUsize,
 }
 
-/// A renewal on its way to the store (see [`crate::renewals`]). Dropping it unanswered
-/// (failed, or abandoned mid-flight) counts it as one the store may still apply.
+/// A renewal on its way to the store, holding the lease's renewal lock (see
+/// [`crate::renewals`]). Dropping it unanswered (failed, or abandoned mid-flight) counts it
+/// as one the store may still apply.
 pub(crate) struct Renewal<'a> {
     state: &'a LeaseState,
+    renewals: MutexGuard<'a, Renewals>,
+    sent: u64,
     ttl: u64,
     answered: bool,
 }
@@ -133,26 +137,28 @@ impl LeaseState {
         u64::try_from(instant.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// A renewal to `ttl`, about to be sent at `sent`: the deadline comes down to
-    /// `sent + ttl` now if that is earlier (the store may apply it before its reply comes).
-    pub(crate) fn renewing(&self, sent: Instant, ttl: Duration) -> Renewal<'_> {
+    /// A renewal to `ttl`, about to be sent: waits for the one before it to be answered,
+    /// then brings the deadline down to `now + ttl` if that is earlier (the store may apply
+    /// the renewal before its answer comes).
+    pub(crate) async fn renewing(&self, ttl: Duration) -> Renewal<'_> {
+        let renewals = self.renewals.lock().await;
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        let mut renewals = self.renewals();
-        let end = renewals.send(self.nanos_at(sent), ttl);
-        self.move_deadline(end.min(self.deadline_nanos.load(Ordering::Acquire)));
+        let sent = self.nanos_at(Instant::now());
+        self.move_deadline(
+            sent.saturating_add(ttl)
+                .min(self.deadline_nanos.load(Ordering::Acquire)),
+        );
         Renewal {
             state: self,
+            renewals,
+            sent,
             ttl,
             answered: false,
         }
     }
 
-    fn renewals(&self) -> MutexGuard<'_, Renewals> {
-        self.renewals.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Sets the deadline, waking the tasks in `lost()` if it moved earlier. Only called
-    /// with the renewals locked.
+    /// with the renewal lock held.
     fn move_deadline(&self, nanos: u64) {
         let previous = self.deadline_nanos.swap(nanos, Ordering::SeqCst);
         if nanos < previous && self.watchers.load(Ordering::SeqCst) > 0 {
@@ -227,36 +233,31 @@ impl LeaseState {
 
 impl Renewal<'_> {
     /// The store accepted the renewal. Unless the lease has ended or its deadline has
-    /// passed (a loss is final), the deadline moves to what [`Renewals::accept`] allows.
-    /// Returns whether the lease is still held.
+    /// passed (a loss is final), the deadline moves to what [`Renewals::accepted_end`]
+    /// allows. Returns whether the lease is still held.
     pub(crate) fn accepted(mut self) -> bool {
         self.answered = true;
         let state = self.state;
-        let mut renewals = state.renewals();
-        let deadline = renewals.accept();
         if Instant::now() >= state.deadline() || state.phase.load(Ordering::Acquire) != HELD {
             state.end(EXPIRED);
             return false;
         }
-        if let Some(deadline) = deadline {
-            // A reader may see the old deadline pass just before this and latch the loss;
-            // then it stays lost.
-            state.move_deadline(deadline);
-        }
+        // A reader may see the old deadline pass just before this and latch the loss; then
+        // it stays lost.
+        state.move_deadline(self.renewals.accepted_end(self.sent, self.ttl));
         state.phase.load(Ordering::Acquire) == HELD
     }
 
-    /// The store refused the renewal (the lease is lost).
+    /// The store refused the renewal: it changed nothing there (and the lease is lost).
     pub(crate) fn refused(mut self) {
         self.answered = true;
-        self.state.renewals().refuse();
     }
 }
 
 impl Drop for Renewal<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.state.renewals().abandon(self.ttl);
+            self.renewals.unanswered(self.ttl);
         }
     }
 }
@@ -444,7 +445,7 @@ impl Lease {
         if state.is_lost() {
             return Err(self.not_held());
         }
-        let renewal = state.renewing(Instant::now(), ttl);
+        let renewal = state.renewing(ttl).await;
         if !state
             .store
             .driver

@@ -37,7 +37,7 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
             state.mark_expired();
             return state.loss_reason();
         }
-        let renewal = state.renewing(Instant::now(), ttl);
+        let renewal = state.renewing(ttl).await;
         match timeout_at(
             deadline,
             state.driver().renew(state.key(), state.token(), ttl),
@@ -67,7 +67,8 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
                 return state.loss_reason();
             }
             Ok(Err(error)) => {
-                // Failed: the store may still apply it (see `crate::renewals`).
+                // Failed, so the store may still apply it (see `crate::renewals`); and the
+                // lock goes while we pause.
                 drop(renewal);
                 tracing::warn!(key = state.key().key, %error, "lease renewal failed; retrying until the lease expires");
                 sleep_until((Instant::now() + retry_pause).min(deadline)).await;

@@ -1,68 +1,37 @@
-//! Which deadline a lease may keep while renewals are on their way to the store.
+//! Which deadline a lease may keep as it renews.
 //!
-//! A store applies a renewal as it receives it, but the lease hears so only with the answer,
-//! and renewals may be applied in another order than they were sent or answered (two in
-//! flight at once; or one whose answer was lost, which the store may still apply later,
-//! after a newer one came through another connection). The lease must never count as held
-//! past the store's hold, so:
+//! A store applies a renewal as it receives it, but the lease hears so only with the answer.
+//! A lease's renewals go one at a time (each holds the lease's renewal lock from before it
+//! is sent until it is answered), so the store applies them in the order they were sent,
+//! except for those whose answer never came (failed, or abandoned mid-flight): a call stuck
+//! on a connection that was given up may still be read after a newer one sent on a fresh
+//! connection. So that the lease never counts as held past the store's hold:
 //!
-//! - a renewal brings the deadline down to its own end as it is sent;
-//! - the deadline goes up again only once none is in flight, to the earliest end asked for
-//!   since one was (a *window* of renewals that may overlap);
-//! - a renewal whose answer never came (failed or abandoned) may still be applied at any
-//!   later time, after every renewal of a later window: the store then holds the key for
-//!   at least its ttl from that window's first send, and so the deadline never goes past
-//!   that either.
+//! - a renewal brings the deadline down to its own end (`sent + ttl`) as it is sent;
+//! - an accepted one sets the deadline to `sent + ttl`, but to no more than `sent` plus the
+//!   shortest ttl of the renewals whose answer never came: applied late, one of those
+//!   leaves the store holding the key for just its ttl from then.
 //!
 //! Times are nanoseconds after the lease's origin.
 
-/// The renewals of one lease (see the module docs).
+/// What a lease remembers of its renewals (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Renewals {
-    in_flight: u32,
-    /// The earliest end asked for in the current window.
-    earliest: u64,
-    /// When the current window's first renewal was sent.
-    window_start: u64,
     /// The shortest ttl of the renewals whose answer never came.
     unanswered_ttl: Option<u64>,
 }
 
 impl Renewals {
-    /// A renewal for `ttl` sent at `sent`: returns its end, which the deadline must not
-    /// exceed from now on.
-    pub(crate) fn send(&mut self, sent: u64, ttl: u64) -> u64 {
-        let end = sent.saturating_add(ttl);
-        if self.in_flight == 0 {
-            self.earliest = end;
-            self.window_start = sent;
-        } else {
-            self.earliest = self.earliest.min(end);
-            self.window_start = self.window_start.min(sent);
-        }
-        self.in_flight += 1;
-        end
-    }
-
-    /// The store accepted a renewal: the deadline to set, once none is left in flight.
-    pub(crate) fn accept(&mut self) -> Option<u64> {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        (self.in_flight == 0).then(|| {
-            let cap = self
-                .unanswered_ttl
-                .map_or(u64::MAX, |ttl| self.window_start.saturating_add(ttl));
-            self.earliest.min(cap)
-        })
-    }
-
-    /// The store refused a renewal: it changed nothing there.
-    pub(crate) fn refuse(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+    /// The deadline after the store accepted a renewal for `ttl` sent at `sent`.
+    pub(crate) fn accepted_end(&self, sent: u64, ttl: u64) -> u64 {
+        let ttl = self
+            .unanswered_ttl
+            .map_or(ttl, |shortest| shortest.min(ttl));
+        sent.saturating_add(ttl)
     }
 
     /// A renewal for `ttl` failed or was abandoned: the store may still apply it, any time.
-    pub(crate) fn abandon(&mut self, ttl: u64) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+    pub(crate) fn unanswered(&mut self, ttl: u64) {
         self.unanswered_ttl = Some(self.unanswered_ttl.map_or(ttl, |t| t.min(ttl)));
     }
 }
@@ -72,52 +41,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_renewal_at_a_time_sets_its_own_end() {
-        let mut renewals = Renewals::default();
-        assert_eq!(renewals.send(10, 30), 40);
-        assert_eq!(renewals.accept(), Some(40));
-        assert_eq!(renewals.send(20, 5), 25);
-        assert_eq!(renewals.accept(), Some(25), "a shorter ttl shortens");
-    }
-
-    #[test]
-    fn overlapping_renewals_leave_the_earliest_end() {
-        // Whichever is answered first, either may have been applied last.
-        let mut renewals = Renewals::default();
-        renewals.send(0, 60);
-        renewals.send(1, 1);
-        assert_eq!(renewals.accept(), None, "one still in flight");
-        assert_eq!(renewals.accept(), Some(2));
+    fn an_accepted_renewal_ends_at_its_send_plus_its_ttl() {
+        let renewals = Renewals::default();
+        assert_eq!(renewals.accepted_end(10, 30), 40);
+        assert_eq!(renewals.accepted_end(20, 5), 25, "a shorter ttl shortens");
+        assert_eq!(renewals.accepted_end(u64::MAX - 1, 30), u64::MAX);
     }
 
     #[test]
     fn a_renewal_never_answered_caps_later_ones_at_its_ttl() {
         let mut renewals = Renewals::default();
-        renewals.send(0, 1);
-        renewals.abandon(1);
+        renewals.unanswered(1);
         // Applied late, after this one, it leaves the store holding for 1 from about 10.
-        renewals.send(10, 60);
-        assert_eq!(renewals.accept(), Some(11));
+        assert_eq!(renewals.accepted_end(10, 60), 11);
+        renewals.unanswered(5);
+        assert_eq!(renewals.accepted_end(20, 60), 21, "the shortest one counts");
         // One with the same ttl as every other (auto-renewal) caps nothing.
         let mut renewals = Renewals::default();
-        renewals.send(0, 30);
-        renewals.abandon(30);
-        renewals.send(10, 30);
-        assert_eq!(renewals.accept(), Some(40));
-    }
-
-    #[test]
-    fn a_refused_renewal_only_leaves_the_flight() {
-        let mut renewals = Renewals::default();
-        renewals.send(0, 60);
-        renewals.send(1, 5);
-        renewals.refuse();
-        assert_eq!(
-            renewals.accept(),
-            Some(6),
-            "the window's earliest end still holds"
-        );
-        renewals.send(10, 60);
-        assert_eq!(renewals.accept(), Some(70), "nothing caps the next window");
+        renewals.unanswered(30);
+        assert_eq!(renewals.accepted_end(10, 30), 40);
     }
 }

@@ -1,6 +1,7 @@
 //! A lease must never count as held while the store may already have let it go: not while a
-//! renewal that shortens it is in flight, not when two renewals are answered in another
-//! order than the store applied them, and not while its release is on the way.
+//! renewal that shortens it is in flight, not after renewals made at once, and not while its
+//! release is on the way. Nor may it count as lost while the store holds it for a renewal
+//! that was accepted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,8 +101,9 @@ async fn a_shortening_renewal_counts_from_when_it_is_sent() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn renewals_answered_out_of_order_leave_the_earlier_end() {
-    // The 60 s renewal is applied first and answered last; the 1 s one is applied last.
+async fn renewals_made_at_once_leave_the_lease_ending_with_the_store() {
+    // The 60 s renewal is slow to answer; the 1 s one, asked for meanwhile, goes second and
+    // is the one the store keeps.
     let (jobs, other) = lockers(Duration::from_secs(30));
     let lease = jobs.try_lock("k").await.unwrap().unwrap();
     let handle = lease.handle();
@@ -121,6 +123,35 @@ async fn renewals_answered_out_of_order_leave_the_earlier_end() {
         lease.renew(None).await,
         Err(Error::NotHeld { .. })
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_accepted_after_an_abandoned_one_still_extends_the_lease() {
+    let (jobs, other) = lockers(Duration::from_secs(30));
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    // The 60 s renewal reaches the store but its caller gives up on the answer; the 20 s
+    // one, asked for meanwhile, is accepted.
+    let (abandoned, accepted) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_millis(50),
+            lease.renew(Some(Duration::from_secs(60)))
+        ),
+        lease.renew(Some(Duration::from_secs(20)))
+    );
+    assert!(abandoned.is_err(), "the caller gave up on the 60 s renewal");
+    accepted.unwrap();
+    // Past the lease's first ttl (10 s), within the 20 s renewal.
+    sleep(Duration::from_secs(11)).await;
+    assert!(
+        other.try_lock("k").await.unwrap().is_none(),
+        "the store still holds the key"
+    );
+    assert!(
+        !handle.is_lost(),
+        "a lease renewed for 20 s counted as lost at 10 s"
+    );
+    lease.release().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
