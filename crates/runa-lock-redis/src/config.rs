@@ -72,9 +72,11 @@ fn secrets(url: &str) -> Vec<std::ops::Range<usize>> {
     let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
         return found;
     };
-    // The query starts after the credentials, which may hold a `?` of their own.
+    // The query starts after the credentials, which may hold a `?` of their own. A
+    // unix-socket URL has no credentials part: an `@` there is the query's.
     let mut rest_start = scheme_end;
-    if let Some(at) = url[scheme_end..].rfind('@') {
+    let unix = url.starts_with("unix:") || url.starts_with("redis+unix:");
+    if let Some(at) = url[scheme_end..].rfind('@').filter(|_| !unix) {
         if at > 0 {
             found.push(scheme_end..scheme_end + at);
         }
@@ -88,13 +90,41 @@ fn secrets(url: &str) -> Vec<std::ops::Range<usize>> {
         .map_or(url.len(), |at| query_start + at);
     let mut start = query_start;
     for pair in url[query_start..query_end].split('&') {
-        if let Some(value) = pair.strip_prefix("pass=").filter(|v| !v.is_empty()) {
-            let value_start = start + "pass=".len();
-            found.push(value_start..value_start + value.len());
+        if let Some((key, value)) = pair.split_once('=') {
+            let secret = matches!(decoded(key).as_slice(), b"pass" | b"password");
+            if secret && !value.is_empty() {
+                let value_start = start + key.len() + 1;
+                found.push(value_start..value_start + value.len());
+            }
         }
         start += pair.len() + 1;
     }
     found
+}
+
+/// A query key as a URL parser reads it: `%XX` escapes decoded, `+` as a space.
+fn decoded(key: &str) -> Vec<u8> {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Makes rustls use ring, unless the process already chose a crypto provider.
@@ -153,6 +183,16 @@ mod tests {
         assert_eq!(
             mask("redis://u:a?pass=b@host/0?pass=c"),
             "redis://***@host/0?pass=***"
+        );
+        // An `@` in a unix-socket URL's query is the password's, not the end of credentials.
+        assert_eq!(
+            mask("unix:///tmp/redis.sock?pass=hunter@2secret"),
+            "unix:///tmp/redis.sock?pass=***"
+        );
+        // Keys are read decoded, as redis-rs reads them.
+        assert_eq!(
+            mask("unix:///tmp/redis.sock?p%61ss=s3cret&password=x"),
+            "unix:///tmp/redis.sock?p%61ss=***&password=***"
         );
         let err = client_for_url("unix:///tmp/redis.sock?pass=s3cret&db=x", "url").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
