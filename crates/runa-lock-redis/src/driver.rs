@@ -255,6 +255,12 @@ impl RedisDriver {
 impl Inner {
     /// The shared command connection, created on first use; it reconnects by itself.
     fn connection(&self) -> Result<ConnectionManager, Error> {
+        // Looked at under the slot's lock, which `close` holds as it sets it: a call racing
+        // with `close` either gets the old connection (which `close` then drops) or none.
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.is_closed() {
             return Err(Error::backend(
                 "redis",
@@ -267,10 +273,6 @@ impl Inner {
                 },
             ));
         }
-        let mut slot = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
@@ -510,13 +512,15 @@ impl Driver for RedisDriver {
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            self.inner.closed.store(true, Ordering::Release);
-            self.inner.notifier.close();
-            self.inner
+            let mut slot = self
+                .inner
                 .connection
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+                .unwrap_or_else(PoisonError::into_inner);
+            self.inner.closed.store(true, Ordering::Release);
+            slot.take();
+            drop(slot);
+            self.inner.notifier.close();
             Ok(())
         })
     }
