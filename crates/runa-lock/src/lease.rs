@@ -1,8 +1,8 @@
 //! `Lease` (an acquired lock) and `LeaseHandle` (its shareable view), with the loss signal.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -90,8 +90,8 @@ pub(crate) struct LeaseState {
     origin: Instant,
     deadline_nanos: AtomicU64,
     /// Held by the renewal on its way to the store, if any: renewals go one at a time
-    /// (see [`crate::renewals`]).
-    renewals: Mutex<Renewals>,
+    /// (see [`crate::renewals`]). Made by the first renewal: most leases never renew.
+    renewals: OnceLock<Box<Mutex<Renewals>>>,
     phase: AtomicU8,
     /// Woken when the lease ends or its deadline moves earlier.
     changed: Notify,
@@ -141,7 +141,7 @@ impl LeaseState {
     /// then brings the deadline down to `now + ttl` if that is earlier (the store may apply
     /// the renewal before its answer comes).
     pub(crate) async fn renewing(&self, ttl: Duration) -> Renewal<'_> {
-        let renewals = self.renewals.lock().await;
+        let renewals = self.renewals.get_or_init(Box::default).lock().await;
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         let sent = self.nanos_at(Instant::now());
         self.move_deadline(
@@ -288,7 +288,7 @@ impl Unsettled {
             ttl,
             origin,
             deadline_nanos: AtomicU64::new(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
-            renewals: Mutex::new(Renewals::default()),
+            renewals: OnceLock::new(),
             phase: AtomicU8::new(HELD),
             changed: Notify::new(),
             watchers: AtomicUsize::new(0),

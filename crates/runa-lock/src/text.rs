@@ -13,6 +13,7 @@ pub(crate) enum Text<const N: usize> {
 
 impl<const N: usize> Text<N> {
     /// The concatenation of `parts`.
+    #[inline]
     pub(crate) fn new(parts: &[&str]) -> Self {
         let mut inline = ArrayString::new();
         for part in parts {
