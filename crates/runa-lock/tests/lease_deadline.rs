@@ -3,73 +3,28 @@
 //! release is on the way. Nor may it count as lost while the store holds it for a renewal
 //! that was accepted.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use runa_lock::{
-    Attempt, BoxFuture, Driver, Error, LockKey, LockerOptions, MemoryDriver, Registry,
-};
+use runa_lock::{Error, LockerOptions, Registry};
+use support::{Faulty, RenewMode};
 use tokio::time::sleep;
 
-/// A memory driver whose store acts at once, but whose answers to `renew` (for ttls of
-/// `slow_renew_from` and longer) and to `release` take `delay` to come back, like replies
-/// over a slow network.
-#[derive(Debug)]
-struct SlowReplies {
-    store: MemoryDriver,
-    delay: Duration,
-    slow_renew_from: Duration,
-}
-
-impl Driver for SlowReplies {
-    fn acquire<'a>(
-        &'a self,
-        key: LockKey<'a>,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Attempt, Error>> {
-        self.store.acquire(key, token, ttl)
-    }
-
-    fn renew<'a>(
-        &'a self,
-        key: LockKey<'a>,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move {
-            let renewed = self.store.renew(key, token, ttl).await;
-            if ttl >= self.slow_renew_from {
-                sleep(self.delay).await;
-            }
-            renewed
-        })
-    }
-
-    fn release<'a>(
-        &'a self,
-        key: LockKey<'a>,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move {
-            let released = self.store.release(key, token).await;
-            sleep(self.delay).await;
-            released
-        })
-    }
-}
-
-/// Two lockers on one slow driver: `jobs` (ttl 10 s) and `other`, which contends with it.
+/// Two lockers on one driver whose store acts at once but whose answers come 100 ms late
+/// (to renewals for ttls of `slow_renew_from` and longer, and to releases): `jobs` (ttl
+/// 10 s) and `other`, which contends with it.
 fn lockers(slow_renew_from: Duration) -> (runa_lock::Locker, runa_lock::Locker) {
+    let delay = Duration::from_millis(100);
+    let driver = Faulty::new();
+    driver.set_renew(RenewMode::AnswerLate {
+        delay,
+        from_ttl: slow_renew_from,
+    });
+    *driver.release_answer_delay.lock().unwrap() = delay;
     let registry = Registry::new();
-    registry.register_driver(
-        "slow",
-        SlowReplies {
-            store: MemoryDriver::new(),
-            delay: Duration::from_millis(100),
-            slow_renew_from,
-        },
-    );
+    registry.register_driver("slow", driver);
     let options = LockerOptions::new()
         .driver("slow")
         .prefix("p:")

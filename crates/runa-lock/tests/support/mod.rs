@@ -1,5 +1,5 @@
 //! A driver wrapper for tests: a real `MemoryDriver` underneath, with faults injected into
-//! renew and release, and call counts.
+//! renew and release (failures, refusals, answers that come late), and call counts.
 
 #![allow(dead_code)]
 
@@ -21,6 +21,9 @@ pub enum RenewMode {
     FailTimes(usize),
     /// Answer `false` (refused).
     Refuse,
+    /// Renew at once, but answer only after `delay` for ttls of `from_ttl` and longer, like
+    /// a reply over a slow network.
+    AnswerLate { delay: Duration, from_ttl: Duration },
 }
 
 #[derive(Debug)]
@@ -28,6 +31,8 @@ pub struct Faulty {
     pub inner: MemoryDriver,
     pub renew_mode: Mutex<RenewMode>,
     pub fail_release: Mutex<bool>,
+    /// Release at once, but answer only after this long.
+    pub release_answer_delay: Mutex<Duration>,
     pub fail_close: bool,
     pub renews: AtomicUsize,
     pub releases: AtomicUsize,
@@ -40,6 +45,7 @@ impl Faulty {
             inner: MemoryDriver::new(),
             renew_mode: Mutex::new(RenewMode::Normal),
             fail_release: Mutex::new(false),
+            release_answer_delay: Mutex::new(Duration::ZERO),
             fail_close: false,
             renews: AtomicUsize::new(0),
             releases: AtomicUsize::new(0),
@@ -100,6 +106,13 @@ impl Driver for Faulty {
             RenewMode::Hang => Box::pin(std::future::pending()),
             RenewMode::FailTimes(_) => Box::pin(async { Err(refused()) }),
             RenewMode::Refuse => Box::pin(async { Ok(false) }),
+            RenewMode::AnswerLate { delay, from_ttl } => Box::pin(async move {
+                let renewed = self.inner.renew(key, token, ttl).await;
+                if ttl >= from_ttl {
+                    tokio::time::sleep(delay).await;
+                }
+                renewed
+            }),
         }
     }
 
@@ -112,7 +125,12 @@ impl Driver for Faulty {
         if *self.fail_release.lock().unwrap() {
             return Box::pin(async { Err(refused()) });
         }
-        self.inner.release(key, token)
+        let delay = *self.release_answer_delay.lock().unwrap();
+        Box::pin(async move {
+            let released = self.inner.release(key, token).await;
+            tokio::time::sleep(delay).await;
+            released
+        })
     }
 
     fn wait<'a>(
