@@ -139,22 +139,32 @@ impl LeaseState {
 
     /// A renewal to `ttl`, about to be sent: waits for the one before it to be answered,
     /// then brings the deadline down to `now + ttl` if that is earlier (the store may apply
-    /// the renewal before its answer comes).
-    pub(crate) async fn renewing(&self, ttl: Duration) -> Renewal<'_> {
-        let renewals = self.renewals.get_or_init(Box::default).lock().await;
+    /// the renewal before its answer comes). `None` when the lease was lost meanwhile: the
+    /// wait ends at the lease's deadline at the latest, even if the renewal before it is
+    /// stuck in a future nobody polls.
+    pub(crate) async fn renewing(&self, ttl: Duration) -> Option<Renewal<'_>> {
+        let lock = self.renewals.get_or_init(Box::default);
+        let renewals = tokio::time::timeout_at(self.deadline(), lock.lock())
+            .await
+            .ok()
+            .filter(|_| !self.is_lost());
+        let Some(renewals) = renewals else {
+            self.end(EXPIRED);
+            return None;
+        };
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         let sent = self.nanos_at(Instant::now());
         self.move_deadline(
             sent.saturating_add(ttl)
                 .min(self.deadline_nanos.load(Ordering::Acquire)),
         );
-        Renewal {
+        Some(Renewal {
             state: self,
             renewals,
             sent,
             ttl,
             answered: false,
-        }
+        })
     }
 
     /// Sets the deadline, waking the tasks in `lost()` if it moved earlier. Only called
@@ -411,10 +421,11 @@ impl Lease {
     ///
     /// A shorter `ttl` shortens the lease from the moment the renewal is sent, since the
     /// store may apply it before its answer arrives; a longer one counts once it is
-    /// accepted. Renewals in flight together leave the lease ending at the earliest of their
-    /// ends, whatever order they are answered in. A renewal that fails or is dropped may
-    /// still be applied by the store later, so from then on the lease counts renewals as
-    /// extending it by no more than that renewal's ttl.
+    /// accepted. Renewals of one lease take turns: a renewal waits for the one before it to
+    /// be answered (until the lease's deadline at the most), and the last one sets the end.
+    /// A renewal that fails or is dropped mid-call may still be applied by the store later,
+    /// so from then on the lease counts renewals as extending it by no more than that
+    /// renewal's ttl.
     ///
     /// # Errors
     ///
@@ -445,7 +456,9 @@ impl Lease {
         if state.is_lost() {
             return Err(self.not_held());
         }
-        let renewal = state.renewing(ttl).await;
+        let Some(renewal) = state.renewing(ttl).await else {
+            return Err(self.not_held());
+        };
         if !state
             .store
             .driver

@@ -37,7 +37,9 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
             state.mark_expired();
             return state.loss_reason();
         }
-        let renewal = state.renewing(ttl).await;
+        let Some(renewal) = state.renewing(ttl).await else {
+            return state.loss_reason();
+        };
         match timeout_at(
             deadline,
             state.driver().renew(state.key(), state.token(), ttl),

@@ -143,3 +143,27 @@ async fn a_lease_counts_as_lost_as_soon_as_its_release_is_sent() {
     );
     releasing.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_left_unpolled_holds_up_the_next_one_only_until_the_deadline() {
+    let (jobs, _) = lockers(Duration::ZERO);
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    // Sent, then parked: it keeps its turn, and nobody polls it to its answer.
+    let first = lease.renew(None);
+    tokio::pin!(first);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), &mut first)
+            .await
+            .is_err()
+    );
+    let started = tokio::time::Instant::now();
+    let second = tokio::time::timeout(Duration::from_secs(60), lease.renew(None))
+        .await
+        .expect("the next renewal waited for its turn for good");
+    assert!(matches!(second, Err(Error::NotHeld { .. })), "{second:?}");
+    assert!(
+        started.elapsed() <= Duration::from_secs(10),
+        "the next renewal waited {:?}, past the lease's deadline",
+        started.elapsed()
+    );
+}
