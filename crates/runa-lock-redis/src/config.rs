@@ -66,43 +66,68 @@ pub(crate) fn mask(url: &str) -> String {
     masked
 }
 
-/// Where the secrets of `url` are, in order, as byte ranges; none of them empty.
+/// Where the secrets of `url` are, in order, as byte ranges that do not overlap; none
+/// empty. Where the URL is ambiguous (characters left unescaped), more is masked, not less.
 fn secrets(url: &str) -> Vec<std::ops::Range<usize>> {
     let mut found = Vec::new();
     let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
         return found;
     };
-    // The query starts after the credentials, which may hold a `?` of their own. A
-    // unix-socket URL has no credentials part: an `@` there is the query's.
-    let mut rest_start = scheme_end;
+    // Credentials end at the last `@` (a password that was not percent-encoded may hold
+    // `@`, `/`, `?` or `#` itself). A unix-socket URL's path comes after them and starts
+    // with `/`, so there only an `@` with a `/` somewhere after it can end credentials (an
+    // `@` in the query, as in `?pass=a@b`, cannot).
     let unix = url.starts_with("unix:") || url.starts_with("redis+unix:");
-    if let Some(at) = url[scheme_end..].rfind('@').filter(|_| !unix) {
-        if at > 0 {
-            found.push(scheme_end..scheme_end + at);
+    let credentials_end = url[scheme_end..]
+        .rmatch_indices('@')
+        .map(|(at, _)| scheme_end + at)
+        .find(|&at| !unix || url[at..].contains('/'));
+    let mut query_from = Vec::new();
+    match credentials_end {
+        Some(end) => {
+            found.push(scheme_end..end);
+            query_from.push(end + 1);
         }
-        rest_start = scheme_end + at + 1;
+        None => query_from.push(scheme_end),
     }
-    let Some(query_start) = url[rest_start..].find('?').map(|at| rest_start + at + 1) else {
-        return found;
-    };
-    let query_end = url[query_start..]
-        .find('#')
-        .map_or(url.len(), |at| query_start + at);
-    let mut start = query_start;
-    for pair in url[query_start..query_end].split('&') {
+    // The query starts at the first `?` after the credentials; in a unix-socket URL look
+    // from the start too, in case what looked like credentials was not.
+    if unix && credentials_end.is_some() {
+        query_from.push(scheme_end);
+    }
+    for from in query_from {
+        if let Some(start) = url[from..].find('?').map(|at| from + at + 1) {
+            query_secrets(url, start, &mut found);
+        }
+    }
+    found.sort_by_key(|range| range.start);
+    let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(found.len());
+    for range in found.into_iter().filter(|r| !r.is_empty()) {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+/// The values of `pass` and `password` in the query that starts at `start`.
+fn query_secrets(url: &str, start: usize, found: &mut Vec<std::ops::Range<usize>>) {
+    let end = url[start..].find('#').map_or(url.len(), |at| start + at);
+    let mut at = start;
+    for pair in url[start..end].split('&') {
         if let Some((key, value)) = pair.split_once('=') {
-            let secret = matches!(decoded(key).as_slice(), b"pass" | b"password");
-            if secret && !value.is_empty() {
-                let value_start = start + key.len() + 1;
+            if matches!(decoded(key).as_slice(), b"pass" | b"password") {
+                let value_start = at + key.len() + 1;
                 found.push(value_start..value_start + value.len());
             }
         }
-        start += pair.len() + 1;
+        at += pair.len() + 1;
     }
-    found
 }
 
-/// A query key as a URL parser reads it: `%XX` escapes decoded, `+` as a space.
+/// A query key as a URL parser reads it: tabs and line breaks dropped, `%XX` escapes
+/// decoded, `+` as a space.
 fn decoded(key: &str) -> Vec<u8> {
     let bytes = key.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -118,6 +143,7 @@ fn decoded(key: &str) -> Vec<u8> {
                 out.push(b' ');
                 i += 1;
             }
+            (b'\t' | b'\r' | b'\n', _, _) => i += 1,
             (byte, _, _) => {
                 out.push(byte);
                 i += 1;
@@ -194,6 +220,35 @@ mod tests {
             mask("unix:///tmp/redis.sock?p%61ss=s3cret&password=x"),
             "unix:///tmp/redis.sock?p%61ss=***&password=***"
         );
+        // Credentials in a unix-socket URL, before a host or straight before the path.
+        for (url, masked) in [
+            (
+                "unix://:s3cret@localhost/tmp/redis.sock?db=x",
+                "unix://***@localhost/tmp/redis.sock?db=x",
+            ),
+            (
+                "redis+unix://user:s3cret@/tmp/redis.sock?db=1",
+                "redis+unix://***@/tmp/redis.sock?db=1",
+            ),
+            // An `@` and a `/` in a query password: masked whole, with what precedes it.
+            ("unix:///tmp/redis.sock?pass=a@b/s3cret", "unix://***"),
+            (
+                "unix:///tmp/redis.sock?pa\tss=s3cret",
+                "unix:///tmp/redis.sock?pa\tss=***",
+            ),
+        ] {
+            assert_eq!(mask(url), masked, "{url}");
+        }
+        for odd in [
+            "unix://?%",
+            "unix://?%e=",
+            "redis://@",
+            "redis://",
+            "?pass=ü#",
+            "é%=x&pä%ss=y",
+        ] {
+            let _ = mask(odd);
+        }
         let err = client_for_url("unix:///tmp/redis.sock?pass=s3cret&db=x", "url").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(err.to_string().contains("pass=***"), "{err}");
