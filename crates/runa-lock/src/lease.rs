@@ -134,7 +134,7 @@ impl LeaseState {
 
     /// `instant` as nanoseconds after `origin` (0 before it, `u64::MAX` far after it).
     fn nanos_at(&self, instant: Instant) -> u64 {
-        u64::try_from(instant.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        nanos(instant.saturating_duration_since(self.origin))
     }
 
     /// A renewal to `ttl`, about to be sent: waits for the one before it to be answered,
@@ -152,7 +152,7 @@ impl LeaseState {
             self.end(EXPIRED);
             return None;
         };
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let ttl = nanos(ttl);
         let sent = self.nanos_at(Instant::now());
         self.move_deadline(
             sent.saturating_add(ttl)
@@ -241,6 +241,11 @@ impl LeaseState {
     }
 }
 
+/// `duration` in nanoseconds, `u64::MAX` for the (centuries-long) ones that do not fit.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Renewal<'_> {
     /// The store accepted the renewal. Unless the lease has ended or its deadline has
     /// passed (a loss is final), the deadline moves to what [`Renewals::accepted_end`]
@@ -297,7 +302,7 @@ impl Unsettled {
             fencing: AtomicU64::new(0),
             ttl,
             origin,
-            deadline_nanos: AtomicU64::new(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+            deadline_nanos: AtomicU64::new(nanos(ttl)),
             renewals: OnceLock::new(),
             phase: AtomicU8::new(HELD),
             changed: Notify::new(),
@@ -320,10 +325,9 @@ impl Unsettled {
         // `sent + ttl` measured from `origin`; for a grant sent before `origin` (a driver
         // breaking the contract) that is still exact while `sent + ttl` is after `origin`, and
         // the lease counts as ended at once otherwise: it never outlives the store's hold.
-        let nanos = sent.checked_add(state.ttl).map_or(u64::MAX, |end| {
-            u64::try_from(end.saturating_duration_since(state.origin).as_nanos())
-                .unwrap_or(u64::MAX)
-        });
+        let nanos = sent
+            .checked_add(state.ttl)
+            .map_or(u64::MAX, |end| state.nanos_at(end));
         state.deadline_nanos.store(nanos, Ordering::Relaxed);
         Lease {
             state: self.state,
