@@ -33,10 +33,7 @@ pub(crate) async fn keep_alive(state: &LeaseState, auto_renew: bool) -> LossReas
             .unwrap_or(deadline)
             .max(Instant::now());
         sleep_until(renew_at).await;
-        if state.is_lost() {
-            state.mark_expired();
-            return state.loss_reason();
-        }
+        // `None` once the lease is lost (marked expired, unless it ended otherwise).
         let Some(renewal) = state.renewing(ttl).await else {
             return state.loss_reason();
         };
