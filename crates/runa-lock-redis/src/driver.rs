@@ -77,6 +77,9 @@ pub(crate) struct Inner {
     /// `host:port` (or socket path), for messages: never the password.
     address: String,
     pub(crate) prefix: String,
+    /// Why `prefix` cannot be used, if it cannot (see [`prefix_problem`]): found once here,
+    /// reported on every call.
+    prefix_problem: Option<&'static str>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     connection: Mutex<Option<ConnectionManager>>,
@@ -241,6 +244,7 @@ impl RedisDriver {
             inner: Arc::new(Inner {
                 client,
                 address,
+                prefix_problem: prefix_problem(&prefix),
                 prefix,
                 connect_timeout,
                 response_timeout,
@@ -423,7 +427,7 @@ impl Inner {
     /// The Redis names of `key`; [`Error::InvalidConfig`] for a prefix that would spread
     /// them over Cluster slots (see [`prefix_problem`]).
     pub(crate) fn keys(&self, key: LockKey<'_>) -> Result<Keys, Error> {
-        if let Some(problem) = prefix_problem(&self.prefix) {
+        if let Some(problem) = self.prefix_problem {
             return Err(Error::invalid_config(
                 "redis driver prefix",
                 problem,
