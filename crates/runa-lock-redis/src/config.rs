@@ -52,8 +52,9 @@ fn invalid_url(path: &str, url: &str, problem: &str) -> Error {
 
 /// `url` with its secrets replaced by `***`: the credentials (everything between `://`
 /// and the last `@`; the last, because a password that was not percent-encoded may hold
-/// `@`, `/`, `?` or `#` itself), and the value of a `pass` query parameter, where a
-/// unix-socket URL (`unix:///run/redis.sock?pass=...`) carries its password.
+/// `@`, `/`, `?` or `#` itself), and the values of `pass` and `password` query
+/// parameters, where a unix-socket URL (`unix:///run/redis.sock?pass=...`) carries its
+/// password.
 pub(crate) fn mask(url: &str) -> String {
     let mut masked = String::with_capacity(url.len());
     let mut copied = 0;
@@ -82,20 +83,16 @@ fn secrets(url: &str) -> Vec<std::ops::Range<usize>> {
         .rmatch_indices('@')
         .map(|(at, _)| scheme_end + at)
         .find(|&at| !unix || url[at..].contains('/'));
-    let mut query_from = Vec::new();
-    match credentials_end {
-        Some(end) => {
-            found.push(scheme_end..end);
-            query_from.push(end + 1);
-        }
-        None => query_from.push(scheme_end),
+    if let Some(end) = credentials_end {
+        found.push(scheme_end..end);
     }
     // The query starts at the first `?` after the credentials; in a unix-socket URL look
-    // from the start too, in case what looked like credentials was not.
-    if unix && credentials_end.is_some() {
-        query_from.push(scheme_end);
-    }
-    for from in query_from {
+    // from the start too, in case what looked like credentials was not (overlaps merge).
+    let after_credentials = credentials_end.map_or(scheme_end, |end| end + 1);
+    for from in [Some(after_credentials), unix.then_some(scheme_end)]
+        .into_iter()
+        .flatten()
+    {
         if let Some(start) = url[from..].find('?').map(|at| from + at + 1) {
             query_secrets(url, start, &mut found);
         }
