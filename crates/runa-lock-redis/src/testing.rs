@@ -232,6 +232,27 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis command {args:?} failed: {e}"))
     }
 
+    /// How many client connections the server has, leaving out the one asking (`CLIENT
+    /// LIST` on a fresh connection): to check that a driver opened, or closed, its own.
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// assert_eq!(server.clients(), 0);
+    /// ```
+    pub fn clients(&self) -> usize {
+        let list: String = self.command(&["CLIENT", "LIST"]);
+        list.lines()
+            .filter(|line| !line.contains("cmd=client|list"))
+            .count()
+    }
+
     /// Runs one command on a fresh connection.
     ///
     /// # Errors

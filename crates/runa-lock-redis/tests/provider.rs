@@ -19,14 +19,6 @@ fn dead_port() -> u16 {
         .port()
 }
 
-/// Connections other than the one asking.
-fn lib_clients(server: &RedisServer) -> usize {
-    let list: String = server.command(&["CLIENT", "LIST"]);
-    list.lines()
-        .filter(|line| !line.contains("cmd=client|list"))
-        .count()
-}
-
 async fn freeze(document: &str, redis: runa_lock_redis::RedisProvider) -> Result<App, runa::Error> {
     let mut app = App::new().config_toml(document);
     app.install(
@@ -200,13 +192,10 @@ async fn shutdown_closes_the_drivers_connections() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     lease.release().await.unwrap();
     waiter.await.unwrap().unwrap();
-    assert!(
-        lib_clients(&server) >= 2,
-        "command and subscriber connections"
-    );
+    assert!(server.clients() >= 2, "command and subscriber connections");
     app.shutdown().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while lib_clients(&server) > 0 {
+    while server.clients() > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "connections left open after shutdown"

@@ -40,14 +40,6 @@ fn driver(server: &RedisServer) -> RedisDriver {
     RedisDriver::new(server.client())
 }
 
-/// The server's client connections, leaving out the one asking.
-fn clients(server: &RedisServer) -> usize {
-    let list: String = server.command(&["CLIENT", "LIST"]);
-    list.lines()
-        .filter(|line| !line.contains("cmd=client|list"))
-        .count()
-}
-
 /// Stops the server now and lets it run again after `pause`, from another thread.
 fn pause_for(server: &RedisServer, pause: Duration) -> std::thread::JoinHandle<()> {
     server.pause();
@@ -832,7 +824,7 @@ async fn a_closed_driver_ends_its_waits_and_opens_no_connection_again() {
         async move { jobs.wait("k").await.map(drop) }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(clients(&server) >= 2, "command and subscriber connections");
+    assert!(server.clients() >= 2, "command and subscriber connections");
     let closing = Instant::now();
     runa_lock::Driver::close(&driver).await.unwrap();
     let outcome = waiter.await.unwrap();
@@ -852,7 +844,7 @@ async fn a_closed_driver_ends_its_waits_and_opens_no_connection_again() {
     // The server sees dropped connections go a moment later; then none may come back for
     // longer than the subscriber's heartbeat.
     let gone_by = Instant::now() + Duration::from_secs(10);
-    while clients(&server) > 0 {
+    while server.clients() > 0 {
         assert!(
             Instant::now() < gone_by,
             "connections left open after close"
@@ -861,7 +853,7 @@ async fn a_closed_driver_ends_its_waits_and_opens_no_connection_again() {
     }
     let watched_until = Instant::now() + Duration::from_secs(7);
     while Instant::now() < watched_until {
-        assert_eq!(clients(&server), 0, "a connection opened again after close");
+        assert_eq!(server.clients(), 0, "a connection opened again after close");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
