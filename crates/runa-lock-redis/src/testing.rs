@@ -352,6 +352,31 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// Stops the server now and thaws it after `pause` from another thread, so that calls
+    /// sent meanwhile are read only once it runs again. Join the handle to wait for the thaw.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be stopped.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisServer;
+    /// let server = RedisServer::start();
+    /// let thawed = server.pause_for(std::time::Duration::from_millis(300));
+    /// // ... a call sent now is answered in about 300 ms ...
+    /// thawed.join().unwrap();
+    /// ```
+    pub fn pause_for(&self, pause: Duration) -> std::thread::JoinHandle<()> {
+        self.pause();
+        let pid = self.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(pause);
+            send_signal("-CONT", pid);
+        })
+    }
+
     fn signal(&self, signal: &str) {
         assert!(send_signal(signal, self.pid()), "kill {signal} failed");
     }

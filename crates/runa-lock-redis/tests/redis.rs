@@ -40,18 +40,6 @@ fn driver(server: &RedisServer) -> RedisDriver {
     RedisDriver::new(server.client())
 }
 
-/// Stops the server now and lets it run again after `pause`, from another thread.
-fn pause_for(server: &RedisServer, pause: Duration) -> std::thread::JoinHandle<()> {
-    server.pause();
-    let pid = server.pid();
-    std::thread::spawn(move || {
-        std::thread::sleep(pause);
-        let _ = std::process::Command::new("bash")
-            .args(["-c", "kill -CONT \"$0\"", &pid.to_string()])
-            .status();
-    })
-}
-
 /// `INFO commandstats` as (command, calls) pairs.
 fn command_calls(server: &RedisServer) -> Vec<(String, u64)> {
     let info: String = server.command(&["INFO", "commandstats"]);
@@ -769,7 +757,7 @@ async fn an_acquire_whose_reply_is_lost_is_granted_on_the_next_attempt() {
     lock_once(&jobs, "warm").await;
     // The server stops for 800 ms: the first attempt is read and run when it resumes, after
     // the driver gave up on its reply (400 ms) and dropped that connection.
-    let resumer = pause_for(&server, Duration::from_millis(800));
+    let resumer = server.pause_for(Duration::from_millis(800));
     let lease = jobs
         .wait("job")
         .await
@@ -800,7 +788,7 @@ async fn a_release_whose_reply_is_lost_is_not_reported_as_not_held() {
     // The server stops for a second. The release gets no reply within 300 ms, and the
     // driver sends it again on a new connection; when the server resumes, the first one
     // runs and releases the key, and the second finds it gone.
-    let resumer = pause_for(&server, Duration::from_millis(1000));
+    let resumer = server.pause_for(Duration::from_millis(1000));
     let released = lease.release().await;
     resumer.join().unwrap();
     assert_no_locks(&server, "after the first release ran");
