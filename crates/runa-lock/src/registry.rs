@@ -188,8 +188,8 @@ impl Registry {
         let mut updates = Vec::new();
         let mut sections: BTreeMap<&str, &str> = BTreeMap::new();
         for (raw, section) in &config.lockers {
-            let name = canonical(raw).to_owned();
-            if let Some(first) = sections.insert(canonical(raw), raw) {
+            let name = canonical(raw);
+            if let Some(first) = sections.insert(name, raw) {
                 return Err(Error::invalid_config(
                     crate::config::join("lock.lockers", raw),
                     format!(
@@ -199,19 +199,19 @@ impl Registry {
                     Some(format!("{raw:?}")),
                 ));
             }
-            let Some(code) = state.lockers.get(&name) else {
+            let Some(code) = state.lockers.get(name) else {
                 tracing::warn!(
                     locker = %name,
                     "config section [lock.lockers.{name}] names a locker that is not registered; it is ignored"
                 );
                 continue;
             };
-            let mut configured = state.configured.get(&name).cloned().unwrap_or_default();
+            let mut configured = state.configured.get(name).cloned().unwrap_or_default();
             configured.overlay(section);
             let mut effective = code.clone();
             effective.overlay(&configured);
             let settings = Settings::resolve(&effective);
-            let section_path = crate::config::join("lock.lockers", &name);
+            let section_path = crate::config::join("lock.lockers", name);
             let path = |field: &str| crate::config::join(&section_path, field);
             if !state.drivers.contains_key(&settings.driver) {
                 return Err(Error::invalid_config(
@@ -224,7 +224,7 @@ impl Registry {
                 ));
             }
             settings.validate(path)?;
-            updates.push((name, configured));
+            updates.push((name.to_owned(), configured));
         }
         state.configured.extend(updates);
         Ok(())
