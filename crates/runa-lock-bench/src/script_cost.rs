@@ -20,10 +20,11 @@ static SET_ONLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|
     redis::Script::new("return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')")
 });
 
-async fn timed<T>(call: impl Future<Output = T>) -> Duration {
+/// What `call` returns, and how long it took.
+async fn timed<T>(call: impl Future<Output = T>) -> (T, Duration) {
     let begun = Instant::now();
-    call.await;
-    begun.elapsed()
+    let value = call.await;
+    (value, begun.elapsed())
 }
 
 async fn delete(connection: &mut ConnectionManager, key: &str) {
@@ -40,7 +41,7 @@ pub async fn script_cost(client: &redis::Client, rounds: usize) -> Scenario {
     let (mut set, mut empty, mut set_only, mut acquire) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds + 50 {
-        let set_took = timed(async {
+        let ((), set_took) = timed(async {
             let reply: Option<String> = redis::cmd("SET")
                 .arg("cost:set")
                 .arg("token")
@@ -54,7 +55,7 @@ pub async fn script_cost(client: &redis::Client, rounds: usize) -> Scenario {
         })
         .await;
         delete(&mut connection, "cost:set").await;
-        let empty_took = timed(async {
+        let ((), empty_took) = timed(async {
             let _: i64 = EMPTY
                 .prepare_invoke()
                 .invoke_async(&mut connection)
@@ -62,7 +63,7 @@ pub async fn script_cost(client: &redis::Client, rounds: usize) -> Scenario {
                 .expect("the empty script");
         })
         .await;
-        let set_only_took = timed(async {
+        let ((), set_only_took) = timed(async {
             let reply: Option<String> = SET_ONLY
                 .key("cost:script")
                 .arg("token")
@@ -74,13 +75,8 @@ pub async fn script_cost(client: &redis::Client, rounds: usize) -> Scenario {
         })
         .await;
         delete(&mut connection, "cost:script").await;
-        let begun = Instant::now();
-        let lease = locker
-            .try_lock("cost")
-            .await
-            .expect("try_lock")
-            .expect("the key is free");
-        let acquire_took = begun.elapsed();
+        let (lease, acquire_took) = timed(locker.try_lock("cost")).await;
+        let lease = lease.expect("try_lock").expect("the key is free");
         lease.release().await.expect("release");
         // The first 50 rounds warm up: connections open, scripts loaded.
         if round >= 50 {
@@ -90,9 +86,8 @@ pub async fn script_cost(client: &redis::Client, rounds: usize) -> Scenario {
             acquire.push(acquire_took);
         }
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let set = ms(Latencies::new(set).p50());
     let p50 = |samples: Vec<Duration>| Latencies::new(samples).p50();
+    let set = p50(set).as_secs_f64() * 1e3;
     Scenario {
         name: "scriptcost",
         what: "one round trip each, op by op: SET NX PX, EVALSHA of an empty script, of a script doing only SET NX PX, and the driver's acquire",
