@@ -2,7 +2,8 @@
 //! redis-server and report every event as a JSON line, a fenced store that refuses stale
 //! writers, and helpers to start, signal and reap those processes.
 //!
-//! The scenarios live in `tests/faults.rs`; the worker is `src/bin/lock-worker.rs`.
+//! The scenarios live in `tests/`; the worker is `src/bin/lock-worker.rs`, and [`proxy`] is a
+//! TCP proxy that holds, delays or cuts a driver's traffic on request.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+pub mod proxy;
 
 /// One thing a worker did, as it reports it on standard output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
