@@ -12,7 +12,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong when configuring lockers or taking locks.
 ///
-/// Match on variants with `{ .. }` patterns; new variants and fields may be added.
+/// Match on variants with `{ .. }` patterns; new variants and fields may be added (every
+/// variant is `#[non_exhaustive]`, so a pattern without `..` does not compile).
+///
+/// ```compile_fail
+/// # fn check(error: runa_lock::Error) {
+/// if let runa_lock::Error::Timeout { key, waited } = error {}
+/// # }
+/// ```
 ///
 /// ```
 /// use runa_lock::{Error, Registry};
@@ -27,6 +34,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum Error {
     /// `wait` or `with` did not acquire the lock within its `wait` duration.
+    #[non_exhaustive]
     #[error("timed out after {} waiting for lock {}", humantime::format_duration(*.waited), Preview(.key))]
     Timeout {
         /// The key as the caller gave it (without prefixes).
@@ -37,6 +45,7 @@ pub enum Error {
 
     /// `renew` or `release` of a lease that this token no longer holds: it expired, or
     /// another holder has the key.
+    #[non_exhaustive]
     #[error("lock {} is no longer held by this lease (it expired or was taken over)", Preview(.key))]
     NotHeld {
         /// The key as the caller gave it.
@@ -44,6 +53,7 @@ pub enum Error {
     },
 
     /// The lease expired or was taken over while `with` ran its closure.
+    #[non_exhaustive]
     #[error("lease on lock {} was lost while the closure ran ({reason})", Preview(.key))]
     LeaseLost {
         /// The key as the caller gave it.
@@ -53,6 +63,7 @@ pub enum Error {
     },
 
     /// [`Registry::of`](crate::Registry::of) with a name that was never registered.
+    #[non_exhaustive]
     #[error("unknown locker {name:?}; registered lockers: {}", List(.known))]
     UnknownLocker {
         /// The name that was asked for.
@@ -62,6 +73,7 @@ pub enum Error {
     },
 
     /// A locker names a driver that was never registered.
+    #[non_exhaustive]
     #[error("locker {locker:?} uses unknown driver {driver:?}; registered drivers: {}", List(.known))]
     UnknownDriver {
         /// The locker whose settings name the driver.
@@ -73,6 +85,7 @@ pub enum Error {
     },
 
     /// A key that cannot be locked: empty, or one the driver cannot store.
+    #[non_exhaustive]
     #[error("invalid lock key {}: {reason}", Preview(.key))]
     InvalidKey {
         /// The key as given (the first 64 characters of a long one, followed by `...`).
@@ -82,6 +95,7 @@ pub enum Error {
     },
 
     /// Bad configuration: a config file, an option given in code, or a per-call option.
+    #[non_exhaustive]
     #[error("{}", ConfigMessage { path, problem, got: got.as_deref(), origin: origin.as_deref() })]
     InvalidConfig {
         /// The full key path, such as `lock.lockers.jobs.ttl` (empty for a whole document).
@@ -94,7 +108,21 @@ pub enum Error {
         origin: Option<String>,
     },
 
+    /// A method was given an argument it cannot use, such as a zero ttl for
+    /// [`Lease::renew`](crate::Lease::renew).
+    #[non_exhaustive]
+    #[error("invalid argument {argument}: {problem}{}", Got(.got.as_deref()))]
+    InvalidArgument {
+        /// The method and argument, such as `Lease::renew(ttl)`.
+        argument: String,
+        /// What is wrong, such as `must be greater than zero`.
+        problem: String,
+        /// The value given, when it can be shown.
+        got: Option<String>,
+    },
+
     /// The driver's store failed: connection refused, timeout, script error.
+    #[non_exhaustive]
     #[error("{driver} lock driver failed: {source}")]
     Backend {
         /// The kind of driver that failed, such as `redis`.
@@ -256,6 +284,19 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidArgument`] for `argument` with `problem`, and the value given.
+    pub(crate) fn invalid_argument(
+        argument: &str,
+        problem: impl Into<String>,
+        got: Option<String>,
+    ) -> Self {
+        Error::InvalidArgument {
+            argument: argument.to_owned(),
+            problem: problem.into(),
+            got,
+        }
+    }
+
     /// An [`Error::InvalidKey`] for `key`, shortening a long key for the message.
     pub(crate) fn invalid_key(key: &str, reason: impl Into<String>) -> Self {
         Error::InvalidKey {
@@ -295,6 +336,18 @@ impl fmt::Display for List<'_> {
     }
 }
 
+/// Shows ` (got <value>)` when there is a value.
+struct Got<'a>(Option<&'a str>);
+
+impl fmt::Display for Got<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(got) => write!(f, " (got {got})"),
+            None => Ok(()),
+        }
+    }
+}
+
 struct ConfigMessage<'a> {
     path: &'a str,
     problem: &'a str,
@@ -307,10 +360,7 @@ impl fmt::Display for ConfigMessage<'_> {
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
-        f.write_str(self.problem)?;
-        if let Some(got) = self.got {
-            write!(f, " (got {got})")?;
-        }
+        write!(f, "{}{}", self.problem, Got(self.got))?;
         if let Some(origin) = self.origin {
             write!(f, " in {origin}")?;
         }

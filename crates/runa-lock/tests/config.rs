@@ -65,6 +65,7 @@ fn errors_are_invalid_config_with_their_parts() {
             problem,
             got,
             origin,
+            ..
         } => {
             assert_eq!(path, "lock.lockers.jobs.ttl");
             assert_eq!(problem, "not a duration");

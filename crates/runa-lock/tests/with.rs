@@ -53,7 +53,7 @@ async fn time_until_lost(jobs: &Locker, reason: LossReason) -> Duration {
         })
         .await;
     assert!(
-        matches!(&outcome, Err(Error::LeaseLost { reason: r, key }) if *r == reason && key == "report"),
+        matches!(&outcome, Err(Error::LeaseLost { reason: r, key, .. }) if *r == reason && key == "report"),
         "{outcome:?}"
     );
     started.elapsed()
