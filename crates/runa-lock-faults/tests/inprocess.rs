@@ -267,7 +267,7 @@ async fn bad_input_gets_typed_errors_on_both_drivers() {
         let lease = jobs.wait("renewed").await.unwrap();
         assert!(matches!(
             lease.renew(Some(Duration::ZERO)).await,
-            Err(Error::InvalidConfig { .. })
+            Err(Error::InvalidArgument { .. })
         ));
         lease.release().await.unwrap();
     }

@@ -232,6 +232,14 @@ pub struct WaitPlan {
 }
 
 impl WaitPlan {
+    /// The shortest polling interval: a wait polls no more often than this, whatever its
+    /// `retry_interval` (a zero one included).
+    ///
+    /// ```
+    /// assert_eq!(runa_lock::WaitPlan::MIN_RETRY_INTERVAL, std::time::Duration::from_millis(10));
+    /// ```
+    pub const MIN_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
     /// A plan from a deadline and a polling interval.
     ///
     /// ```
@@ -243,6 +251,47 @@ impl WaitPlan {
             deadline,
             retry_interval,
         }
+    }
+
+    /// How long to pause after a busy attempt whose holder's lease ends in `retry_after`
+    /// (when the store said): until then, or for the polling interval (at least
+    /// [`MIN_RETRY_INTERVAL`](Self::MIN_RETRY_INTERVAL)), whichever is sooner, and never
+    /// less than a millisecond.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use runa_lock::WaitPlan;
+    ///
+    /// let plan = WaitPlan::new(tokio::time::Instant::now(), Duration::from_millis(100));
+    /// assert_eq!(plan.pause(None), Duration::from_millis(100));
+    /// assert_eq!(plan.pause(Some(Duration::from_millis(30))), Duration::from_millis(30));
+    /// assert_eq!(plan.pause(Some(Duration::ZERO)), Duration::from_millis(1));
+    /// let eager = WaitPlan::new(tokio::time::Instant::now(), Duration::ZERO);
+    /// assert_eq!(eager.pause(None), WaitPlan::MIN_RETRY_INTERVAL);
+    /// ```
+    pub fn pause(&self, retry_after: Option<Duration>) -> Duration {
+        const MIN_PAUSE: Duration = Duration::from_millis(1);
+        let poll = self.retry_interval.max(Self::MIN_RETRY_INTERVAL);
+        retry_after
+            .map_or(poll, |left| left.min(poll))
+            .max(MIN_PAUSE)
+    }
+
+    /// When to attempt next, pausing from `now` as [`pause`](Self::pause) says, but no
+    /// later than the deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use runa_lock::WaitPlan;
+    /// use tokio::time::Instant;
+    ///
+    /// let now = Instant::now();
+    /// let plan = WaitPlan::new(now + Duration::from_millis(50), Duration::from_secs(1));
+    /// assert_eq!(plan.next_attempt(now, None), now + Duration::from_millis(50));
+    /// ```
+    pub fn next_attempt(&self, now: Instant, retry_after: Option<Duration>) -> Instant {
+        now.checked_add(self.pause(retry_after))
+            .map_or(self.deadline, |at| at.min(self.deadline))
     }
 }
 
@@ -263,8 +312,22 @@ impl WaitPlan {
 /// - [`renew`](Driver::renew) and [`release`](Driver::release) act only when the key is
 ///   still held by that token and has not expired; otherwise they change nothing and return
 ///   `Ok(false)`.
-/// - `Err(Error::Backend { .. })` means the store could not be asked; waiters treat it as
-///   transient. Other errors (such as [`Error::InvalidKey`]) are final.
+/// - **Never shorten.** Neither `renew` nor a re-grant by `acquire` ever moves a lease's
+///   expiry earlier: each makes it at least `ttl` from when the store applies it, and leaves
+///   a later one as it is. A request can reach the store long after its caller gave up on
+///   it (a connection that held it, a retransmission), and one that shortened the lease
+///   could free the key while its holder still believes it holds it.
+/// - **Resend only what never left.** A driver may send a request again by itself only
+///   when the first certainly never reached the store (the connection was refused).
+///   Otherwise it returns `Err(Error::Backend { .. })`, and the caller counts the request as
+///   one the store may still apply (a lease caps its later renewals at the ttl of a renewal
+///   whose answer never came).
+/// - **Clean up after late requests.** An acquire that reaches the store after its token
+///   was released must not keep the key: a driver whose requests can arrive late releases
+///   the token again once they no longer can (the Redis driver does so once the connection
+///   that carried them has answered a later request, or closed).
+/// - `Err(Error::Backend { .. })` means the store could not be asked, or did not answer;
+///   waiters treat it as transient. Other errors (such as [`Error::InvalidKey`]) are final.
 /// - Every method is cancel-safe in the sense that dropping its future leaves at worst a
 ///   lease that expires by its ttl; the caller releases a token whose acquire it dropped
 ///   mid-flight with [`release_detached`](Driver::release_detached).
@@ -309,7 +372,8 @@ impl WaitPlan {
 ///         let now = Instant::now();
 ///         let renewed = match state.1.get_mut(&key.encoded()) {
 ///             Some((held, expires)) if held == token && *expires > now => {
-///                 *expires = now + ttl;
+///                 // Never shorten: a renewal that arrives late must not cut a lease short.
+///                 *expires = (*expires).max(now + ttl);
 ///                 true
 ///             }
 ///             _ => false,
@@ -349,8 +413,8 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// - A key held by another token gives `Attempt::Busy`.
     /// - A key already held by this token (an earlier attempt ran, but its reply was lost)
     ///   may be granted again, with a fencing number above every earlier one (the holder
-    ///   never saw the first) and the ttl started over; a driver whose replies cannot be lost
-    ///   may answer `Busy` instead.
+    ///   never saw the first) and the lease extended to at least `ttl` from now, never
+    ///   shortened; a driver whose replies cannot be lost may answer `Busy` instead.
     fn acquire<'a>(
         &'a self,
         key: LockKey<'a>,
@@ -358,11 +422,13 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Attempt, Error>>;
 
-    /// Extends the lease of `token` on `key` to `ttl` from now.
+    /// Extends the lease of `token` on `key` to at least `ttl` from now.
     ///
     /// # Behavior
     ///
-    /// - `Ok(true)` when `token` holds `key` and its lease has not expired.
+    /// - `Ok(true)` when `token` holds `key` and its lease has not expired. The lease then
+    ///   ends `ttl` from now, or later if it already did: a renewal never shortens a lease
+    ///   (see the contract above).
     /// - `Ok(false)` otherwise; nothing changes.
     fn renew<'a>(
         &'a self,
@@ -391,10 +457,12 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     ///
     /// - `Ok(Some(grant))` once acquired; `Ok(None)` when the deadline passed first.
     /// - The default polls with [`acquire`](Driver::acquire) every `plan.retry_interval` (or
-    ///   sooner, when the holder's lease ends sooner): see [`poll_until`]. A driver that can
-    ///   be told of releases overrides this to wake at once.
+    ///   sooner, when the holder's lease ends sooner; see [`WaitPlan::pause`]): see
+    ///   [`poll_until`]. A driver that can be told of releases overrides this to wake at once.
     /// - Backend errors are transient: the wait goes on, and the last one is returned only
     ///   when the deadline passes while the store is failing.
+    /// - `Ok(None)` leaves the key untaken: if an attempt failed in a way that the store may
+    ///   still apply it, the wait releases `token` before it returns.
     /// - Dropping the future leaves the key untaken, except for an attempt already sent,
     ///   which the caller cleans up with [`release_detached`](Driver::release_detached).
     fn wait<'a>(
@@ -587,7 +655,8 @@ pub async fn poll_until<D: Driver + ?Sized>(
     ttl: Duration,
     plan: WaitPlan,
 ) -> Result<Option<Grant>, Error> {
-    const MIN_PAUSE: Duration = Duration::from_millis(1);
+    // Whether an attempt failed in a way that the store may still apply it.
+    let mut unanswered = false;
     loop {
         let sent = Instant::now();
         // The error of this attempt, if it failed: returned only if the deadline has passed.
@@ -596,19 +665,25 @@ pub async fn poll_until<D: Driver + ?Sized>(
             Ok(Attempt::Busy { retry_after }) => (retry_after, None),
             Err(error @ Error::Backend { .. }) => {
                 tracing::debug!(key = key.key, %error, "lock attempt failed; retrying");
+                unanswered = true;
                 (None, Some(error))
             }
             Err(error) => return Err(error),
         };
         let now = Instant::now();
         if now >= plan.deadline {
-            return failure.map_or(Ok(None), Err);
+            if let Some(error) = failure {
+                // The caller releases the token of a wait that failed.
+                return Err(error);
+            }
+            if unanswered {
+                // A failed attempt may still take the key: give it back. (If this release
+                // fails too, the key ends by its ttl.)
+                let _ = driver.release(key, token).await;
+            }
+            return Ok(None);
         }
-        let pause = retry_after
-            .map_or(plan.retry_interval, |left| left.min(plan.retry_interval))
-            .max(MIN_PAUSE);
-        let wake = now.checked_add(pause).unwrap_or(plan.deadline);
-        sleep_until(wake.min(plan.deadline)).await;
+        sleep_until(plan.next_attempt(now, retry_after)).await;
     }
 }
 

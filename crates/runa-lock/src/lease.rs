@@ -421,23 +421,27 @@ impl Lease {
         }
     }
 
-    /// Extends the lease to `ttl` from now (`None`: the ttl it was acquired with).
+    /// Extends the lease to at least `ttl` from now (`None`: the ttl it was acquired with).
     ///
-    /// A shorter `ttl` shortens the lease from the moment the renewal is sent, since the
-    /// store may apply it before its answer arrives; a longer one counts once it is
-    /// accepted. Renewals of one lease take turns: a renewal waits for the one before it to
-    /// be answered (until the lease's deadline at the most), and the last one sets the end.
-    /// A renewal that fails or is dropped mid-call may still be applied by the store later,
-    /// so from then on the lease counts renewals as extending it by no more than that
-    /// renewal's ttl.
+    /// - Stores never shorten a lease, so that a renewal reaching the store late cannot cut
+    ///   a newer one short: a `ttl` shorter than what is left leaves the store's hold as it
+    ///   is. The lease itself counts only `ttl` from when the renewal was sent (it may say
+    ///   lost while the store still holds the key; releasing it frees the key).
+    /// - A longer `ttl` counts once the store accepted it, from when it was sent.
+    /// - Renewals of one lease take turns: a renewal waits for the one before it to be
+    ///   answered (until the lease's deadline at the most).
+    /// - A renewal that fails or is dropped mid-call may still be applied by the store
+    ///   later, so from then on the lease counts renewals as extending it by no more than
+    ///   that renewal's ttl.
     ///
     /// # Errors
     ///
     /// - [`Error::NotHeld`] when the lease has expired (by the local clock, measured from when
     ///   its acquire or last renewal was sent) or another holder has the key. A lost lease
     ///   stays lost.
-    /// - [`Error::InvalidConfig`] for a zero or over-long `ttl`; [`Error::Backend`] when the
-    ///   store cannot be asked.
+    /// - [`Error::InvalidArgument`] for a zero or over-long `ttl`; [`Error::Backend`] when
+    ///   the store cannot be asked (or its answer did not come: the renewal may still be
+    ///   applied, and counts as described above).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -451,8 +455,8 @@ impl Lease {
         let state = &self.state;
         let ttl = ttl.unwrap_or(state.ttl);
         if let Some(problem) = duration_problem(ttl) {
-            return Err(Error::invalid_config(
-                "renew ttl",
+            return Err(Error::invalid_argument(
+                "Lease::renew(ttl)",
                 problem,
                 Some(humantime::format_duration(ttl).to_string()),
             ));

@@ -465,9 +465,9 @@ impl Inner {
                         active: true,
                     });
                 }
-                // Wake at the holder's expiry, but poll at `retry_interval` too: a holder can
-                // renew with a shorter ttl, moving its expiry earlier without a release.
-                wake_at = later(now, retry_after.min(plan.retry_interval)).min(plan.deadline);
+                // Wake at the holder's expiry (renewals only ever move it later), and poll at
+                // `retry_interval` too, as every driver's waits do.
+                wake_at = plan.next_attempt(now, Some(retry_after));
             }
             let Some(waiting) = &place else { continue };
             let ticket = &waiting.ticket;
@@ -610,7 +610,8 @@ impl Shard {
         };
         match &mut slot.holder {
             Some(holder) if holder.is(token, now) => {
-                holder.expires_at = later(now, ttl);
+                // Never shorter than it was (see the `Driver` contract).
+                holder.expires_at = holder.expires_at.max(later(now, ttl));
                 true
             }
             _ => false,

@@ -101,7 +101,9 @@ impl LockerOptions {
     }
 
     /// How often a waiter polls when the driver cannot notify it.
-    /// Default: [`DEFAULT_RETRY_INTERVAL`] (100 ms).
+    /// Default: [`DEFAULT_RETRY_INTERVAL`] (100 ms). Waits poll no more often than every
+    /// [`WaitPlan::MIN_RETRY_INTERVAL`](crate::WaitPlan::MIN_RETRY_INTERVAL) (10 ms), however
+    /// short this is.
     ///
     /// ```
     /// let options = runa_lock::LockerOptions::new().retry_interval(std::time::Duration::from_millis(50));
@@ -199,7 +201,8 @@ impl LockOptions {
         self
     }
 
-    /// The polling interval for these calls, where the driver cannot notify.
+    /// The polling interval for these calls, where the driver cannot notify (10 ms at the
+    /// least, as for [`LockerOptions::retry_interval`]).
     ///
     /// ```
     /// let options = runa_lock::LockOptions::new().retry_interval(std::time::Duration::from_millis(20));

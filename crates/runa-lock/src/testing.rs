@@ -47,6 +47,7 @@ pub enum Check {
     Exclusion,
     FencingIncreases,
     OnlyTheHolderRenewsOrReleases,
+    RenewalsNeverShorten,
     ExpiredLeasesFreeTheKey,
     ReleaseWakesAWaiter,
     ExpiryWakesAWaiter,
@@ -68,12 +69,13 @@ impl Check {
     /// ```
     /// use runa_lock::testing::Check;
     /// assert_eq!(Check::ALL[0], Check::Exclusion);
-    /// assert_eq!(Check::ALL.len(), 16);
+    /// assert_eq!(Check::ALL.len(), 17);
     /// ```
-    pub const ALL: [Check; 16] = [
+    pub const ALL: [Check; 17] = [
         Check::Exclusion,
         Check::FencingIncreases,
         Check::OnlyTheHolderRenewsOrReleases,
+        Check::RenewalsNeverShorten,
         Check::ExpiredLeasesFreeTheKey,
         Check::ReleaseWakesAWaiter,
         Check::ExpiryWakesAWaiter,
@@ -106,6 +108,7 @@ macro_rules! suite_tests {
             exclusion => Exclusion,
             fencing_increases => FencingIncreases,
             only_the_holder_renews_or_releases => OnlyTheHolderRenewsOrReleases,
+            renewals_never_shorten => RenewalsNeverShorten,
             expired_leases_free_the_key => ExpiredLeasesFreeTheKey,
             release_wakes_a_waiter => ReleaseWakesAWaiter,
             expiry_wakes_a_waiter => ExpiryWakesAWaiter,
@@ -222,6 +225,7 @@ impl Suite {
             Check::Exclusion => self.exclusion().await,
             Check::FencingIncreases => self.fencing_increases().await,
             Check::OnlyTheHolderRenewsOrReleases => self.only_the_holder_renews_or_releases().await,
+            Check::RenewalsNeverShorten => self.renewals_never_shorten().await,
             Check::ExpiredLeasesFreeTheKey => self.expired_leases_free_the_key().await,
             Check::ReleaseWakesAWaiter => self.release_wakes_a_waiter().await,
             Check::ExpiryWakesAWaiter => self.expiry_wakes_a_waiter().await,
@@ -373,6 +377,52 @@ impl Suite {
         lease.renew(None).await.expect("holder renews");
         lease.release().await.expect("holder releases");
         assert_free(&locker, "owned").await;
+    }
+
+    /// The "never shorten" rule of the [`Driver`] contract: a renewal with a ttl shorter than
+    /// what the lease has left, and a second acquire by the holder's own token (a late
+    /// duplicate), leave the key held for its longer ttl. Both are what a request that
+    /// reached the store late looks like.
+    ///
+    /// # Panics
+    ///
+    /// When either frees the key early.
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// use runa_lock::{MemoryDriver, testing::Suite};
+    /// Suite::new(MemoryDriver::new()).renewals_never_shorten().await;
+    /// # }
+    /// ```
+    pub async fn renewals_never_shorten(&self) {
+        let locker = self.locker(LockerOptions::new().ttl(LONG));
+        let lease = locker.wait("long").await.expect("wait");
+        let prefix = lease_prefix(&locker);
+        let key = LockKey::new(&prefix, "long");
+        assert!(
+            self.driver
+                .renew(key, lease.token(), SHORT)
+                .await
+                .expect("renew"),
+            "the holder's renewal was refused"
+        );
+        let again = self.driver.acquire(key, lease.token(), SHORT).await;
+        assert!(
+            matches!(
+                again,
+                Ok(crate::Attempt::Acquired { .. } | crate::Attempt::Busy { .. })
+            ),
+            "a second acquire by the holder: {again:?}"
+        );
+        sleep(SHORT * 2).await;
+        assert!(
+            locker.try_lock("long").await.expect("try").is_none(),
+            "a shorter renewal or a duplicate acquire cut the lease short"
+        );
+        lease.renew(None).await.expect("the lease is still held");
+        lease.release().await.expect("release");
+        assert_free(&locker, "long").await;
     }
 
     /// An expired lease frees the key: another holder gets it with a higher fencing number,

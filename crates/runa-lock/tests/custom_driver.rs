@@ -59,7 +59,7 @@ impl Driver for MapDriver {
             let now = Instant::now();
             match state.held.get_mut(&slot(key)) {
                 Some((held, expires)) if held == token && *expires > now => {
-                    *expires = now + ttl;
+                    *expires = (*expires).max(now + ttl);
                     Ok(true)
                 }
                 _ => Ok(false),
