@@ -1,17 +1,16 @@
 //! `RedisDriver`: one round trip per operation over a self-healing connection.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 use runa_lock::{
     Attempt, BoxFuture, DEFAULT_REDIS_PREFIX, Driver, Error, Grant, LockKey, WaitPlan,
 };
 use tokio::time::timeout;
 
+use crate::connection::{Connection, Connections, Unavailable, settle};
 use crate::keys::{Keys, prefix_problem};
 use crate::notify::Notifier;
 use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
@@ -41,9 +40,15 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 ///   when the holder's lease expires, and polls at `retry_interval` as a fallback. Waiters on
 ///   the same key in one process queue behind one another, so a release costs one attempt
 ///   per process, not one per waiter. Without pub/sub (an ACL without channel rights, some
-///   managed setups) waiters poll with jittered backoff, which is logged once.
+///   managed setups) waiters poll with jittered backoff, which is logged once; subscribing is
+///   tried again now and then (after a second, doubling to a minute).
 /// - Every call has a timeout; connection errors are [`Error::Backend`], the connection
 ///   re-establishes itself, and a `wait` rides over errors until its own deadline.
+/// - Requests that may still reach Redis after the driver gave up on them are never sent
+///   again as if they were new (only a refused connection's are), and cannot shorten a
+///   lease when they land (renewals and re-grants only ever extend the lock's expiry). A
+///   connection given up on is kept until it settles, and releases made meanwhile are sent
+///   again then, so that a late acquire cannot leave a key to a released token.
 /// - [`close`](runa_lock::Driver::close) (as at app shutdown) is final: the driver drops its
 ///   connections and opens none again, waits in flight end with [`Error::Backend`], later
 ///   calls fail with it, and leases still held end by their ttl.
@@ -73,6 +78,8 @@ pub struct RedisDriver {
 }
 
 pub(crate) struct Inner {
+    /// This driver, for the background tasks it starts (they must not keep it alive).
+    me: Weak<Inner>,
     client: Client,
     /// `host:port` (or socket path), for messages: never the password.
     address: String,
@@ -82,10 +89,8 @@ pub(crate) struct Inner {
     prefix_problem: Option<&'static str>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
-    connection: Mutex<Option<ConnectionManager>>,
+    connections: Connections,
     pub(crate) notifier: Notifier,
-    /// Set by `close`: no connection is opened again, and every call fails.
-    closed: AtomicBool,
 }
 
 /// The outcome of one acquire script.
@@ -204,10 +209,15 @@ impl RedisDriver {
     /// # }
     /// ```
     pub async fn ping(&self) -> Result<(), Error> {
-        let mut connection = self.inner.connection()?;
+        let connection = self.inner.connection()?;
         let ping = redis::cmd("PING");
+        let mut manager = connection.manager.clone();
         self.inner
-            .bounded("ping", ping.query_async::<String>(&mut connection))
+            .bounded(
+                &connection,
+                "ping",
+                ping.query_async::<String>(&mut manager),
+            )
             .await
             .map(drop)
     }
@@ -240,17 +250,18 @@ impl RedisDriver {
         }
         let address = client.get_connection_info().addr().to_string();
         let notifier = Notifier::new(client.clone(), connect_timeout, response_timeout);
+        let connections = Connections::new(client.clone(), connect_timeout, response_timeout);
         RedisDriver {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
                 client,
                 address,
                 prefix_problem: prefix_problem(&prefix),
                 prefix,
                 connect_timeout,
                 response_timeout,
-                connection: Mutex::new(None),
+                connections,
                 notifier,
-                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -258,51 +269,56 @@ impl RedisDriver {
 
 impl Inner {
     /// The shared command connection, created on first use; it reconnects by itself.
-    fn connection(&self) -> Result<ConnectionManager, Error> {
-        // Looked at under the slot's lock, which `close` holds as it sets it: a call racing
-        // with `close` either gets the old connection (which `close` then drops) or none.
-        let mut slot = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if self.is_closed() {
-            return Err(Error::backend(
-                "redis",
-                Failure {
-                    operation: "connect",
-                    address: self.address.clone(),
-                    detail: "the driver was closed".to_owned(),
-                    connection: false,
-                    unsent: true,
-                },
-            ));
-        }
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = self
-            .client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| self.failure("connect", e))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+    fn connection(&self) -> Result<Connection, Error> {
+        self.connections
+            .current()
+            .map_err(|unavailable| match unavailable {
+                Unavailable::Closed => {
+                    self.failed("connect", "the driver was closed".to_owned(), true)
+                }
+                Unavailable::Client(error) => self.failure("connect", error),
+            })
     }
 
-    /// Runs one call, bounded by the connect and response timeouts together.
+    /// A [`Failure`] that is not a Redis error; `unsent` when the call certainly never
+    /// reached the server.
+    fn failed(&self, operation: &'static str, detail: String, unsent: bool) -> Error {
+        Error::backend(
+            "redis",
+            Failure {
+                operation,
+                address: self.address.clone(),
+                detail,
+                connection: false,
+                unsent,
+            },
+        )
+    }
+
+    /// Runs `invocation` on the current connection (see [`bounded`](Self::bounded)).
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let connection = self.connection()?;
+        let mut manager = connection.manager.clone();
+        let call = invocation.invoke_async(&mut manager);
+        self.bounded(&connection, operation, call).await
+    }
+
+    /// Runs one call on `connection`, bounded by the connect and response timeouts together.
     ///
     /// A call that times out retires the connection: a connection that silently died (a
-    /// NAT or firewall dropped it) never reports an error, so only a fresh one recovers.
+    /// NAT or firewall dropped it) never reports an error, so only a fresh one recovers. The
+    /// retired one settles in the background (see [`crate::connection`]).
     pub(crate) async fn bounded<T>(
         &self,
+        connection: &Connection,
         operation: &'static str,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Error> {
-        let limit = self.connect_timeout.saturating_add(self.response_timeout);
+        let limit = self.connections.response_limit();
         let outcome = timeout(limit, call).await;
         let timed_out = match &outcome {
             Err(_) => true,
@@ -310,35 +326,45 @@ impl Inner {
             Ok(Ok(_)) => false,
         };
         if timed_out {
-            self.retire_connection();
+            self.retire(connection);
         }
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(self.failure(operation, error)),
-            Err(_) => Err(Error::backend(
-                "redis",
-                Failure {
-                    operation,
-                    address: self.address.clone(),
-                    detail: format!("no reply within {}", humantime::format_duration(limit)),
-                    connection: false,
-                    unsent: false,
-                },
+            Err(_) => Err(self.failed(
+                operation,
+                format!("no reply within {}", humantime::format_duration(limit)),
+                false,
             )),
         }
     }
 
-    /// Whether the driver was closed.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+    /// Stops using `connection` for new calls and lets it settle in the background; then
+    /// sends again the releases made meanwhile.
+    fn retire(&self, connection: &Connection) {
+        let Some((id, manager)) = self.connections.retire(connection) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.me.clone();
+        let limit = self.connections.response_limit();
+        let task = runtime.spawn(async move {
+            settle(manager, limit, || me.strong_count() > 0).await;
+            let Some(inner) = me.upgrade() else { return };
+            for (keys, token) in inner.connections.settled(id) {
+                if let Err(error) = inner.release_once(&keys, &token).await {
+                    tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
+                }
+            }
+        });
+        self.connections.settling_in(id, task.abort_handle());
     }
 
-    /// Drops the command connection; the next call opens a new one.
-    fn retire_connection(&self) {
-        self.connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+    /// Whether the driver was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.connections.is_closed()
     }
 
     pub(crate) fn failure(&self, operation: &'static str, error: RedisError) -> Error {
@@ -362,49 +388,45 @@ impl Inner {
         token: &str,
         ttl: Duration,
     ) -> Result<Outcome, Error> {
-        let mut connection = self.connection()?;
         let mut invocation = ACQUIRE.key(&keys.lock);
         invocation
             .key(&keys.fence)
             .arg(token)
             .arg(millis(ttl))
             .arg(fence_ttl(ttl));
-        let (acquired, value): (i64, i64) = self
-            .bounded("acquire", invocation.invoke_async(&mut connection))
-            .await?;
-        Ok(if acquired == 1 {
-            Outcome::Acquired(u64::try_from(value).unwrap_or(0).max(1))
-        } else {
-            Outcome::Busy(u64::try_from(value).ok().map(Duration::from_millis))
-        })
+        let (acquired, value): (i64, i64) = self.run("acquire", &invocation).await?;
+        outcome(acquired, value).map_err(|detail| self.failed("acquire", detail, false))
     }
 
-    /// Renew and release are idempotent (they only act on this token), so one that failed
-    /// because the connection broke is sent once more on the reconnected connection: a
-    /// killed connection does not cost a lease or leave a lock behind.
+    /// A renewal is sent again only when the first certainly never reached Redis: one that
+    /// only got no answer in time may still arrive, and the lease counts it as a renewal
+    /// whose answer never came (see the `Driver` contract).
     async fn renew(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool, Error> {
         match self.renew_once(keys, token, ttl).await {
-            Err(error) if broken_connection(&error) => self.renew_once(keys, token, ttl).await,
+            Err(error) if unsent(&error) => self.renew_once(keys, token, ttl).await,
             outcome => outcome,
         }
     }
 
     async fn renew_once(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool, Error> {
-        let mut connection = self.connection()?;
         let mut invocation = RENEW.key(&keys.lock);
         invocation.arg(token).arg(millis(ttl));
-        let renewed: i64 = self
-            .bounded("renew", invocation.invoke_async(&mut connection))
-            .await?;
+        let renewed: i64 = self.run("renew", &invocation).await?;
         Ok(renewed == 1)
     }
 
+    /// A release can be sent again whatever became of the first: it only ever removes this
+    /// token's own hold, and the token is done with. One that failed because the connection
+    /// broke is sent once more at once, and every release is sent again once the
+    /// connections given up on have settled (see [`crate::connection`]).
+    ///
     /// A release sent again finds the key gone when the first one ran and only its reply
     /// was lost (a response timeout, a connection dropped after the script ran), which looks
     /// just like a lease that had expired. Unless the first call certainly never reached the
     /// server, that answer is ambiguous, and the first call's error is returned instead of a
     /// `NotHeld` that may be false.
-    async fn release(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
+    pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
+        self.connections.again_after_settling(keys, token);
         match self.release_once(keys, token).await {
             Err(error) if broken_connection(&error) => match self.release_once(keys, token).await {
                 Ok(false) if !unsent(&error) => Err(error),
@@ -415,13 +437,24 @@ impl Inner {
     }
 
     async fn release_once(&self, keys: &Keys, token: &str) -> Result<bool, Error> {
-        let mut connection = self.connection()?;
         let mut invocation = RELEASE.key(&keys.lock);
         invocation.arg(token).arg(&keys.channel);
-        let released: i64 = self
-            .bounded("release", invocation.invoke_async(&mut connection))
-            .await?;
+        let released: i64 = self.run("release", &invocation).await?;
         Ok(released == 1)
+    }
+
+    /// [`release`](Self::release) in the background (for a token given up on).
+    pub(crate) fn release_detached(&self, keys: Keys, token: String) {
+        let (Some(inner), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            tracing::debug!("no tokio runtime to release a lock; it ends by its ttl");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) = inner.release(&keys, &token).await {
+                tracing::warn!(%error, "releasing a lock in the background failed; it ends by its ttl");
+            }
+        });
     }
 
     /// The Redis names of `key`; [`Error::InvalidConfig`] for a prefix that would spread
@@ -444,7 +477,7 @@ fn broken_connection(error: &Error) -> bool {
 }
 
 /// Whether `error` is a call that certainly never reached the server.
-fn unsent(error: &Error) -> bool {
+pub(crate) fn unsent(error: &Error) -> bool {
     failure_of(error).is_some_and(|f| f.unsent)
 }
 
@@ -452,6 +485,21 @@ fn failure_of(error: &Error) -> Option<&Failure> {
     match error {
         Error::Backend { source, .. } => source.downcast_ref::<Failure>(),
         _ => None,
+    }
+}
+
+/// The acquire script's reply: `{1, fencing}` or `{0, pttl}`. A fencing number that is not
+/// a positive integer is an error, never a number that might not increase.
+fn outcome(acquired: i64, value: i64) -> Result<Outcome, String> {
+    match (acquired, u64::try_from(value)) {
+        (1, Ok(fencing)) if fencing > 0 => Ok(Outcome::Acquired(fencing)),
+        (1, _) => Err(format!(
+            "the acquire script returned fencing number {value}, not a positive integer"
+        )),
+        (0, pttl) => Ok(Outcome::Busy(pttl.ok().map(Duration::from_millis))),
+        _ => Err(format!(
+            "the acquire script returned {{{acquired}, {value}}}, neither {{1, fencing}} nor {{0, pttl}}"
+        )),
     }
 }
 
@@ -514,16 +562,16 @@ impl Driver for RedisDriver {
         Box::pin(crate::wait::wait(&self.inner, key, token, ttl, plan))
     }
 
+    fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
+        match self.inner.keys(key) {
+            Ok(keys) => self.inner.release_detached(keys, token.to_owned()),
+            Err(error) => tracing::debug!(%error, "cannot release a lock with this prefix"),
+        }
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            let mut slot = self
-                .inner
-                .connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.inner.closed.store(true, Ordering::Release);
-            slot.take();
-            drop(slot);
+            self.inner.connections.close();
             self.inner.notifier.close();
             Ok(())
         })
@@ -573,3 +621,26 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fencing_number_that_is_not_positive_is_an_error() {
+        assert!(matches!(outcome(1, 7), Ok(Outcome::Acquired(7))));
+        for bad in [0, -1, i64::MIN] {
+            let err = outcome(1, bad).err().expect("an error");
+            assert!(err.contains(&bad.to_string()), "{err}");
+        }
+        assert!(matches!(
+            outcome(0, 1500),
+            Ok(Outcome::Busy(Some(ttl))) if ttl == Duration::from_millis(1500)
+        ));
+        assert!(
+            matches!(outcome(0, -1), Ok(Outcome::Busy(None))),
+            "a holder without expiry"
+        );
+        assert!(outcome(2, 1).is_err());
+    }
+}

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod connection;
 mod driver;
 mod keys;
 mod notify;

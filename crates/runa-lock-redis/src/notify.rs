@@ -6,9 +6,15 @@
 //! the generation of the subscriber connection its channel was subscribed on. A background
 //! task (the pump) keeps the subscriber connected; after a reconnect it resubscribes every
 //! channel and bumps every epoch, since releases may have been missed meanwhile.
+//!
+//! When Redis refuses pub/sub (an ACL without channel rights answers `NOPERM`; a proxy
+//! without the command answers `ERR`), waiters poll, and subscribing is tried again after a
+//! pause that doubles from a second up to a minute while the refusals go on. Any other
+//! failure (a broken connection, a socket's "permission denied") is transient: the pump
+//! reconnects.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -29,10 +35,49 @@ struct Shared {
     connect_timeout: Duration,
     response_timeout: Duration,
     state: Mutex<State>,
-    /// Pub/sub was refused (ACL, proxy): waiters poll.
-    unavailable: AtomicBool,
-    /// Asks the pump to drop its connection and make a new one (a SUBSCRIBE timed out).
-    retire: Notify,
+    /// Whether (and until when) Redis refuses pub/sub: waiters poll meanwhile.
+    refusal: Mutex<Refusal>,
+    /// Asks the pump to drop a connection and make a new one (a SUBSCRIBE timed out on it).
+    retire: Retire,
+}
+
+/// Redis refused pub/sub: until when waiters poll instead, and for how long the last time.
+#[derive(Debug, Default)]
+struct Refusal {
+    until: Option<Instant>,
+    pause: Duration,
+}
+
+/// The first pause after Redis refused pub/sub; it doubles up to [`MAX_REFUSAL_PAUSE`].
+const MIN_REFUSAL_PAUSE: Duration = Duration::from_secs(1);
+const MAX_REFUSAL_PAUSE: Duration = Duration::from_secs(60);
+
+/// A request to replace the subscriber connection of one generation: a request made while
+/// the pump is busy elsewhere is kept for that generation only, so it never retires a newer,
+/// healthy connection.
+#[derive(Default)]
+struct Retire {
+    generation: AtomicU64,
+    asked: Notify,
+}
+
+impl Retire {
+    /// Asks for the connection of `generation` to be replaced.
+    fn ask(&self, generation: u64) {
+        self.generation.store(generation, Ordering::SeqCst);
+        self.asked.notify_waiters();
+    }
+
+    /// Resolves once the connection of `generation` is asked to be replaced.
+    async fn asked(&self, generation: u64) {
+        loop {
+            let asked = self.asked.notified();
+            if self.generation.load(Ordering::SeqCst) == generation {
+                return;
+            }
+            asked.await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,9 +108,10 @@ pub(crate) struct KeyWait {
     bumped: Notify,
     /// The subscriber generation the channel is subscribed on (0: not subscribed).
     subscribed: AtomicU64,
-    /// Set by a head that acquired: the epoch before its winning attempt. The next head
-    /// knows the lock is held by a local peer and waits for a release instead of attempting.
-    peer_acquired: Mutex<Option<u64>>,
+    /// Set by a head that acquired: the epoch before its winning attempt, and when its
+    /// lease ends unless renewed. The next head knows the lock is held by a local peer and
+    /// waits for a release (or that end) instead of attempting.
+    peer_acquired: Mutex<Option<(u64, Instant)>>,
 }
 
 /// A waiter's place among the local waiters on a key; leaves on drop.
@@ -86,8 +132,8 @@ impl Notifier {
                 connect_timeout,
                 response_timeout,
                 state: Mutex::new(State::default()),
-                unavailable: AtomicBool::new(false),
-                retire: Notify::new(),
+                refusal: Mutex::new(Refusal::default()),
+                retire: Retire::default(),
             }),
         }
     }
@@ -122,7 +168,7 @@ impl Notifier {
     /// pump bumps every waiter's epoch once it has (re)subscribed them.
     pub(crate) async fn subscribe(&self, wait: &KeyWait, deadline: Instant) -> bool {
         let shared = &self.shared;
-        if shared.unavailable.load(Ordering::Relaxed) {
+        if shared.is_refused() {
             return false;
         }
         let Some((generation, sink)) = self.live_sink() else {
@@ -143,15 +189,16 @@ impl Notifier {
         match timeout_at(limit, sink.subscribe(&wait.channel)).await {
             Ok(Ok(())) => {
                 wait.subscribed.store(generation, Ordering::Release);
+                shared.accepted();
                 true
             }
             Ok(Err(error)) => {
-                shared.refused(&error);
+                shared.failed(&error);
                 false
             }
             Err(_) => {
                 // A subscriber that does not answer may be silently dead: replace it.
-                shared.retire.notify_one();
+                shared.retire.ask(generation);
                 false
             }
         }
@@ -208,17 +255,41 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a refused subscription: pub/sub is unavailable for good if Redis said so.
-    fn refused(&self, error: &RedisError) {
-        let text = error.to_string();
-        let refused = ["NOPERM", "unknown command", "not allowed", "permission"]
-            .iter()
-            .any(|sign| text.contains(sign));
-        if refused && !self.unavailable.swap(true, Ordering::Relaxed) {
+    /// Whether Redis refused pub/sub recently enough that waiters should poll for now.
+    fn is_refused(&self) -> bool {
+        let refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        refusal.until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Notes a failed subscription (or subscriber connection): a refusal makes waiters poll
+    /// for a while (longer each time it goes on), and says so once; anything else is
+    /// transient. Returns whether it was a refusal.
+    fn failed(&self, error: &RedisError) -> bool {
+        if !is_refusal(error) {
+            return false;
+        }
+        let mut refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = refusal.until.is_none();
+        refusal.pause = if first {
+            MIN_REFUSAL_PAUSE
+        } else {
+            (refusal.pause * 2).min(MAX_REFUSAL_PAUSE)
+        };
+        refusal.until = Some(Instant::now() + refusal.pause);
+        if first {
             tracing::warn!(
                 %error,
-                "Redis refused pub/sub; lock waiters fall back to polling with jittered backoff"
+                "Redis refused pub/sub; lock waiters fall back to polling with jittered backoff, and pub/sub is tried again now and then"
             );
+        }
+        true
+    }
+
+    /// Notes a subscription Redis accepted: an earlier refusal is over.
+    fn accepted(&self) {
+        let mut refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        if refusal.until.take().is_some() {
+            tracing::info!("Redis accepts pub/sub again; lock waiters are notified of releases");
         }
     }
 
@@ -250,14 +321,17 @@ impl KeyWait {
         }
     }
 
-    pub(crate) fn set_peer_acquired(&self, epoch: u64) {
+    /// A head took the lock after `epoch`, with a lease that ends at `expires` unless
+    /// renewed (`None`: too far off to count).
+    pub(crate) fn set_peer_acquired(&self, epoch: u64, expires: Option<Instant>) {
+        let Some(expires) = expires else { return };
         *self
             .peer_acquired
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(epoch);
+            .unwrap_or_else(PoisonError::into_inner) = Some((epoch, expires));
     }
 
-    pub(crate) fn take_peer_acquired(&self) -> Option<u64> {
+    pub(crate) fn take_peer_acquired(&self) -> Option<(u64, Instant)> {
         self.peer_acquired
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -333,7 +407,7 @@ async fn pump(weak: Weak<Shared>, id: u64) {
                 loop {
                     let retired = async {
                         match weak.upgrade() {
-                            Some(shared) => shared.retire.notified().await,
+                            Some(shared) => shared.retire.asked(generation).await,
                             None => std::future::pending().await,
                         }
                     };
@@ -377,8 +451,8 @@ async fn pump(weak: Weak<Shared>, id: u64) {
                 shared.bump_all();
             }
             Ok(Err(error)) => {
-                shared.refused(&error);
-                if shared.unavailable.load(Ordering::Relaxed) {
+                if shared.failed(&error) {
+                    // Waiters poll; the next one to subscribe after the pause starts a pump.
                     return;
                 }
                 tracing::debug!(%error, "Redis subscriber connection failed; retrying");
@@ -421,8 +495,11 @@ async fn resubscribe(
                 for wait in &waits {
                     wait.subscribed.store(generation, Ordering::Release);
                 }
+                shared.accepted();
             }
-            Ok(Err(error)) => shared.refused(&error),
+            Ok(Err(error)) => {
+                shared.failed(&error);
+            }
             Err(_) => {}
         }
     }
@@ -431,4 +508,60 @@ async fn resubscribe(
         wait.bump();
     }
     Some(generation)
+}
+
+/// Whether Redis refused pub/sub itself, by the error's code: `NOPERM` (an ACL without
+/// channel rights) or `ERR` (such as a proxy that lacks the command). Errors of the
+/// connection (a reset, a timeout, a unix socket's "permission denied") are not refusals,
+/// whatever their text says.
+fn is_refusal(error: &RedisError) -> bool {
+    matches!(error.code(), Some("NOPERM" | "ERR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, ServerErrorKind};
+
+    #[test]
+    fn refusals_are_told_by_their_code_not_their_text() {
+        let noperm = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::NoPerm),
+            "this user has no permissions to access one of the channels",
+        ));
+        assert!(is_refusal(&noperm));
+        let unknown = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "unknown command 'SUBSCRIBE'",
+        ));
+        assert!(is_refusal(&unknown));
+        let socket = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "Permission denied (os error 13)",
+        ));
+        assert!(
+            !is_refusal(&socket),
+            "a socket's permission error is transient"
+        );
+        let loading = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::BusyLoading),
+            "Redis is loading the dataset in memory; not allowed yet",
+        ));
+        assert!(!is_refusal(&loading), "a server still loading is transient");
+    }
+
+    #[tokio::test]
+    async fn a_retire_request_concerns_its_own_connection_only() {
+        let retire = Retire::default();
+        // Asked while nobody listens (the pump was busy reconnecting, say).
+        retire.ask(1);
+        let newer = tokio::time::timeout(Duration::from_millis(50), retire.asked(2)).await;
+        assert!(
+            newer.is_err(),
+            "the request retired the next, healthy connection"
+        );
+        tokio::time::timeout(Duration::from_secs(1), retire.asked(1))
+            .await
+            .expect("the connection asked about");
+    }
 }

@@ -22,8 +22,9 @@ pub(crate) const FENCE_TTL_MS: u64 = 60 * 60 * 1000;
 /// clock keeps the next number above those.
 ///
 /// - An attempt with a token that already holds the lock (its earlier attempt ran but the
-///   reply was lost) is granted again with a new number, and the lease's ttl starts over, so
-///   a retried acquire never orphans the lock or shortens the lease.
+///   reply was lost) is granted again with a new number, and the lock's expiry is made at
+///   least the ttl from now but never earlier than it was: a late duplicate of an attempt
+///   must not cut short a lease that was renewed meanwhile.
 /// - A counter that is not an integer from 0 to 2^53 - 2 (past 2^53 Lua's numbers lose
 ///   precision), or not a string at all, is an error; the lock and the counter are left as
 ///   they were (a lock just taken is deleted again).
@@ -78,7 +79,9 @@ local last, got = counter()
 if not last then
   return corrupt(got)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return {1, next_fencing(last)}
 ",
     )
@@ -86,12 +89,17 @@ return {1, next_fencing(last)}
 
 /// `KEYS`: lock. `ARGV`: token, ttl ms.
 ///
-/// Extends the lock only while it holds this token. Returns 1 or 0.
+/// Extends the lock only while it holds this token, to the ttl from now, and never
+/// shortens it: a renewal that arrives late (after a longer one) leaves the lock as it is.
+/// (`PEXPIRE ... GT` does the same from Redis 7.0; comparing `PTTL` works on every
+/// version.) Returns 1 or 0.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
   return 1
 end
 return 0

@@ -6,7 +6,8 @@ use std::time::Duration;
 use runa_lock::{Error, Grant, LockKey, WaitPlan};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::driver::{Inner, Outcome};
+use crate::driver::{Inner, Outcome, unsent};
+use crate::keys::Keys;
 
 /// The [`Driver::wait`](runa_lock::Driver::wait) of the Redis driver.
 ///
@@ -19,6 +20,8 @@ use crate::driver::{Inner, Outcome};
 ///    polling interval, or the deadline, whichever comes first, and attempt again.
 /// 4. Backend errors are transient: keep trying until the deadline, and report the last one
 ///    only if the deadline passes while Redis is failing.
+/// 5. Giving up without the lock after an attempt that got no answer (Redis may still run
+///    it), release the token in the background.
 pub(crate) async fn wait(
     driver: &Inner,
     key: LockKey<'_>,
@@ -27,81 +30,113 @@ pub(crate) async fn wait(
     plan: WaitPlan,
 ) -> Result<Option<Grant>, Error> {
     let keys = driver.keys(key)?;
-    let mut failure = None;
+    let mut attempts = Attempts::default();
     let sent = Instant::now();
-    match driver.acquire(&keys, token, ttl).await {
-        Ok(Outcome::Acquired(fencing)) => return Ok(Some(Grant::new(fencing, sent))),
-        Ok(Outcome::Busy(_)) => {}
-        Err(error @ Error::Backend { .. }) => failure = Some(error),
-        Err(error) => return Err(error),
+    match attempts.record(driver.acquire(&keys, token, ttl).await)? {
+        Some(Outcome::Acquired(fencing)) => return Ok(Some(Grant::new(fencing, sent))),
+        Some(Outcome::Busy(_)) | None => {}
     }
     if Instant::now() >= plan.deadline {
-        return failure.map_or(Ok(None), Err);
+        return attempts.give_up(driver, keys, token);
     }
 
     let membership = driver.notifier.join(&keys.channel);
     let waiting = membership.wait();
     let Ok(Ok(_head)) = timeout_at(plan.deadline, waiting.gate.acquire()).await else {
-        return failure.map_or(Ok(None), Err);
+        return attempts.give_up(driver, keys, token);
     };
-    let mut backoff = Backoff::new(token, plan.retry_interval);
+    let mut backoff = Backoff::new(token, plan.retry_interval.max(WaitPlan::MIN_RETRY_INTERVAL));
     let mut peer_acquired = waiting.take_peer_acquired();
     loop {
         let notified = driver.notifier.subscribe(waiting, plan.deadline).await;
         let retry_after;
         let epoch = match peer_acquired.take().filter(|_| notified) {
-            // A local peer just took the lock: wait for its release rather than attempt.
-            Some(epoch) => {
-                retry_after = None;
+            // A local peer just took the lock: wait for its release rather than attempt, or
+            // for its lease to end (it may never release).
+            Some((epoch, expires)) => {
+                retry_after = Some(expires.saturating_duration_since(Instant::now()));
                 epoch
             }
             None => {
                 let epoch = waiting.epoch();
                 let sent = Instant::now();
-                match driver.acquire(&keys, token, ttl).await {
-                    Ok(Outcome::Acquired(fencing)) => {
+                let attempt = match driver.acquire(&keys, token, ttl).await {
+                    Err(error @ Error::Backend { .. }) if driver.is_closed() => return Err(error),
+                    attempt => attempt,
+                };
+                match attempts.record(attempt)? {
+                    Some(Outcome::Acquired(fencing)) => {
                         // Only a subscribed head may tell the next one to wait for a release
                         // message: otherwise that message may have gone out unheard.
                         if notified {
-                            waiting.set_peer_acquired(epoch);
+                            waiting.set_peer_acquired(epoch, sent.checked_add(ttl));
                         }
                         return Ok(Some(Grant::new(fencing, sent)));
                     }
-                    Ok(Outcome::Busy(left)) => {
-                        retry_after = left;
-                        failure = None;
-                    }
-                    Err(error @ Error::Backend { .. }) if driver.is_closed() => {
-                        return Err(error);
-                    }
-                    Err(error @ Error::Backend { .. }) => {
-                        tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
+                    Some(Outcome::Busy(left)) => retry_after = left,
+                    None => {
+                        tracing::debug!(key = key.key, "lock attempt failed; still waiting");
                         retry_after = None;
-                        failure = Some(error);
                     }
-                    Err(error) => return Err(error),
                 }
                 epoch
             }
         };
         let now = Instant::now();
         if now >= plan.deadline {
-            return failure.map_or(Ok(None), Err);
+            return attempts.give_up(driver, keys, token);
         }
-        let pause = if notified {
+        let poll = if notified {
             plan.retry_interval
         } else {
             backoff.next()
         };
-        let pause = retry_after.map_or(pause, |left| left.min(pause));
-        let wake = now
-            .checked_add(pause)
-            .unwrap_or(plan.deadline)
-            .min(plan.deadline);
+        let wake = WaitPlan::new(plan.deadline, poll).next_attempt(now, retry_after);
         tokio::select! {
             _ = waiting.changed_since(epoch) => {}
             _ = sleep_until(wake) => {}
         }
+    }
+}
+
+/// What a wait's attempts came to, for when it gives up.
+#[derive(Default)]
+struct Attempts {
+    /// The last attempt's error, if it failed: returned if the wait gives up then.
+    failure: Option<Error>,
+    /// Whether an attempt failed in a way that Redis may still run it later.
+    unanswered: bool,
+}
+
+impl Attempts {
+    /// Notes an attempt's outcome: the outcome, `None` for a backend error (transient), or
+    /// any other error (final).
+    fn record(&mut self, attempt: Result<Outcome, Error>) -> Result<Option<Outcome>, Error> {
+        match attempt {
+            Ok(outcome) => {
+                self.failure = None;
+                Ok(Some(outcome))
+            }
+            Err(error @ Error::Backend { .. }) => {
+                self.unanswered |= !unsent(&error);
+                self.failure = Some(error);
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The wait's end without the lock: the last error if the last attempt failed (the
+    /// caller releases the token then), else `Ok(None)`, releasing the token first if an
+    /// attempt may still take the key.
+    fn give_up(self, driver: &Inner, keys: Keys, token: &str) -> Result<Option<Grant>, Error> {
+        if let Some(error) = self.failure {
+            return Err(error);
+        }
+        if self.unanswered {
+            driver.release_detached(keys, token.to_owned());
+        }
+        Ok(None)
     }
 }
 

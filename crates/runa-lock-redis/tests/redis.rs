@@ -544,6 +544,76 @@ async fn local_waiters_on_one_key_coalesce_their_attempts() {
     assert!(scripts <= 21 + 20 * 3, "{scripts} scripts for 20 handoffs");
 }
 
+/// A waiter queued behind a local peer that has just taken the key wakes when that peer's
+/// lease expires unreleased (its process died, say), not at its polling interval or at its
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_a_local_peer_wakes_at_the_peers_expiry() {
+    let server = RedisServer::start();
+    let holder = locker(driver(&server), LockerOptions::new());
+    let waiters = locker(
+        driver(&server),
+        LockerOptions::new()
+            .ttl(Duration::from_secs(1))
+            .wait(Duration::from_secs(8))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    let lease = holder.try_lock("k").await.unwrap().expect("free");
+    let wait = |waiters: &Locker| {
+        let waiters = waiters.clone();
+        tokio::spawn(async move {
+            let lease = waiters.wait("k").await.unwrap();
+            (Instant::now(), lease)
+        })
+    };
+    let first = wait(&waiters);
+    sleep(Duration::from_millis(200)).await;
+    let second = wait(&waiters);
+    sleep(Duration::from_millis(300)).await;
+    lease.release().await.unwrap();
+    let (first_got, first_lease) = first.await.unwrap();
+    // Never released: the lease ends by its ttl, a second after it was taken.
+    std::mem::forget(first_lease);
+    let (second_got, second_lease) = timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second waiter hung")
+        .unwrap();
+    let gap = second_got - first_got;
+    assert!(
+        gap < Duration::from_secs(3),
+        "woken {gap:?} after its peer took a 1 s lease"
+    );
+    second_lease.release().await.unwrap();
+}
+
+/// A `Driver::wait` called directly with a zero retry interval polls no more often than
+/// the default polling wait does (every `WaitPlan::MIN_RETRY_INTERVAL`), instead of
+/// spinning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_retry_interval_does_not_spin() {
+    use runa_lock::{Attempt, Driver, LockKey, WaitPlan};
+    let server = RedisServer::start();
+    let driver = driver(&server);
+    let key = LockKey::new("jobs:", "k");
+    let ttl = Duration::from_secs(30);
+    let held = driver.acquire(key, "holder-0123456789abcdef", ttl).await;
+    assert!(matches!(held, Ok(Attempt::Acquired { .. })), "{held:?}");
+    let before = calls_of(&command_calls(&server), "evalsha");
+    let started = Instant::now();
+    let plan = WaitPlan::new(started + Duration::from_secs(1), Duration::ZERO);
+    let waited = driver.wait(key, "waiter-0123456789abcdef", ttl, plan).await;
+    assert!(matches!(waited, Ok(None)), "{waited:?}");
+    let attempts = calls_of(&command_calls(&server), "evalsha") - before;
+    let millis = u64::try_from(started.elapsed().as_millis()).unwrap();
+    // One attempt per polling interval at the most, but for the first few pauses of the
+    // jittered backoff (an eighth, a quarter and half of it) before pub/sub is set up.
+    let most = millis / WaitPlan::MIN_RETRY_INTERVAL.as_millis() as u64 + 5;
+    assert!(
+        attempts <= most,
+        "{attempts} attempts in {millis} ms: the wait spun"
+    );
+}
+
 #[tokio::test]
 async fn an_acl_user_limited_to_the_prefix_works_with_notifications() {
     let server = RedisServer::start();
@@ -658,6 +728,53 @@ async fn without_channel_rights_waiters_poll_and_still_get_the_lock() {
         warnings, 2,
         "one line per driver (two waiting drivers here): {logs}"
     );
+}
+
+/// A refusal of pub/sub is not for good: once the ACL grants channel rights, waiters on
+/// the same driver are notified of releases again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_come_back_once_channel_rights_are_granted() {
+    let server = RedisServer::start();
+    let acl = |channels: &str| {
+        server.command::<String>(&[
+            "ACL",
+            "SETUSER",
+            "nochan",
+            "on",
+            ">pw",
+            "resetkeys",
+            "~runa:lock:*",
+            "resetchannels",
+            channels,
+            "+@all",
+        ]);
+    };
+    acl("resetchannels");
+    let url = format!("redis://nochan:pw@127.0.0.1:{}", server.port());
+    let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
+    let waiters = RedisDriver::open(&url).unwrap();
+    // Refused: the waiter polls (every few seconds, being deaf), and still gets in.
+    let lease = holder.try_lock("k").await.unwrap().unwrap();
+    let first = tokio::spawn({
+        let waiter = deaf_waiter(waiters.clone());
+        async move { waiter.wait("k").await.map(drop) }
+    });
+    sleep(Duration::from_millis(300)).await;
+    lease.release().await.unwrap();
+    first.await.unwrap().unwrap();
+    acl("&runa:lock:*");
+    // Subscribing is tried again after a pause that doubles while refusals go on (1 s, 2 s,
+    // ...): within a few seconds a waiter is notified again.
+    let granted = Instant::now();
+    let mut woken = Vec::new();
+    while granted.elapsed() < Duration::from_secs(15) {
+        let (woke, _, _) = handoff(&holder, deaf_waiter(waiters.clone()), "k", || {}).await;
+        woken.push(woke);
+        if woke < NOTIFIED {
+            return;
+        }
+    }
+    panic!("pub/sub stayed off after the grant: waiters woken {woken:?} after the releases");
 }
 
 #[tokio::test]
@@ -1044,85 +1161,4 @@ async fn the_subscriber_heartbeat_keeps_a_healthy_connection() {
     })
     .await;
     assert!(woke < NOTIFIED, "woken after {woke:?}");
-}
-
-/// A loopback TCP proxy to the test server whose existing connections can be frozen: they
-/// stay open but nothing passes any more, as when a NAT or firewall silently drops them.
-struct FreezingProxy {
-    port: u16,
-    next_id: Arc<AtomicU64>,
-    frozen_below: Arc<AtomicU64>,
-}
-
-impl FreezingProxy {
-    async fn start(target: u16) -> FreezingProxy {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let next_id = Arc::new(AtomicU64::new(0));
-        let frozen_below = Arc::new(AtomicU64::new(0));
-        let (ids, frozen) = (Arc::clone(&next_id), Arc::clone(&frozen_below));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let id = ids.fetch_add(1, Ordering::SeqCst);
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let ((client_read, client_write), (server_read, server_write)) =
-                    (client.into_split(), server.into_split());
-                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
-                {
-                    let frozen = Arc::clone(&frozen);
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match from.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            if id >= frozen.load(Ordering::SeqCst)
-                                && to.write_all(&buf[..n]).await.is_err()
-                            {
-                                break;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        FreezingProxy {
-            port,
-            next_id,
-            frozen_below,
-        }
-    }
-
-    /// Every connection made so far goes silent; new ones work.
-    fn freeze_existing(&self) {
-        self.frozen_below
-            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silently_dead_connection_is_replaced() {
-    let server = RedisServer::start();
-    let proxy = FreezingProxy::start(server.port()).await;
-    let driver = RedisDriver::open(&format!("redis://127.0.0.1:{}", proxy.port))
-        .unwrap()
-        .with_timeouts_for_test(300);
-    let jobs = locker(driver, LockerOptions::new());
-    lock_once(&jobs, "a").await;
-    proxy.freeze_existing();
-    let started = Instant::now();
-    let mut recovered = false;
-    for _ in 0..10 {
-        if let Ok(Some(lease)) = jobs.try_lock("b").await {
-            lease.release().await.unwrap();
-            recovered = true;
-            break;
-        }
-    }
-    assert!(recovered, "the driver kept using the dead connection");
-    assert_prompt(started, Duration::from_secs(5));
 }

@@ -1,0 +1,263 @@
+//! The command connection: one multiplexed connection for every call, replaced when a call
+//! gets no answer in time.
+//!
+//! A connection given up on may still deliver what was sent on it: a link that held the
+//! bytes (congestion, TCP retransmission) passes them on later, and Redis then runs them.
+//! So a replaced connection is not forgotten but *settles*: it is kept until it answers a
+//! `PING` sent after everything else (Redis runs one connection's commands in order, so all
+//! of them have run by then), fails, or [`SETTLE_LIMIT`] passes. Every release made
+//! meanwhile is sent once more when it has settled: an acquire still on its way on the old
+//! connection may take the key for that token after its first release ran, and only a
+//! release after it gives the key back (see the `Driver` contract, "clean up after late
+//! requests").
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use redis::Client;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, timeout};
+
+use crate::keys::Keys;
+
+/// The longest a replaced connection is waited on to settle. Past it, what it still held
+/// is taken to be lost; if it does arrive later, a key it takes for a given-up token is
+/// held until its ttl ends.
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The driver's command connections: the current one, and those settling.
+pub(crate) struct Connections {
+    client: Client,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Connection>,
+    opened: u64,
+    settling: Vec<Settling>,
+    /// Set by `close`: no connection is opened again.
+    closed: bool,
+}
+
+/// A replaced connection that has not settled yet.
+struct Settling {
+    id: u64,
+    /// Releases (keys, token) to send again once it has.
+    again: Vec<(Keys, String)>,
+    task: Option<AbortHandle>,
+}
+
+/// One command connection.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    id: u64,
+    pub(crate) manager: ConnectionManager,
+}
+
+/// Why there is no connection to use.
+pub(crate) enum Unavailable {
+    /// The driver was closed.
+    Closed,
+    /// The client could not make one.
+    Client(redis::RedisError),
+}
+
+impl Connections {
+    pub(crate) fn new(
+        client: Client,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        Connections {
+            client,
+            connect_timeout,
+            response_timeout,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current connection, made on first use (it connects lazily, and reconnects by
+    /// itself after an error).
+    pub(crate) fn current(&self) -> Result<Connection, Unavailable> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Unavailable::Closed);
+        }
+        if let Some(connection) = &state.current {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = self
+            .client
+            .get_connection_manager_lazy(config)
+            .map_err(Unavailable::Client)?;
+        state.opened += 1;
+        let connection = Connection {
+            id: state.opened,
+            manager,
+        };
+        state.current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Stops using `connection` (if it is still the current one; the next call makes a new
+    /// one) and returns it to settle: the caller runs [`settle`] on it, then
+    /// [`settled`](Self::settled).
+    pub(crate) fn retire(&self, connection: &Connection) -> Option<(u64, ConnectionManager)> {
+        let mut state = self.lock();
+        if state.current.as_ref().is_none_or(|c| c.id != connection.id) {
+            return None;
+        }
+        let retired = state.current.take()?;
+        state.settling.push(Settling {
+            id: retired.id,
+            again: Vec::new(),
+            task: None,
+        });
+        Some((retired.id, retired.manager))
+    }
+
+    /// Records the task settling connection `id`, so that `close` can stop it.
+    pub(crate) fn settling_in(&self, id: u64, task: AbortHandle) {
+        let mut state = self.lock();
+        // Once closed, nothing is settling any more (and nothing may reconnect).
+        match state.settling.iter_mut().find(|s| s.id == id) {
+            Some(settling) => settling.task = Some(task),
+            None => task.abort(),
+        }
+    }
+
+    /// Asks for `token`'s release of `keys` to be sent again once every connection that is
+    /// settling now has settled. Called before the release is sent: whatever a settling
+    /// connection still delivers then runs either before this release or before the one
+    /// sent again.
+    pub(crate) fn again_after_settling(&self, keys: &Keys, token: &str) {
+        let mut state = self.lock();
+        for settling in &mut state.settling {
+            settling.again.push((keys.clone(), token.to_owned()));
+        }
+    }
+
+    /// Connection `id` has settled: the releases to send again.
+    pub(crate) fn settled(&self, id: u64) -> Vec<(Keys, String)> {
+        let mut state = self.lock();
+        let Some(index) = state.settling.iter().position(|s| s.id == id) else {
+            return Vec::new();
+        };
+        state.settling.swap_remove(index).again
+    }
+
+    /// Drops every connection for good; releases not yet sent again are given up (their
+    /// keys end by their ttl).
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.current = None;
+        for settling in state.settling.drain(..) {
+            if let Some(task) = settling.task {
+                task.abort();
+            }
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// How many replaced connections are still settling.
+    #[cfg(test)]
+    fn settling(&self) -> usize {
+        self.lock().settling.len()
+    }
+
+    pub(crate) fn response_limit(&self) -> Duration {
+        self.connect_timeout.saturating_add(self.response_timeout)
+    }
+}
+
+/// Waits until `manager`, a replaced connection, has settled: it answered a `PING` (so
+/// everything sent on it before has run), or failed (so nothing more will), or
+/// [`SETTLE_LIMIT`] passed. Each `PING` waits up to `limit`. Stops early once `wanted`
+/// says the driver is gone.
+pub(crate) async fn settle(
+    mut manager: ConnectionManager,
+    limit: Duration,
+    wanted: impl Fn() -> bool,
+) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while wanted() {
+        let ping = redis::cmd("PING");
+        match timeout(limit, ping.query_async::<redis::Value>(&mut manager)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(error)) if !error.is_timeout() => return,
+            _ if Instant::now() >= deadline => {
+                tracing::warn!(
+                    "a Redis connection given up on did not settle within {}; a lock request still held on it may take a key for a token that was released",
+                    humantime::format_duration(SETTLE_LIMIT)
+                );
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections() -> Connections {
+        let client = Client::open("redis://127.0.0.1:1").unwrap();
+        Connections::new(client, Duration::from_secs(1), Duration::from_secs(1))
+    }
+
+    fn keys(name: &str) -> Keys {
+        Keys::new("p:", runa_lock::LockKey::new("", name))
+    }
+
+    #[tokio::test]
+    async fn only_the_current_connection_is_retired_and_releases_wait_for_it() {
+        let connections = connections();
+        let first = connections.current().ok().unwrap();
+        assert!(connections.retire(&first).is_some());
+        assert!(
+            connections.retire(&first).is_none(),
+            "retired twice: a second call that timed out on it"
+        );
+        let second = connections.current().ok().unwrap();
+        assert_ne!(first.id, second.id);
+        connections.again_after_settling(&keys("a"), "token-a");
+        assert_eq!(connections.settling(), 1);
+        let again = connections.settled(first.id);
+        assert_eq!(again, [(keys("a"), "token-a".to_owned())]);
+        assert_eq!(connections.settling(), 0);
+        connections.again_after_settling(&keys("b"), "token-b");
+        assert!(
+            connections.settled(first.id).is_empty(),
+            "a release after the connection settled is not sent again"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_forgets_everything_and_opens_nothing() {
+        let connections = connections();
+        let first = connections.current().ok().unwrap();
+        connections.retire(&first).unwrap();
+        connections.close();
+        assert!(connections.current().is_err());
+        assert_eq!(connections.settling(), 0);
+        assert!(connections.is_closed());
+    }
+}
