@@ -14,6 +14,8 @@
 //!
 //! Each has an `_all` form for every connection open now; connections accepted later start
 //! passing bytes, with the latency last given to [`set_latency_all`](FaultProxy::set_latency_all).
+//! [`freeze_link`](FaultProxy::freeze_link) freezes the connections accepted later too, as
+//! when the whole link stalls, until [`thaw_link`](FaultProxy::thaw_link).
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -38,6 +40,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// What a connection does with the bytes it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +64,12 @@ struct Shared {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    /// Open connections by id.
-    connections: BTreeMap<u64, watch::Sender<Mode>>,
+    /// Open connections by id, and when each was accepted.
+    connections: BTreeMap<u64, (watch::Sender<Mode>, Instant)>,
     /// The latency new connections start with.
     latency: Duration,
+    /// Whether new connections start frozen.
+    frozen: bool,
 }
 
 impl Shared {
@@ -75,7 +80,7 @@ impl Shared {
     /// Applies `change` to connection `id` (if it is still open), or to all when `None`.
     fn change(&self, id: Option<u64>, change: impl Fn(&mut Mode)) {
         let state = self.lock();
-        for (_, mode) in state
+        for (_, (mode, _)) in state
             .connections
             .iter()
             .filter(|(each, _)| id.is_none_or(|id| **each == id))
@@ -123,6 +128,16 @@ impl FaultProxy {
         self.shared.lock().connections.keys().copied().collect()
     }
 
+    /// When connection `id` was accepted, if it is still open.
+    pub fn accepted_at(&self, id: u64) -> Option<Instant> {
+        self.shared.lock().connections.get(&id).map(|(_, at)| *at)
+    }
+
+    /// How many connections the proxy has accepted so far (open or not).
+    pub fn accepted(&self) -> u64 {
+        self.shared.lock().next_id
+    }
+
     /// Holds every byte connection `id` is given, both ways, until it is thawed.
     pub fn freeze(&self, id: u64) {
         self.shared.change(Some(id), |mode| mode.frozen = true);
@@ -141,6 +156,19 @@ impl FaultProxy {
     /// [`thaw`](Self::thaw) for every connection open now.
     pub fn thaw_all(&self) {
         self.shared.change(None, |mode| mode.frozen = false);
+    }
+
+    /// Freezes every connection, those accepted from now on included, until
+    /// [`thaw_link`](Self::thaw_link).
+    pub fn freeze_link(&self) {
+        self.shared.lock().frozen = true;
+        self.freeze_all();
+    }
+
+    /// Ends [`freeze_link`](Self::freeze_link): every connection passes bytes again.
+    pub fn thaw_link(&self) {
+        self.shared.lock().frozen = false;
+        self.thaw_all();
     }
 
     /// Resets both sides of connection `id`; what it held is lost.
@@ -185,11 +213,11 @@ async fn accept(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) 
             let id = state.next_id;
             state.next_id += 1;
             let (mode, _) = watch::channel(Mode {
-                frozen: false,
+                frozen: state.frozen,
                 cut: false,
                 latency: state.latency,
             });
-            state.connections.insert(id, mode.clone());
+            state.connections.insert(id, (mode.clone(), Instant::now()));
             (id, mode)
         };
         let (client_read, client_write) = client.into_split();
@@ -202,7 +230,10 @@ async fn accept(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) 
                 pass(client_read, server_write, mode.subscribe()),
                 pass(server_read, client_write, mode.subscribe()),
             );
-            let sockets = [client_read.reunite(client_write), server_read.reunite(server_write)];
+            let sockets = [
+                client_read.reunite(client_write),
+                server_read.reunite(server_write),
+            ];
             if mode.borrow().cut {
                 // A reset, not a close: neither side reads anything more.
                 for socket in sockets.iter().flatten() {
@@ -271,7 +302,7 @@ async fn usable(mode: &mut watch::Receiver<Mode>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::time::{Instant, timeout};
+    use tokio::time::timeout;
 
     /// An echo server on a free loopback port.
     async fn echo() -> u16 {
@@ -289,7 +320,9 @@ mod tests {
     }
 
     async fn connect(proxy: &FaultProxy) -> TcpStream {
-        let stream = TcpStream::connect(("127.0.0.1", proxy.port())).await.unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .unwrap();
         // The proxy registers the connection once it has reached the target.
         for _ in 0..200 {
             if !proxy.connections().is_empty() {
@@ -317,6 +350,7 @@ mod tests {
         let back = read_exact(&mut stream, 4, Duration::from_secs(5)).await;
         assert_eq!(back.as_deref(), Some(&b"ping"[..]));
         assert_eq!(proxy.connections(), [0]);
+        assert_eq!(proxy.accepted(), 1);
     }
 
     #[tokio::test]
@@ -333,7 +367,11 @@ mod tests {
         );
         proxy.thaw_all();
         let back = read_exact(&mut stream, 7, Duration::from_secs(5)).await;
-        assert_eq!(back.as_deref(), Some(&b"one two"[..]), "held bytes were lost");
+        assert_eq!(
+            back.as_deref(),
+            Some(&b"one two"[..]),
+            "held bytes were lost"
+        );
     }
 
     #[tokio::test]
@@ -341,10 +379,28 @@ mod tests {
         let proxy = FaultProxy::start(echo().await).await;
         let _frozen = connect(&proxy).await;
         proxy.freeze_all();
-        let mut fresh = TcpStream::connect(("127.0.0.1", proxy.port())).await.unwrap();
+        let mut fresh = TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .unwrap();
         fresh.write_all(b"hi").await.unwrap();
         let back = read_exact(&mut fresh, 2, Duration::from_secs(5)).await;
         assert_eq!(back.as_deref(), Some(&b"hi"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_frozen_link_holds_new_connections_too_until_thawed() {
+        let proxy = FaultProxy::start(echo().await).await;
+        proxy.freeze_link();
+        let mut stream = connect(&proxy).await;
+        stream.write_all(b"late").await.unwrap();
+        assert_eq!(
+            read_exact(&mut stream, 4, Duration::from_millis(300)).await,
+            None,
+            "bytes passed a frozen link"
+        );
+        proxy.thaw_link();
+        let back = read_exact(&mut stream, 4, Duration::from_secs(5)).await;
+        assert_eq!(back.as_deref(), Some(&b"late"[..]));
     }
 
     #[tokio::test]
