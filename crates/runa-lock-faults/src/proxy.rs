@@ -353,25 +353,29 @@ mod tests {
         assert_eq!(proxy.accepted(), 1);
     }
 
+    /// Asserts that the echo of `sent` (written to `stream` in pieces) does not come back
+    /// until `thaw` is called, and then comes back whole and in order.
+    async fn held_until(stream: &mut TcpStream, sent: &[&[u8]], thaw: impl FnOnce()) {
+        for piece in sent {
+            stream.write_all(piece).await.unwrap();
+        }
+        let whole = sent.concat();
+        assert_eq!(
+            read_exact(stream, whole.len(), Duration::from_millis(300)).await,
+            None,
+            "bytes passed while frozen"
+        );
+        thaw();
+        let back = read_exact(stream, whole.len(), Duration::from_secs(5)).await;
+        assert_eq!(back, Some(whole), "held bytes were lost");
+    }
+
     #[tokio::test]
     async fn a_frozen_connection_holds_bytes_and_delivers_them_in_order_when_thawed() {
         let proxy = FaultProxy::start(echo().await).await;
         let mut stream = connect(&proxy).await;
         proxy.freeze_all();
-        stream.write_all(b"one ").await.unwrap();
-        stream.write_all(b"two").await.unwrap();
-        assert_eq!(
-            read_exact(&mut stream, 7, Duration::from_millis(300)).await,
-            None,
-            "bytes passed a frozen connection"
-        );
-        proxy.thaw_all();
-        let back = read_exact(&mut stream, 7, Duration::from_secs(5)).await;
-        assert_eq!(
-            back.as_deref(),
-            Some(&b"one two"[..]),
-            "held bytes were lost"
-        );
+        held_until(&mut stream, &[b"one ", b"two"], || proxy.thaw_all()).await;
     }
 
     #[tokio::test]
@@ -392,15 +396,7 @@ mod tests {
         let proxy = FaultProxy::start(echo().await).await;
         proxy.freeze_link();
         let mut stream = connect(&proxy).await;
-        stream.write_all(b"late").await.unwrap();
-        assert_eq!(
-            read_exact(&mut stream, 4, Duration::from_millis(300)).await,
-            None,
-            "bytes passed a frozen link"
-        );
-        proxy.thaw_link();
-        let back = read_exact(&mut stream, 4, Duration::from_secs(5)).await;
-        assert_eq!(back.as_deref(), Some(&b"late"[..]));
+        held_until(&mut stream, &[b"late"], || proxy.thaw_link()).await;
     }
 
     #[tokio::test]

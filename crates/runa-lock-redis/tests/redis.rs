@@ -673,6 +673,24 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Sets up the ACL user `nochan` with keys under the driver prefix and the channel rule
+/// `channels` (`resetchannels`: none); returns a URL that logs in as it.
+fn user_limited_to_the_prefix(server: &RedisServer, channels: &str) -> String {
+    server.command::<String>(&[
+        "ACL",
+        "SETUSER",
+        "nochan",
+        "on",
+        ">pw",
+        "resetkeys",
+        "~runa:lock:*",
+        "resetchannels",
+        channels,
+        "+@all",
+    ]);
+    format!("redis://nochan:pw@127.0.0.1:{}", server.port())
+}
+
 #[tokio::test]
 async fn without_channel_rights_waiters_poll_and_still_get_the_lock() {
     let captured = Captured::default();
@@ -684,18 +702,7 @@ async fn without_channel_rights_waiters_poll_and_still_get_the_lock() {
             .finish(),
     );
     let server = RedisServer::start();
-    server.command::<String>(&[
-        "ACL",
-        "SETUSER",
-        "nochan",
-        "on",
-        ">pw",
-        "resetkeys",
-        "~runa:lock:*",
-        "resetchannels",
-        "+@all",
-    ]);
-    let url = format!("redis://nochan:pw@127.0.0.1:{}", server.port());
+    let url = user_limited_to_the_prefix(&server, "resetchannels");
     let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
     let waiter = locker(
         RedisDriver::open(&url).unwrap(),
@@ -735,22 +742,7 @@ async fn without_channel_rights_waiters_poll_and_still_get_the_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_come_back_once_channel_rights_are_granted() {
     let server = RedisServer::start();
-    let acl = |channels: &str| {
-        server.command::<String>(&[
-            "ACL",
-            "SETUSER",
-            "nochan",
-            "on",
-            ">pw",
-            "resetkeys",
-            "~runa:lock:*",
-            "resetchannels",
-            channels,
-            "+@all",
-        ]);
-    };
-    acl("resetchannels");
-    let url = format!("redis://nochan:pw@127.0.0.1:{}", server.port());
+    let url = user_limited_to_the_prefix(&server, "resetchannels");
     let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
     let waiters = RedisDriver::open(&url).unwrap();
     // Refused: the waiter polls (every few seconds, being deaf), and still gets in.
@@ -762,7 +754,7 @@ async fn notifications_come_back_once_channel_rights_are_granted() {
     sleep(Duration::from_millis(300)).await;
     lease.release().await.unwrap();
     first.await.unwrap().unwrap();
-    acl("&runa:lock:*");
+    user_limited_to_the_prefix(&server, "&runa:lock:*");
     // Subscribing is tried again after a pause that doubles while refusals go on (1 s, 2 s,
     // ...): within a few seconds a waiter is notified again.
     let granted = Instant::now();

@@ -370,10 +370,7 @@ impl Suite {
             !self.driver.release(key, &stranger).await.expect("release"),
             "foreign release accepted"
         );
-        assert!(
-            locker.try_lock("owned").await.expect("try").is_none(),
-            "lock freed by a stranger"
-        );
+        assert_busy(&locker, "owned", "lock freed by a stranger").await;
         lease.renew(None).await.expect("holder renews");
         lease.release().await.expect("holder releases");
         assert_free(&locker, "owned").await;
@@ -416,10 +413,12 @@ impl Suite {
             "a second acquire by the holder: {again:?}"
         );
         sleep(SHORT * 2).await;
-        assert!(
-            locker.try_lock("long").await.expect("try").is_none(),
-            "a shorter renewal or a duplicate acquire cut the lease short"
-        );
+        assert_busy(
+            &locker,
+            "long",
+            "a shorter renewal or a duplicate acquire cut the lease short",
+        )
+        .await;
         lease.renew(None).await.expect("the lease is still held");
         lease.release().await.expect("release");
         assert_free(&locker, "long").await;
@@ -456,10 +455,7 @@ impl Suite {
         assert!(new.fencing() > old.fencing());
         assert!(matches!(old.renew(None).await, Err(Error::NotHeld { .. })));
         assert!(matches!(old.release().await, Err(Error::NotHeld { .. })));
-        assert!(
-            locker.try_lock("expiring").await.expect("try").is_none(),
-            "stale release freed the new holder"
-        );
+        assert_busy(&locker, "expiring", "stale release freed the new holder").await;
         new.release().await.expect("release");
     }
 
@@ -976,6 +972,12 @@ fn lease_prefix(locker: &Locker) -> String {
 }
 
 /// Asserts that `key` can be taken right now (and gives it back).
+/// Asserts that `key` is held by someone else right now; `why` says what it would mean if not.
+async fn assert_busy(locker: &Locker, key: &str, why: &str) {
+    let lease = locker.try_lock(key).await.expect("try_lock");
+    assert!(lease.is_none(), "{key:?} was free: {why}");
+}
+
 async fn assert_free(locker: &Locker, key: &str) {
     let lease = locker.try_lock(key).await.expect("try_lock");
     let lease = lease.unwrap_or_else(|| panic!("{key:?} is still held"));
