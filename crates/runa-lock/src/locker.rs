@@ -241,7 +241,8 @@ impl Locker {
     /// # Cancel safety
     ///
     /// Dropping the future leaves nothing held: an attempt already sent is released in the
-    /// background.
+    /// background (and, on a driver whose requests can arrive late, such as Redis, released
+    /// again once it can no longer arrive; see the [`Driver`] contract).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
