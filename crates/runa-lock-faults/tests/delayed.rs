@@ -16,8 +16,9 @@ use runa_lock_redis::RedisDriver;
 use runa_lock_redis::testing::RedisServer;
 use tokio::time::{Instant, sleep};
 
-/// How long the near driver waits for a reply: far less than the proxy holds bytes.
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long the near driver waits for a reply: far less than the proxy holds bytes, and
+/// far more than a reply takes on a slow machine.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const ROUNDS: usize = 3;
 
 struct Setup {
@@ -347,12 +348,21 @@ async fn a_timed_out_subscription_replaces_only_its_own_connection() {
         }
         let key = format!("held-{round}");
         let held = setup.far.try_lock(&key).await.unwrap().unwrap();
-        // The waiter's SUBSCRIBE goes out 100 ms before the beat and times out 100 ms after.
+        // The waiter's SUBSCRIBE goes out just before the beat, and times out after it.
         tokio::time::sleep_until(beat - Duration::from_millis(100)).await;
         setup.proxy.freeze(subscriber);
         let accepted = setup.proxy.accepted();
         let waiter = spawn_wait(&setup.near, key);
-        sleep(Duration::from_millis(1_500)).await;
+        let replaced = Instant::now();
+        while setup.proxy.accepted() == accepted {
+            assert!(
+                replaced.elapsed() < Duration::from_secs(10),
+                "round {round}: the silent subscriber connection was never replaced"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+        // A second replacement (the bug) follows the first at once.
+        sleep(Duration::from_secs(1)).await;
         assert_eq!(
             setup.proxy.accepted() - accepted,
             1,

@@ -342,10 +342,12 @@ impl Inner {
     /// Stops using `connection` for new calls and lets it settle in the background; then
     /// sends again the releases made meanwhile.
     fn retire(&self, connection: &Connection) {
-        let Some((id, manager)) = self.connections.retire(connection) else {
+        // Looked for first: a connection put on the settling list must have a task that
+        // takes it off again, or every later release would be queued on it for good.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some((id, manager)) = self.connections.retire(connection) else {
             return;
         };
         let me = self.me.clone();
@@ -560,13 +562,6 @@ impl Driver for RedisDriver {
         plan: WaitPlan,
     ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
         Box::pin(crate::wait::wait(&self.inner, key, token, ttl, plan))
-    }
-
-    fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
-        match self.inner.keys(key) {
-            Ok(keys) => self.inner.release_detached(keys, token.to_owned()),
-            Err(error) => tracing::debug!(%error, "cannot release a lock with this prefix"),
-        }
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {

@@ -75,7 +75,9 @@ pub(crate) async fn wait(
                     }
                     Some(Outcome::Busy(left)) => retry_after = left,
                     None => {
-                        tracing::debug!(key = key.key, "lock attempt failed; still waiting");
+                        if let Some(error) = &attempts.failure {
+                            tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
+                        }
                         retry_after = None;
                     }
                 }

@@ -404,14 +404,11 @@ impl Suite {
                 .expect("renew"),
             "the holder's renewal was refused"
         );
-        let again = self.driver.acquire(key, lease.token(), SHORT).await;
-        assert!(
-            matches!(
-                again,
-                Ok(crate::Attempt::Acquired { .. } | crate::Attempt::Busy { .. })
-            ),
-            "a second acquire by the holder: {again:?}"
-        );
+        // Granted again or refused as busy: either is allowed, neither may shorten.
+        self.driver
+            .acquire(key, lease.token(), SHORT)
+            .await
+            .expect("a second acquire by the holder");
         sleep(SHORT * 2).await;
         assert_busy(
             &locker,
