@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::options::duration_problem;
+use crate::options::parse_duration;
 use crate::{Error, LockerOptions};
 
 /// The keys a `[lock.lockers.<name>]` section may hold.
@@ -221,17 +221,7 @@ fn duration(value: &Value, path: &str) -> Result<Duration, Error> {
             Some(show(value)),
         )
     })?;
-    let parsed = humantime::parse_duration(text).map_err(|error| {
-        let problem = match error {
-            humantime::DurationError::NumberOverflow => "must be at most 365 days",
-            _ => "not a duration",
-        };
-        Error::invalid_config(path, problem, Some(show(value)))
-    })?;
-    match duration_problem(parsed) {
-        Some(problem) => Err(Error::invalid_config(path, problem, Some(show(value)))),
-        None => Ok(parsed),
-    }
+    parse_duration(text).map_err(|problem| Error::invalid_config(path, problem, Some(show(value))))
 }
 
 fn scalar(value: &Value, path: &str) -> Result<String, Error> {

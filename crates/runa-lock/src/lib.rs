@@ -73,7 +73,7 @@ pub use error::{BoxError, Error, LossReason};
 pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, MAX_KEY_LEN};
 pub use memory::MemoryDriver;
-pub use options::{LockOptions, LockerOptions, MAX_DURATION};
+pub use options::{LockOptions, LockerOptions, MAX_DURATION, parse_duration};
 pub use provider::{LockProvider, default, provider, try_default};
 pub use registry::{LockerInfo, Registry};
 

@@ -312,6 +312,32 @@ impl Settings {
     }
 }
 
+/// Reads a duration setting as config files write it: a humantime string (`"30s"`,
+/// `"100ms"`, `"1m30s"`), greater than zero and at most [`MAX_DURATION`]. On error, returns
+/// what is wrong, for a message such as `lock.redis.response_timeout: not a duration (got "soon")`.
+///
+/// Every duration in config (lockers, drivers, the command line) follows these rules.
+///
+/// ```
+/// use std::time::Duration;
+/// use runa_lock::parse_duration;
+///
+/// assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("soon"), Err("not a duration"));
+/// assert_eq!(parse_duration("0s"), Err("must be greater than zero"));
+/// assert_eq!(parse_duration("1000years"), Err("must be at most 365 days"));
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
+    let parsed = humantime::parse_duration(text).map_err(|error| match error {
+        humantime::DurationError::NumberOverflow => "must be at most 365 days",
+        _ => "not a duration",
+    })?;
+    match duration_problem(parsed) {
+        Some(problem) => Err(problem),
+        None => Ok(parsed),
+    }
+}
+
 /// What is wrong with a duration setting, if anything.
 pub(crate) fn duration_problem(value: Duration) -> Option<&'static str> {
     if value.is_zero() {
