@@ -8,106 +8,18 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use crate::{Error, MemoryDriver};
+use crate::Error;
 
-/// A driver and the key prefix a locker uses it with: shared by a locker and its leases
-/// behind one `Arc`, so that a lease costs one reference count, not two.
-///
-/// Aligned so that each store's reference count (just before it in its `Arc`) has cache lines
-/// to itself: threads taking leases at once use different stores (see `Locker::unsettled`).
-#[repr(align(128))]
+/// A driver and the key prefix a locker uses it with, shared by the locker and its leases.
 pub(crate) struct Store {
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) prefix: Box<str>,
-    /// `driver` itself when it is a [`MemoryDriver`]: the store then calls it directly, with
-    /// no boxed future and with the key hashed once per lease. The methods below are the one
-    /// place that tells the two apart.
-    pub(crate) memory: Option<MemoryDriver>,
 }
 
 impl Store {
-    pub(crate) fn new(driver: Arc<dyn Driver>, prefix: Box<str>) -> Store {
-        let memory = driver.as_memory().cloned();
-        Store {
-            driver,
-            prefix,
-            memory,
-        }
-    }
-
-    /// Another store with the same driver, prefix and memory driver.
-    pub(crate) fn copy(&self) -> Store {
-        Store {
-            driver: Arc::clone(&self.driver),
-            prefix: self.prefix.clone(),
-            memory: self.memory.clone(),
-        }
-    }
-
     /// `key` under this store's prefix.
     pub(crate) fn lock_key<'a>(&'a self, key: &'a str) -> LockKey<'a> {
         LockKey::new(&self.prefix, key)
-    }
-
-    /// What a lease keeps to release `key` with: its hash in the memory driver (0 for other
-    /// drivers, which never read it).
-    pub(crate) fn key_hash(&self, key: LockKey<'_>) -> u64 {
-        self.memory
-            .as_ref()
-            .map_or(0, |memory| memory.key_hash(key))
-    }
-
-    /// [`Driver::acquire_sync`], for a key hashed by [`key_hash`](Self::key_hash).
-    pub(crate) fn acquire_sync(
-        &self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        now: Instant,
-    ) -> Option<Result<Attempt, Error>> {
-        match &self.memory {
-            Some(memory) => Some(Ok(memory.acquire_hashed(hash, key, token, ttl, now))),
-            None => self.driver.acquire_sync(key, token, ttl, now),
-        }
-    }
-
-    /// [`Driver::release_sync`], for a key hashed by [`key_hash`](Self::key_hash).
-    pub(crate) fn release_sync(
-        &self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-    ) -> Option<Result<bool, Error>> {
-        match &self.memory {
-            Some(memory) => Some(Ok(memory.release_hashed(hash, key, token))),
-            None => self.driver.release_sync(key, token),
-        }
-    }
-
-    /// [`Driver::release_detached`], for a key hashed by [`key_hash`](Self::key_hash).
-    pub(crate) fn release_detached(&self, hash: u64, key: LockKey<'_>, token: &str) {
-        match &self.memory {
-            Some(memory) => {
-                memory.release_hashed(hash, key, token);
-            }
-            None => Arc::clone(&self.driver).release_detached(key, token),
-        }
-    }
-
-    /// [`Driver::wait`], for a key hashed by [`key_hash`](Self::key_hash).
-    pub(crate) async fn wait(
-        &self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        plan: WaitPlan,
-    ) -> Result<Option<Grant>, Error> {
-        match &self.memory {
-            Some(memory) => memory.wait_hashed(hash, key, token, ttl, plan).await,
-            None => self.driver.wait(key, token, ttl, plan).await,
-        }
     }
 }
 
@@ -500,55 +412,6 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
         });
     }
 
-    /// [`acquire`](Driver::acquire) without a future, for drivers that answer from memory with
-    /// no I/O; `now` is the instant the attempt counts from. Default: `None` ("call
-    /// `acquire`").
-    ///
-    /// # Behavior
-    ///
-    /// - `Some(result)` must mean exactly what `acquire` would have returned.
-    /// - Lockers call it first, so an in-process driver's uncontended path costs no boxed
-    ///   future.
-    fn acquire_sync(
-        &self,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        now: Instant,
-    ) -> Option<Result<Attempt, Error>> {
-        let _ = (key, token, ttl, now);
-        None
-    }
-
-    /// [`release`](Driver::release) without a future, for drivers that answer from memory
-    /// with no I/O. Default: `None` ("call `release`").
-    fn release_sync(&self, key: LockKey<'_>, token: &str) -> Option<Result<bool, Error>> {
-        let _ = (key, token);
-        None
-    }
-
-    /// Whether every holder of this driver's locks lives in this process, as with
-    /// [`MemoryDriver`](crate::MemoryDriver). Default: `false`.
-    ///
-    /// # Behavior
-    ///
-    /// - Tokens for a local driver skip the check that guards tokens shared across processes
-    ///   against a `fork` (a system call per token, noticeable only when there is no network
-    ///   round trip to hide it).
-    fn is_local(&self) -> bool {
-        false
-    }
-
-    /// The built-in [`MemoryDriver`], when this is it: lockers then call it directly, without
-    /// boxed futures. Only `MemoryDriver` (and wrappers that forward to it, such as `Arc`)
-    /// answer `Some`; other drivers keep the default. A wrapper that forwards it has its own
-    /// `acquire`, `wait` and `release` bypassed by lockers (its `renew` is still called), and
-    /// must answer the same on every call.
-    #[doc(hidden)]
-    fn as_memory(&self) -> Option<&MemoryDriver> {
-        None
-    }
-
     /// Closes the driver's connections. The default does nothing.
     ///
     /// # Behavior
@@ -598,28 +461,6 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
 
     fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
         D::release_detached(Arc::clone(&self), key, token);
-    }
-
-    fn is_local(&self) -> bool {
-        (**self).is_local()
-    }
-
-    fn as_memory(&self) -> Option<&MemoryDriver> {
-        (**self).as_memory()
-    }
-
-    fn acquire_sync(
-        &self,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        now: Instant,
-    ) -> Option<Result<Attempt, Error>> {
-        (**self).acquire_sync(key, token, ttl, now)
-    }
-
-    fn release_sync(&self, key: LockKey<'_>, token: &str) -> Option<Result<bool, Error>> {
-        (**self).release_sync(key, token)
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
@@ -684,21 +525,5 @@ pub async fn poll_until<D: Driver + ?Sized>(
             return Ok(None);
         }
         sleep_until(plan.next_attempt(now, retry_after)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_store_knows_a_memory_driver() {
-        let memory = Store::new(Arc::new(MemoryDriver::new()), "p:".into());
-        assert!(
-            memory.memory.is_some(),
-            "lockers on it would box every wait"
-        );
-        let shared = Store::new(Arc::new(Arc::new(MemoryDriver::new())), "p:".into());
-        assert!(shared.memory.is_some(), "an Arc<MemoryDriver> is one too");
     }
 }

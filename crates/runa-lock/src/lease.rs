@@ -1,25 +1,18 @@
-//! `Lease` (an acquired lock) and `LeaseHandle` (its shareable view), with the loss signal.
+//! `Lease` (an acquired lock) and `LeaseHandle` (its shareable view).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, MutexGuard, Notify};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::Error;
 use crate::driver::{Driver, LockKey, Store};
-use crate::error::LossReason;
 use crate::options::duration_problem;
-use crate::renewals::Renewals;
+use crate::renewal::{self, Term};
 use crate::text::Text;
 use crate::token::Token;
-
-const HELD: u8 = 0;
-const RELEASED: u8 = 1;
-const EXPIRED: u8 = 2;
-const REFUSED: u8 = 3;
 
 /// An acquired lock. Only its holder can renew or release it.
 ///
@@ -80,35 +73,11 @@ pub struct LeaseHandle {
 pub(crate) struct LeaseState {
     store: Arc<Store>,
     key: Text<48>,
-    /// The key's hash in the store's [`MemoryDriver`](crate::MemoryDriver), if it is one.
-    hash: u64,
     token: Token,
     /// Set once, before the lease is handed out (see [`Unsettled`]).
     fencing: AtomicU64,
     ttl: Duration,
-    /// The local instant the lease ends unless renewed, as nanoseconds after `origin`.
-    origin: Instant,
-    deadline_nanos: AtomicU64,
-    /// Held by the renewal on its way to the store, if any: renewals go one at a time
-    /// (see [`crate::renewals`]). Made by the first renewal: most leases never renew.
-    renewals: OnceLock<Box<Mutex<Renewals>>>,
-    phase: AtomicU8,
-    /// Woken when the lease ends or its deadline moves earlier.
-    changed: Notify,
-    /// Tasks inside `lost()`; `end` and an earlier deadline only wake anyone when there are
-    /// some.
-    watchers: AtomicUsize,
-}
-
-/// A renewal on its way to the store, holding the lease's renewal lock (see
-/// [`crate::renewals`]). Dropping it unanswered (failed, or abandoned mid-flight) counts it
-/// as one the store may still apply.
-pub(crate) struct Renewal<'a> {
-    state: &'a LeaseState,
-    renewals: MutexGuard<'a, Renewals>,
-    sent: u64,
-    ttl: u64,
-    answered: bool,
+    term: Term,
 }
 
 impl LeaseState {
@@ -128,151 +97,13 @@ impl LeaseState {
         self.ttl
     }
 
-    pub(crate) fn deadline(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.deadline_nanos.load(Ordering::Acquire))
+    pub(crate) fn term(&self) -> &Term {
+        &self.term
     }
 
-    /// `instant` as nanoseconds after `origin` (0 before it, `u64::MAX` far after it).
-    fn nanos_at(&self, instant: Instant) -> u64 {
-        nanos(instant.saturating_duration_since(self.origin))
-    }
-
-    /// A renewal to `ttl`, about to be sent: waits for the one before it to be answered,
-    /// then brings the deadline down to `now + ttl` if that is earlier (the store may apply
-    /// the renewal before its answer comes). `None` when the lease was lost meanwhile: the
-    /// wait ends at the lease's deadline at the latest, even if the renewal before it is
-    /// stuck in a future nobody polls.
-    pub(crate) async fn renewing(&self, ttl: Duration) -> Option<Renewal<'_>> {
-        let lock = self.renewals.get_or_init(Box::default);
-        let renewals = tokio::time::timeout_at(self.deadline(), lock.lock())
-            .await
-            .ok()
-            .filter(|_| !self.is_lost());
-        let Some(renewals) = renewals else {
-            self.end(EXPIRED);
-            return None;
-        };
-        let ttl = nanos(ttl);
-        let sent = self.nanos_at(Instant::now());
-        self.move_deadline(
-            sent.saturating_add(ttl)
-                .min(self.deadline_nanos.load(Ordering::Acquire)),
-        );
-        Some(Renewal {
-            state: self,
-            renewals,
-            sent,
-            ttl,
-            answered: false,
-        })
-    }
-
-    /// Sets the deadline, waking the tasks in `lost()` if it moved earlier. Only called
-    /// with the renewal lock held.
-    fn move_deadline(&self, nanos: u64) {
-        let previous = self.deadline_nanos.swap(nanos, Ordering::SeqCst);
-        if nanos < previous && self.watchers.load(Ordering::SeqCst) > 0 {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Whether the lease has ended; a deadline seen passing is latched, so this never goes
-    /// from true back to false.
-    pub(crate) fn is_lost(&self) -> bool {
-        if self.phase.load(Ordering::SeqCst) != HELD {
-            return true;
-        }
-        if Instant::now() >= self.deadline() {
-            self.end(EXPIRED);
-            return true;
-        }
-        false
-    }
-
-    pub(crate) fn mark_expired(&self) {
-        self.end(EXPIRED);
-    }
-
-    pub(crate) fn mark_refused(&self) {
-        self.end(REFUSED);
-    }
-
-    pub(crate) fn loss_reason(&self) -> LossReason {
-        match self.phase.load(Ordering::Acquire) {
-            REFUSED => LossReason::Refused,
-            _ => LossReason::Expired,
-        }
-    }
-
-    fn end(&self, phase: u8) {
-        // SeqCst with `lost()`: either a watcher counted itself before this swap (and is
-        // woken), or its check after counting sees the lease ended.
-        if self
-            .phase
-            .compare_exchange(HELD, phase, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-            && self.watchers.load(Ordering::SeqCst) > 0
-        {
-            self.changed.notify_waiters();
-        }
-    }
-
-    async fn lost(&self) {
-        struct Watching<'a>(&'a AtomicUsize);
-        impl Drop for Watching<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.watchers.fetch_add(1, Ordering::SeqCst);
-        let _watching = Watching(&self.watchers);
-        loop {
-            // Created before the check, so an `end` or an earlier deadline right after it
-            // still wakes us.
-            let changed = self.changed.notified();
-            if self.is_lost() {
-                return;
-            }
-            tokio::select! {
-                _ = changed => {}
-                _ = sleep_until(self.deadline()) => {}
-            }
-        }
-    }
-}
-
-/// `duration` in nanoseconds, `u64::MAX` for the (centuries-long) ones that do not fit.
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl Renewal<'_> {
-    /// The store accepted the renewal. Unless the lease has ended or its deadline has
-    /// passed (a loss is final), the deadline moves to what [`Renewals::accepted_end`]
-    /// allows. Returns whether the lease is still held.
-    pub(crate) fn accepted(mut self) -> bool {
-        self.answered = true;
-        let state = self.state;
-        if Instant::now() >= state.deadline() || state.phase.load(Ordering::Acquire) != HELD {
-            state.end(EXPIRED);
-            return false;
-        }
-        // A reader may see the old deadline pass just before this and latch the loss; then
-        // it stays lost.
-        state.move_deadline(self.renewals.accepted_end(self.sent, self.ttl));
-        state.phase.load(Ordering::Acquire) == HELD
-    }
-
-    /// The store refused the renewal: it changed nothing there (and the lease is lost).
-    pub(crate) fn refused(mut self) {
-        self.answered = true;
-    }
-}
-
-impl Drop for Renewal<'_> {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.renewals.unanswered(self.ttl);
+    pub(crate) fn not_held(&self) -> Error {
+        Error::NotHeld {
+            key: self.key.as_str().to_owned(),
         }
     }
 }
@@ -284,12 +115,10 @@ pub(crate) struct Unsettled {
 }
 
 impl Unsettled {
-    /// The state of a lease on `key`, to be acquired after `origin`; `hash` is the key's in
-    /// the store's memory driver, if it has one.
+    /// The state of a lease on `key`, to be acquired after `origin`.
     pub(crate) fn new(
         store: Arc<Store>,
         key: &str,
-        hash: u64,
         token: Token,
         ttl: Duration,
         origin: Instant,
@@ -297,16 +126,10 @@ impl Unsettled {
         let state = LeaseState {
             store,
             key: Text::new(&[key]),
-            hash,
             token,
             fencing: AtomicU64::new(0),
             ttl,
-            origin,
-            deadline_nanos: AtomicU64::new(nanos(ttl)),
-            renewals: OnceLock::new(),
-            phase: AtomicU8::new(HELD),
-            changed: Notify::new(),
-            watchers: AtomicUsize::new(0),
+            term: Term::new(origin, ttl),
         };
         Unsettled {
             state: Arc::new(state),
@@ -317,18 +140,11 @@ impl Unsettled {
         self.state.token()
     }
 
-    /// The lease, acquired with `fencing` by an attempt sent at `sent` (not before `origin`).
+    /// The lease, acquired with `fencing` by an attempt sent at `sent`.
     pub(crate) fn settle(self, fencing: u64, sent: Instant) -> Lease {
-        let state = &self.state;
-        // Nobody else sees the state yet: handing the lease to another thread publishes these.
-        state.fencing.store(fencing, Ordering::Relaxed);
-        // `sent + ttl` measured from `origin`; for a grant sent before `origin` (a driver
-        // breaking the contract) that is still exact while `sent + ttl` is after `origin`, and
-        // the lease counts as ended at once otherwise: it never outlives the store's hold.
-        let nanos = sent
-            .checked_add(state.ttl)
-            .map_or(u64::MAX, |end| state.nanos_at(end));
-        state.deadline_nanos.store(nanos, Ordering::Relaxed);
+        // Nobody else sees the state yet: handing the lease to another thread publishes it.
+        self.state.fencing.store(fencing, Ordering::Relaxed);
+        self.state.term.start(sent, self.state.ttl);
         Lease {
             state: self.state,
             done: false,
@@ -355,8 +171,8 @@ impl Lease {
         self.state.key.as_str()
     }
 
-    /// The random token that identifies this holder: 32 hex digits (128 bits from the OS
-    /// random source), unrelated to the fencing number.
+    /// The random token that identifies this holder: 32 hex digits (128 bits from a
+    /// CSPRNG seeded from the OS), unrelated to the fencing number.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -461,26 +277,7 @@ impl Lease {
                 Some(humantime::format_duration(ttl).to_string()),
             ));
         }
-        if state.is_lost() {
-            return Err(self.not_held());
-        }
-        let Some(renewal) = state.renewing(ttl).await else {
-            return Err(self.not_held());
-        };
-        if !state
-            .store
-            .driver
-            .renew(state.key(), state.token(), ttl)
-            .await?
-        {
-            renewal.refused();
-            state.mark_refused();
-            return Err(self.not_held());
-        }
-        if !renewal.accepted() {
-            return Err(self.not_held());
-        }
-        Ok(())
+        renewal::renew(state, ttl, false).await
     }
 
     /// Releases the lock, waking its waiters.
@@ -506,26 +303,14 @@ impl Lease {
         let state = &self.state;
         // Ended before the store lets go: from then on another holder may have the key, and
         // no handle of this lease may still say it is held.
-        state.end(RELEASED);
-        let released = match state
-            .store
-            .release_sync(state.hash, state.key(), state.token())
-        {
-            Some(released) => released,
-            None => state.store.driver.release(state.key(), state.token()).await,
-        };
+        state.term.release();
+        let released = state.driver().release(state.key(), state.token()).await;
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
         match released {
             Ok(true) => Ok(()),
-            Ok(false) => Err(self.not_held()),
+            Ok(false) => Err(self.state.not_held()),
             Err(error) => Err(error),
-        }
-    }
-
-    fn not_held(&self) -> Error {
-        Error::NotHeld {
-            key: self.state.key.as_str().to_owned(),
         }
     }
 }
@@ -536,12 +321,10 @@ impl Drop for Lease {
             return;
         }
         let state = &self.state;
-        let refused = state.phase.load(Ordering::Acquire) == REFUSED;
-        state.end(RELEASED);
+        let refused = state.term.is_refused();
+        state.term.release();
         if !refused {
-            state
-                .store
-                .release_detached(state.hash, state.key(), state.token());
+            Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
         }
     }
 }
@@ -608,7 +391,7 @@ impl LeaseHandle {
     /// # }
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.state.is_lost()
+        self.state.term.is_lost()
     }
 
     /// Resolves once [`is_lost`](LeaseHandle::is_lost) is true. Useful in a `select!` to stop
@@ -637,7 +420,7 @@ impl LeaseHandle {
     /// # }
     /// ```
     pub async fn lost(&self) {
-        self.state.lost().await;
+        self.state.term.lost().await;
     }
 }
 
@@ -660,7 +443,7 @@ fn debug_state(f: &mut fmt::Formatter<'_>, name: &str, state: &LeaseState) -> fm
         .field("key", &state.key.as_str())
         .field("fencing", &state.fencing.load(Ordering::Relaxed))
         .field("ttl", &state.ttl)
-        .field("lost", &state.is_lost())
+        .field("lost", &state.term.is_lost())
         .finish_non_exhaustive()
 }
 
@@ -669,13 +452,6 @@ mod tests {
     use super::*;
     use crate::MemoryDriver;
 
-    fn unsettled(ttl: Duration, origin: Instant) -> Unsettled {
-        let memory = MemoryDriver::new();
-        let hash = memory.key_hash(LockKey::new("p:", "k"));
-        let store = Arc::new(Store::new(Arc::new(memory), "p:".into()));
-        Unsettled::new(store, "k", hash, Token::new(false).unwrap(), ttl, origin)
-    }
-
     /// The lease ends exactly `ttl` after its winning attempt was sent, wherever that falls
     /// from the moment its state was built: later (a wait), or even earlier (a driver
     /// breaking its contract must not make the lease outlive the store's hold).
@@ -683,13 +459,18 @@ mod tests {
     fn a_settled_lease_ends_ttl_after_its_attempt_was_sent() {
         let ttl = Duration::from_secs(10);
         let origin = Instant::now();
+        let store = Arc::new(Store {
+            driver: Arc::new(MemoryDriver::new()),
+            prefix: "p:".into(),
+        });
         for sent in [
             origin,
             origin + Duration::from_secs(3),
             origin.checked_sub(Duration::from_secs(5)).unwrap_or(origin),
         ] {
-            let lease = unsettled(ttl, origin).settle(7, sent);
-            assert_eq!(lease.state().deadline(), sent + ttl);
+            let unsettled = Unsettled::new(Arc::clone(&store), "k", Token::new(), ttl, origin);
+            let lease = unsettled.settle(7, sent);
+            assert_eq!(lease.state().term().deadline(), sent + ttl);
             assert_eq!(lease.fencing(), 7);
             drop(lease); // the memory driver releases without a runtime
         }

@@ -46,6 +46,7 @@
 //! - Dropping a `wait` or `with` future, or a [`Lease`], leaves nothing held.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod config;
 mod driver;
@@ -54,11 +55,9 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
-mod pages;
 mod provider;
 mod registry;
-mod renew;
-mod renewals;
+mod renewal;
 mod text;
 mod token;
 

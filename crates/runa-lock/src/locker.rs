@@ -3,8 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
@@ -14,8 +13,9 @@ use crate::error::LossReason;
 use crate::lease::{Lease, LeaseHandle, Unsettled};
 use crate::options::Settings;
 use crate::registry::LockerInfo;
+use crate::renewal::keep_alive;
 use crate::token::Token;
-use crate::{Error, LockOptions, renew};
+use crate::{Attempt, Error, LockOptions};
 
 /// The longest key accepted, in bytes: 16 KiB.
 ///
@@ -65,69 +65,28 @@ pub struct Locker {
 
 struct Inner {
     name: String,
-    stores: Arc<Stores>,
+    /// Shared with the lockers [`Locker::with_options`] makes, and with every lease.
+    store: Arc<Store>,
     settings: Settings,
     /// Whether `settings` passed validation, checked once here instead of on every call.
     valid: bool,
 }
 
-/// The locker's store, and copies of it for leases taken on other threads (see
-/// `Locker::unsettled`). Shared by the lockers [`Locker::with_options`] makes.
-struct Stores {
-    main: Arc<Store>,
-    /// One slot per group of threads, made with the first lease; each copy has a reference
-    /// count of its own (on cache lines of its own: `Store` is aligned to 128 bytes).
-    stripes: OnceLock<Box<[OnceLock<Arc<Store>>]>>,
-}
-
-impl Stores {
-    /// The store a lease taken on this thread holds.
-    fn for_this_thread(&self) -> &Arc<Store> {
-        let stripes = self
-            .stripes
-            .get_or_init(|| (0..stripe_count()).map(|_| OnceLock::new()).collect());
-        stripes[thread_stripe() % stripes.len()].get_or_init(|| {
-            // A copy of the main store, memory driver included: leases release through it
-            // with a hash the main store's driver made.
-            Arc::new(self.main.copy())
-        })
-    }
-}
-
-/// How many stripes a locker has: enough for every core to have one, most of the time.
-fn stripe_count() -> usize {
-    static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        (cores * 2).next_power_of_two().min(64)
-    })
-}
-
-/// This thread's stripe number (any value; callers reduce it): threads take turns.
-fn thread_stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    STRIPE.with(|stripe| *stripe)
-}
-
 impl Locker {
     pub(crate) fn new(name: String, driver: Arc<dyn Driver>, settings: Settings) -> Locker {
-        let main = Arc::new(Store::new(driver, settings.prefix.as_str().into()));
-        let stores = Arc::new(Stores {
-            main,
-            stripes: OnceLock::new(),
+        let store = Arc::new(Store {
+            driver,
+            prefix: settings.prefix.as_str().into(),
         });
-        Locker::with_stores(name, stores, settings)
+        Locker::with_store(name, store, settings)
     }
 
-    fn with_stores(name: String, stores: Arc<Stores>, settings: Settings) -> Locker {
+    fn with_store(name: String, store: Arc<Store>, settings: Settings) -> Locker {
         let valid = settings.validate(|_| String::new()).is_ok();
         Locker {
             inner: Arc::new(Inner {
                 name,
-                stores,
+                store,
                 settings,
                 valid,
             }),
@@ -178,10 +137,10 @@ impl Locker {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_options(&self, options: LockOptions) -> Locker {
-        // Per-call options change neither the driver nor the prefix: share the stores.
-        Locker::with_stores(
+        // Per-call options change neither the driver nor the prefix: share the store.
+        Locker::with_store(
             self.inner.name.clone(),
-            Arc::clone(&self.inner.stores),
+            Arc::clone(&self.inner.store),
             self.inner.settings.with_call(&options),
         )
     }
@@ -205,26 +164,19 @@ impl Locker {
     /// ```
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         self.check(key)?;
-        let token = Token::new(!self.inner.stores.main.driver.is_local())?;
-        let ttl = self.inner.settings.ttl;
-        let sent = Instant::now();
-        let store = &self.inner.stores.main;
+        let lease = self.unsettled(key, Instant::now());
+        let store = &self.inner.store;
         let lock_key = store.lock_key(key);
-        let hash = store.key_hash(lock_key);
-        let attempt = match store.acquire_sync(hash, lock_key, token.as_str(), ttl, sent) {
-            Some(attempt) => attempt?,
-            None => {
-                let pending = Pending::new(&store.driver, lock_key, token.as_str());
-                let attempt = store.driver.acquire(lock_key, token.as_str(), ttl).await?;
-                pending.disarm();
-                attempt
-            }
-        };
+        let pending = Pending::new(&store.driver, lock_key, lease.token());
+        let sent = Instant::now();
+        let attempt = store
+            .driver
+            .acquire(lock_key, lease.token(), self.inner.settings.ttl)
+            .await?;
+        pending.disarm();
         Ok(match attempt {
-            crate::Attempt::Acquired { fencing } => {
-                Some(self.unsettled(key, hash, token, sent).settle(fencing, sent))
-            }
-            crate::Attempt::Busy { .. } => None,
+            Attempt::Acquired { fencing } => Some(lease.settle(fencing, sent)),
+            Attempt::Busy { .. } => None,
         })
     }
 
@@ -261,18 +213,17 @@ impl Locker {
     /// ```
     pub async fn wait(&self, key: &str) -> Result<Lease, Error> {
         self.check(key)?;
-        let token = Token::new(!self.inner.stores.main.driver.is_local())?;
         let settings = &self.inner.settings;
         let now = Instant::now();
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
-        let store = &self.inner.stores.main;
-        let lock_key = store.lock_key(key);
-        let hash = store.key_hash(lock_key);
         // Built now, so that a waiter woken by a release only has to fill in the grant.
-        let lease = self.unsettled(key, hash, token, now);
+        let lease = self.unsettled(key, now);
+        let store = &self.inner.store;
+        let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
         let acquired = store
-            .wait(hash, lock_key, lease.token(), settings.ttl, plan)
+            .driver
+            .wait(lock_key, lease.token(), settings.ttl, plan)
             .await?;
         pending.disarm();
         match acquired {
@@ -294,6 +245,7 @@ impl Locker {
     /// - If `f` returns `Err(e)`, the lock is released and `e` returned.
     /// - If `f` panics, the lock is released and the panic resumed.
     /// - A [`Error::Backend`] from the final release is returned as is.
+    /// - The future is `Send` when `f`, its future, `T` and `E` are.
     ///
     /// # Cancel safety
     ///
@@ -315,16 +267,15 @@ impl Locker {
     /// ```
     pub async fn with<F, Fut, T, E>(&self, key: &str, f: F) -> Result<T, E>
     where
-        F: FnOnce(LeaseHandle) -> Fut + Send,
-        Fut: Future<Output = Result<T, E>> + Send,
-        E: From<Error> + Send,
-        T: Send,
+        F: FnOnce(LeaseHandle) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
     {
         let lease = self.wait(key).await?;
         let handle = lease.handle();
         let outcome = {
             let work = AssertUnwindSafe(async move { f(handle).await }).catch_unwind();
-            let keeper = renew::keep_alive(lease.state(), self.inner.settings.auto_renew);
+            let keeper = keep_alive(lease.state(), self.inner.settings.auto_renew);
             tokio::pin!(work, keeper);
             tokio::select! {
                 biased;
@@ -342,8 +293,8 @@ impl Locker {
                 Err(error)
             }
             Ok(Ok(value)) => {
-                if lease.state().is_lost() {
-                    let reason = lease.state().loss_reason();
+                if lease.state().term().is_lost() {
+                    let reason = lease.state().term().loss_reason();
                     let _ = lease.release().await;
                     return Err(self.lost(key, reason).into());
                 }
@@ -363,22 +314,9 @@ impl Locker {
         }
     }
 
-    /// A lease's state; `hash` is the key's in the store's memory driver, if it has one.
-    ///
-    /// A lease holds a reference to the store. Taken from one shared `Arc`, every lease
-    /// would bump one reference count, and threads taking leases at once would pass its
-    /// cache line back and forth on every acquisition and release; each thread uses its
-    /// stripe's copy instead.
-    fn unsettled(&self, key: &str, hash: u64, token: Token, origin: Instant) -> Unsettled {
-        let store = self.inner.stores.for_this_thread();
-        Unsettled::new(
-            Arc::clone(store),
-            key,
-            hash,
-            token,
-            self.inner.settings.ttl,
-            origin,
-        )
+    fn unsettled(&self, key: &str, origin: Instant) -> Unsettled {
+        let store = Arc::clone(&self.inner.store);
+        Unsettled::new(store, key, Token::new(), self.inner.settings.ttl, origin)
     }
 
     fn check(&self, key: &str) -> Result<(), Error> {
@@ -408,7 +346,7 @@ impl fmt::Debug for Locker {
         f.debug_struct("Locker")
             .field("name", &self.inner.name)
             .field("settings", &self.inner.settings)
-            .field("driver", &self.inner.stores.main.driver)
+            .field("driver", &self.inner.store.driver)
             .finish()
     }
 }

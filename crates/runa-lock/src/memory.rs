@@ -16,7 +16,6 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Error;
 use crate::driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan};
-use crate::pages::Pages;
 use crate::text::Text;
 
 /// A shard sweeps its expired keys on insert when it last swept this long ago...
@@ -37,11 +36,11 @@ const MIN_SWEEP_LEN: usize = 256;
 /// - Released keys are removed at once; expired ones by sweeps on insert (a shard sweeps when
 ///   it last swept over a second ago, or has doubled in size since), so memory follows the
 ///   number of live keys; [`sweep`](MemoryDriver::sweep) sweeps everything now.
-/// - A sweep that leaves a table mostly empty shrinks it, and a table's storage (from 16 KiB
-///   or four memory pages up) is a memory mapping of its own, on Unix, so the memory of a burst of keys goes back to the
-///   operating system once they expire, whatever the global allocator keeps. Keys (prefix
-///   included) up to 38 bytes and tokens up to 32 bytes (a locker's are 32) are stored inside
-///   the table; longer ones take one small allocation each.
+/// - A sweep that leaves a table mostly empty shrinks it, so the heap the driver holds
+///   follows its live keys. Whether freed heap goes back to the operating system is the
+///   global allocator's choice: glibc's malloc keeps most of it for reuse, jemalloc and
+///   mimalloc return it. Keys (prefix included) up to 38 bytes and tokens up to 32 bytes (a
+///   locker's are 32) are stored inside the table; longer ones take one allocation each.
 /// - Keys are spread over many independently locked shards, so unrelated keys do not
 ///   serialise on one lock.
 ///
@@ -81,8 +80,7 @@ struct Padded(Mutex<Shard>);
 
 #[derive(Default)]
 struct Shard {
-    /// Its storage is returned to the OS when a sweep shrinks it (see [`Pages`]).
-    slots: HashTable<Slot, Pages>,
+    slots: HashTable<Slot>,
     last_fencing: u64,
     sweep_at_len: usize,
     /// When the shard last swept; `None` before its first insert.
@@ -273,44 +271,6 @@ impl MemoryDriver {
     pub fn sweep(&self) -> usize {
         self.inner.sweep_all(Instant::now())
     }
-
-    /// The hash this driver files `key` under. Lockers on this driver keep it in their
-    /// leases, so that a release does not hash the key again.
-    pub(crate) fn key_hash(&self, key: LockKey<'_>) -> u64 {
-        self.inner.hash(key)
-    }
-
-    /// [`Driver::acquire_sync`] for a key hashed by [`key_hash`](Self::key_hash).
-    pub(crate) fn acquire_hashed(
-        &self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        now: Instant,
-    ) -> Attempt {
-        self.inner
-            .shard(hash)
-            .try_acquire(hash, key, token, ttl, now)
-    }
-
-    /// [`Driver::release_sync`] for a key hashed by [`key_hash`](Self::key_hash).
-    pub(crate) fn release_hashed(&self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
-        self.inner.release_hashed(hash, key, token)
-    }
-
-    /// [`Driver::wait`] for a key hashed by [`key_hash`](Self::key_hash), without the boxed
-    /// future.
-    pub(crate) async fn wait_hashed(
-        &self,
-        hash: u64,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        plan: WaitPlan,
-    ) -> Result<Option<Grant>, Error> {
-        self.inner.wait(hash, key, token, ttl, plan).await
-    }
 }
 
 impl Default for MemoryDriver {
@@ -372,28 +332,6 @@ impl Driver for MemoryDriver {
         // A memory release never blocks for long: do it now, runtime or not.
         self.inner.release(key, token);
     }
-
-    fn is_local(&self) -> bool {
-        true
-    }
-
-    fn as_memory(&self) -> Option<&MemoryDriver> {
-        Some(self)
-    }
-
-    fn acquire_sync(
-        &self,
-        key: LockKey<'_>,
-        token: &str,
-        ttl: Duration,
-        now: Instant,
-    ) -> Option<Result<Attempt, Error>> {
-        Some(Ok(self.inner.acquire(key, token, ttl, now)))
-    }
-
-    fn release_sync(&self, key: LockKey<'_>, token: &str) -> Option<Result<bool, Error>> {
-        Some(Ok(self.inner.release(key, token)))
-    }
 }
 
 impl Inner {
@@ -414,10 +352,7 @@ impl Inner {
     }
 
     fn release(&self, key: LockKey<'_>, token: &str) -> bool {
-        self.release_hashed(self.hash(key), key, token)
-    }
-
-    fn release_hashed(&self, hash: u64, key: LockKey<'_>, token: &str) -> bool {
+        let hash = self.hash(key);
         let (released, next) = self.shard(hash).release(hash, key, token);
         wake(next);
         released

@@ -3,10 +3,10 @@
 //! driver suite and plugs into a registry like the built-in one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runa_lock::testing::Suite;
 use runa_lock::{Attempt, BoxFuture, Driver, Error, LockKey, LockerOptions, Registry};
 use tokio::time::Instant;
 
@@ -84,13 +84,12 @@ impl Driver for MapDriver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_third_party_driver_passes_the_shared_suite() {
-    Suite::new(MapDriver::default())
-        .polling_only()
-        .run_all()
-        .await;
+async fn run<F: Future<Output = ()>>(check: impl FnOnce(Arc<dyn Driver>) -> F) {
+    check(Arc::new(MapDriver::default())).await;
 }
+
+// A third-party driver passes the shared suite.
+runa_lock::suite_tests!(run, polling);
 
 /// A locker on a fresh `MapDriver` registered as a third party would.
 fn map_locker(options: LockerOptions) -> runa_lock::Locker {

@@ -168,3 +168,45 @@ async fn a_renewal_left_unpolled_holds_up_the_next_one_only_until_the_deadline()
         started.elapsed()
     );
 }
+
+/// A locker on a `Faulty` driver (ttl 10 s) whose next renewal fails without an answer.
+fn failing_once() -> (runa_lock::Locker, Arc<Faulty>) {
+    let driver = Faulty::new();
+    driver.set_renew(RenewMode::FailTimes(1));
+    let registry = Registry::new();
+    registry.register_driver("faulty", Arc::clone(&driver));
+    let options = LockerOptions::new()
+        .driver("faulty")
+        .ttl(Duration::from_secs(10));
+    registry.register_locker("jobs", options);
+    (registry.of("jobs").unwrap(), driver)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_never_answered_caps_later_ones_at_its_ttl() {
+    let (jobs, _driver) = failing_once();
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    // The store may apply this one at any time later, leaving the key held for 1 s from then.
+    let failed = lease.renew(Some(Duration::from_secs(1))).await;
+    assert!(matches!(failed, Err(Error::Backend { .. })), "{failed:?}");
+    lease.renew(Some(Duration::from_secs(60))).await.unwrap();
+    sleep(Duration::from_millis(1500)).await;
+    assert!(
+        handle.is_lost(),
+        "a 60 s renewal outweighed an unanswered 1 s one that may still land"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_renewal_with_the_same_ttl_caps_nothing() {
+    let (jobs, _driver) = failing_once();
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let handle = lease.handle();
+    sleep(Duration::from_secs(5)).await;
+    assert!(lease.renew(None).await.is_err());
+    lease.renew(None).await.unwrap();
+    sleep(Duration::from_secs(8)).await;
+    assert!(!handle.is_lost(), "13 s in, 8 s after a 10 s renewal");
+    lease.release().await.unwrap();
+}

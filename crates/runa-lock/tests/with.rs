@@ -229,3 +229,19 @@ fn public_futures_are_send() {
         send(&lease.release());
     });
 }
+
+/// `with` asks no `Send` of what it does not need to send: a closure holding an `Rc` runs
+/// on the current thread.
+#[tokio::test(flavor = "current_thread")]
+async fn with_takes_a_closure_that_is_not_send() {
+    let jobs = Registry::new().of("default").unwrap();
+    let shared = std::rc::Rc::new(std::cell::Cell::new(0));
+    let inside = std::rc::Rc::clone(&shared);
+    jobs.with("k", |_| async move {
+        inside.set(inside.get() + 1);
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(shared.get(), 1);
+}

@@ -1,0 +1,246 @@
+//! How long a lease holds: its deadline, its renewals and its end, in one place.
+//!
+//! A lease's deadline is a local instant that must never be later than the store's hold. A
+//! store applies a renewal when it receives it, but the lease hears of it only with the
+//! answer, and a renewal whose answer never came (it failed, or was abandoned mid-flight)
+//! may still be applied at any time later. So:
+//!
+//! - renewals of one lease take turns, so the store sees them in the order they were sent,
+//!   except those never answered;
+//! - a renewal brings the deadline down to its own end (`sent + ttl`) as it is sent;
+//! - an accepted one moves the deadline to `sent + ttl`, but to no more than `sent` plus the
+//!   shortest ttl of the renewals never answered: applied late, one of those leaves the
+//!   store holding the key for just its ttl from then;
+//! - once lost (expired, refused, released), a lease stays lost.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify};
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use crate::Error;
+use crate::error::LossReason;
+use crate::lease::LeaseState;
+
+const HELD: u8 = 0;
+const RELEASED: u8 = 1;
+const EXPIRED: u8 = 2;
+const REFUSED: u8 = 3;
+
+/// The one owner of a lease's deadline.
+pub(crate) struct Term {
+    /// Instants are kept as nanoseconds after this one.
+    origin: Instant,
+    deadline: AtomicU64,
+    phase: AtomicU8,
+    /// Held by the renewal on its way to the store; holds the shortest ttl (in nanoseconds)
+    /// of the renewals never answered.
+    turn: Mutex<Option<u64>>,
+    /// Woken when the lease ends or its deadline moves earlier.
+    changed: Notify,
+}
+
+impl Term {
+    /// A term whose lease will be acquired after `origin`, ending `ttl` after it until
+    /// [`start`](Self::start) says when the winning attempt was sent.
+    pub(crate) fn new(origin: Instant, ttl: Duration) -> Term {
+        Term {
+            origin,
+            deadline: AtomicU64::new(nanos(ttl)),
+            phase: AtomicU8::new(HELD),
+            turn: Mutex::new(None),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Starts the term: the lease ends `ttl` after its winning attempt was `sent`. A
+    /// grant sent before `origin` (a driver breaking its contract) ends it no later.
+    pub(crate) fn start(&self, sent: Instant, ttl: Duration) {
+        let end = sent
+            .checked_add(ttl)
+            .map_or(u64::MAX, |end| self.nanos_at(end));
+        self.deadline.store(end, Ordering::Release);
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.deadline.load(Ordering::Acquire))
+    }
+
+    fn nanos_at(&self, instant: Instant) -> u64 {
+        nanos(instant.saturating_duration_since(self.origin))
+    }
+
+    /// Sets the deadline, waking the tasks in [`lost`](Self::lost) if it moved earlier.
+    fn move_deadline(&self, to: u64) {
+        if to < self.deadline.swap(to, Ordering::SeqCst) {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether the lease has ended; a deadline seen passing ends it.
+    pub(crate) fn is_lost(&self) -> bool {
+        if self.phase.load(Ordering::SeqCst) != HELD {
+            return true;
+        }
+        if Instant::now() >= self.deadline() {
+            self.end(EXPIRED);
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn is_refused(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == REFUSED
+    }
+
+    pub(crate) fn loss_reason(&self) -> LossReason {
+        match self.phase.load(Ordering::Acquire) {
+            REFUSED => LossReason::Refused,
+            _ => LossReason::Expired,
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.end(RELEASED);
+    }
+
+    fn end(&self, phase: u8) {
+        let ended = self
+            .phase
+            .compare_exchange(HELD, phase, Ordering::SeqCst, Ordering::SeqCst);
+        if ended.is_ok() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the lease is lost.
+    pub(crate) async fn lost(&self) {
+        loop {
+            // Made before the check: `notify_waiters` reaches it from then on.
+            let changed = self.changed.notified();
+            if self.is_lost() {
+                return;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = sleep_until(self.deadline()) => {}
+            }
+        }
+    }
+}
+
+/// `duration` in nanoseconds, `u64::MAX` for the centuries-long ones that do not fit.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Renews `lease` to `ttl`: the only way its deadline moves later.
+///
+/// - `Err(NotHeld)` when the lease is lost (before, or by this renewal's refusal); the wait
+///   for the renewal before it ends at the deadline at the latest.
+/// - `Err(Backend)` when the store failed or did not answer: the renewal counts as never
+///   answered. So does one whose future is dropped mid-flight.
+/// - `bounded`: give up at the deadline (the lease is then lost) instead of waiting for a
+///   hung call.
+pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> Result<(), Error> {
+    let term = lease.term();
+    if term.is_lost() {
+        return Err(lease.not_held());
+    }
+    let deadline = term.deadline();
+    let Ok(mut turn) = timeout_at(deadline, term.turn.lock()).await else {
+        term.end(EXPIRED);
+        return Err(lease.not_held());
+    };
+    if term.is_lost() {
+        return Err(lease.not_held());
+    }
+    let ttl_nanos = nanos(ttl);
+    let sent = term.nanos_at(Instant::now());
+    term.move_deadline(
+        sent.saturating_add(ttl_nanos)
+            .min(term.deadline.load(Ordering::Acquire)),
+    );
+    // Counted as never answered unless an answer comes (this future may be dropped).
+    let shortest = turn.map_or(ttl_nanos, |t| t.min(ttl_nanos));
+    let answered_cap = turn.replace(shortest);
+    let call = lease.driver().renew(lease.key(), lease.token(), ttl);
+    let answer = if bounded {
+        match timeout_at(deadline, call).await {
+            Ok(answer) => answer,
+            Err(_hung) => {
+                tracing::warn!(
+                    key = lease.key().key,
+                    "lease expired while its renewal was in flight"
+                );
+                term.end(EXPIRED);
+                return Err(lease.not_held());
+            }
+        }
+    } else {
+        call.await
+    };
+    match answer {
+        Ok(true) => {
+            *turn = answered_cap;
+            if Instant::now() >= term.deadline() || term.phase.load(Ordering::Acquire) != HELD {
+                term.end(EXPIRED);
+                return Err(lease.not_held());
+            }
+            let kept = answered_cap.map_or(ttl_nanos, |cap| cap.min(ttl_nanos));
+            term.move_deadline(sent.saturating_add(kept));
+            if term.is_lost() {
+                return Err(lease.not_held());
+            }
+            Ok(())
+        }
+        Ok(false) => {
+            // Refused: the store changed nothing.
+            *turn = answered_cap;
+            term.end(REFUSED);
+            Err(lease.not_held())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs beside `with`'s closure until the lease is lost, then returns why; never returns
+/// while the lease is held. With `auto_renew` it renews a third of the way into each ttl,
+/// retrying backend errors until the deadline.
+pub(crate) async fn keep_alive(lease: &LeaseState, auto_renew: bool) -> LossReason {
+    let term = lease.term();
+    let ttl = lease.ttl();
+    let retry_pause = (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        let deadline = term.deadline();
+        if !auto_renew {
+            sleep_until(deadline).await;
+            if term.is_lost() {
+                return term.loss_reason();
+            }
+            continue;
+        }
+        let renew_at = deadline
+            .checked_sub(ttl * 2 / 3)
+            .unwrap_or(deadline)
+            .max(Instant::now());
+        sleep_until(renew_at).await;
+        match renew(lease, ttl, true).await {
+            Ok(()) => {}
+            Err(error @ Error::Backend { .. }) => {
+                tracing::warn!(key = lease.key().key, %error, "lease renewal failed; retrying until the lease expires");
+                sleep_until((Instant::now() + retry_pause).min(deadline)).await;
+            }
+            Err(_) => {
+                if term.is_refused() {
+                    tracing::warn!(
+                        key = lease.key().key,
+                        "lease renewal refused: the lock expired or was taken over"
+                    );
+                }
+                return term.loss_reason();
+            }
+        }
+    }
+}
