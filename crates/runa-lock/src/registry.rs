@@ -275,8 +275,8 @@ impl Registry {
                 driver: settings.driver.clone(),
                 known: state.drivers.keys().cloned().collect(),
             })?;
-        settings.validate(|field| format!("locker {name:?} option {field}"))?;
         let locker = Locker::new(name.clone(), Arc::clone(driver), settings);
+        locker.check_settings()?;
         self.made
             .write()
             .unwrap_or_else(PoisonError::into_inner)
