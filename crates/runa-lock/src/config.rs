@@ -81,8 +81,15 @@ impl Config {
             // Given the input, toml's message starts "TOML parse error at line 2, column 7".
             e.set_input(Some(document));
             let shown = e.to_string();
-            let place = shown.lines().next().and_then(|l| l.strip_prefix("TOML parse error"));
-            let problem = format!("invalid TOML{}: {}", place.unwrap_or(""), e.message().trim());
+            let place = shown
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("TOML parse error"));
+            let problem = format!(
+                "invalid TOML{}: {}",
+                place.unwrap_or(""),
+                e.message().trim()
+            );
             Error::invalid_config("", problem, None)
         })?;
         match document.remove("lock") {
@@ -240,6 +247,7 @@ fn invalid(lock: &Value, error: &serde_path_to_error::Error<toml::de::Error>) ->
         .try_fold(lock, |value, key| value.get(key.as_str()));
     let message = error.inner().message();
     let problem = match keys.as_slice() {
+        // Only sections deny unknown keys: `lockers.<name>.<key>`.
         [_, _, key] if !LOCKER_KEYS.contains(&key.as_str()) => match suggestion(key) {
             Some(known) => format!("unknown key, did you mean {known:?}?"),
             None => format!("unknown key; expected one of {}", LOCKER_KEYS.join(", ")),
@@ -330,7 +338,7 @@ mod tests {
             wait = "5s"
             retry_interval = "100ms"
             auto_renew = true
-            meta = { owner = "ops", shards = 4, on = true, ratio = 0.5 }
+            meta = { owner = "ops", shards = 4, on = true, ratio = 0.5, since = 2024-05-01 }
             "#,
         )
         .unwrap();
@@ -347,7 +355,16 @@ mod tests {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        assert_eq!(meta, ["on=true", "owner=ops", "ratio=0.5", "shards=4"]);
+        assert_eq!(
+            meta,
+            [
+                "on=true",
+                "owner=ops",
+                "ratio=0.5",
+                "shards=4",
+                "since=2024-05-01"
+            ]
+        );
     }
 
     #[test]
