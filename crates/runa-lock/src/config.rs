@@ -448,6 +448,27 @@ mod tests {
     }
 
     #[test]
+    fn odd_documents_give_errors_not_panics() {
+        for document in [
+            "[[lock.lockers]]\nttl = \"1s\"",
+            "lock = []",
+            "[lock.lockers.\"\"]\nttl = \"1s\"",
+            "[lock.lockers.\"a`b\"]\n\"t`l\" = 1",
+            "[lock.lockers.jobs]\nmeta = { at = 1979-05-27T07:32:00Z, deep = [[[1]]] }",
+            "[lock.lockers.jobs]\nttl = 1979-05-27",
+            "[lock.lockers.jobs]\n\"\" = 1",
+            "\u{feff}[lock",
+        ] {
+            if let Err(error) = Config::from_toml(document) {
+                assert!(
+                    matches!(error, Error::InvalidConfig { .. }),
+                    "{document:?}: {error:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn malformed_toml_names_the_place() {
         let message = error("[lock.lockers.jobs]\nttl = ");
         assert!(
