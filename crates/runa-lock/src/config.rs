@@ -145,11 +145,9 @@ impl Config {
                 Some(show(value)),
             ));
         }
-        let lockers = table.lockers.into_iter();
+        let lockers = table.lockers.into_iter().map(|(name, s)| (name, s.into()));
         Ok(Config {
-            lockers: lockers
-                .map(|(name, section)| (name, section.into()))
-                .collect(),
+            lockers: lockers.collect(),
         })
     }
 }
@@ -202,12 +200,10 @@ struct Scalar(String);
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         checked(deserializer, |value| match value {
-            Value::String(text) => Ok(Scalar(text)),
-            Value::Integer(n) => Ok(Scalar(n.to_string())),
-            Value::Float(n) => Ok(Scalar(n.to_string())),
-            Value::Boolean(b) => Ok(Scalar(b.to_string())),
-            Value::Datetime(d) => Ok(Scalar(d.to_string())),
             Value::Array(_) | Value::Table(_) => Err("expected a string, number, boolean or date"),
+            Value::String(text) => Ok(Scalar(text)),
+            Value::Float(n) => Ok(Scalar(n.to_string())),
+            other => Ok(Scalar(other.to_string())),
         })
     }
 }
@@ -239,12 +235,11 @@ fn checked<'de, D: Deserializer<'de>, T>(
 /// path, the problem in TOML's words, and the value found there.
 fn invalid(lock: &Value, error: &serde_path_to_error::Error<toml::de::Error>) -> Error {
     let keys: Vec<String> = error.path().iter().map(ToString::to_string).collect();
-    let path = keys
-        .iter()
-        .fold("lock".to_owned(), |path, key| join(&path, key));
-    let value = keys
-        .iter()
-        .try_fold(lock, |value, key| value.get(key.as_str()));
+    let (mut path, mut value) = ("lock".to_owned(), Some(lock));
+    for key in &keys {
+        path = join(&path, key);
+        value = value.and_then(|v| v.get(key.as_str()));
+    }
     let message = error.inner().message();
     let problem = match keys.as_slice() {
         // Only sections deny unknown keys: `lockers.<name>.<key>`.
