@@ -1,14 +1,15 @@
-//! The `[lock]` config table: parsing and validation with full key paths.
+//! The `[lock]` config table: typed serde sections, errors with the full key path.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use toml::{Table, Value};
+use serde::{Deserialize, Deserializer, de};
+use toml::Value;
 
 use crate::options::parse_duration;
-use crate::{Error, LockerOptions};
+use crate::{Error, LockOptions, LockerOptions};
 
-/// The keys a `[lock.lockers.<name>]` section may hold.
+/// The keys of a `[lock.lockers.<name>]` section, as [`Section`] names them.
 const LOCKER_KEYS: [&str; 7] = [
     "driver",
     "prefix",
@@ -19,12 +20,12 @@ const LOCKER_KEYS: [&str; 7] = [
     "meta",
 ];
 
-/// The `[lock]` config table: per-locker overrides from `[lock.lockers.<name>]` sections.
+/// The `[lock]` table: per-locker overrides from `[lock.lockers.<name>]` sections.
 ///
-/// Parsing validates everything: unknown keys, values of the wrong type, durations that are
-/// not humantime strings (`"30s"`, `"100ms"`, `"1m30s"`), zero durations. Errors are
-/// [`Error::InvalidConfig`] naming the full key path and the bad value. Tables under `[lock]`
-/// other than `lockers` (such as `[lock.redis]`) belong to driver providers and are not read.
+/// A `Config` holds only valid sections: parsing rejects unknown keys, values of the wrong
+/// type, and durations that are not humantime strings (`"30s"`, `"1m30s"`) in `(0, 365d]`,
+/// with an [`Error::InvalidConfig`] naming the full key path and the bad value. Tables under
+/// `[lock]` other than `lockers` (such as `[lock.redis]`) belong to driver providers.
 ///
 /// ```
 /// use std::time::Duration;
@@ -62,8 +63,7 @@ impl Config {
         Self::default()
     }
 
-    /// Reads the `[lock]` table of a whole TOML document. A document without `[lock]` gives an
-    /// empty config.
+    /// Reads the `[lock]` table of a whole TOML document; no `[lock]` is an empty config.
     ///
     /// ```
     /// let config = runa_lock::Config::from_toml("[lock.lockers.jobs]\nwait = \"5s\"")?;
@@ -77,19 +77,22 @@ impl Config {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn from_toml(document: &str) -> Result<Config, Error> {
-        let doc: Table = document.parse().map_err(|e: toml::de::Error| {
-            let place = e
-                .span()
-                .map(|span| line_and_column(document, span.start))
-                .map(|(line, col)| format!(" at line {line}, column {col}"))
-                .unwrap_or_default();
-            Error::invalid_config(
-                "",
-                format!("invalid TOML{place}: {}", e.message().trim()),
-                None,
-            )
+        let mut document: toml::Table = document.parse().map_err(|mut e: toml::de::Error| {
+            // Given the input, toml's message starts "TOML parse error at line 2, column 7".
+            e.set_input(Some(document));
+            let shown = e.to_string();
+            let place = shown
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("TOML parse error"));
+            let problem = format!(
+                "invalid TOML{}: {}",
+                place.unwrap_or(""),
+                e.message().trim()
+            );
+            Error::invalid_config("", problem, None)
         })?;
-        match doc.get("lock") {
+        match document.remove("lock") {
             None => Ok(Config::default()),
             Some(lock) => Config::from_lock_value(lock),
         }
@@ -131,112 +134,131 @@ impl Config {
     }
 
     /// Reads the value of a `[lock]` table.
-    pub(crate) fn from_lock_value(lock: &Value) -> Result<Config, Error> {
-        let lock = expect_table(lock, "lock")?;
-        let mut config = Config::default();
-        for (key, value) in lock {
-            let path = join("lock", key);
-            if key == "lockers" {
-                for (name, section) in expect_table(value, &path)? {
-                    let section_path = join(&path, name);
-                    let options =
-                        parse_section(expect_table(section, &section_path)?, &section_path)?;
-                    config.lockers.insert(name.clone(), options);
-                }
-            } else if !value.is_table() {
-                return Err(Error::invalid_config(
-                    path,
-                    "unknown key; [lock] holds [lock.lockers.<name>] sections and driver tables such as [lock.redis]",
-                    Some(show(value)),
-                ));
-            }
+    pub(crate) fn from_lock_value(lock: Value) -> Result<Config, Error> {
+        let table: Lock =
+            serde_path_to_error::deserialize(lock.clone()).map_err(|e| invalid(&lock, &e))?;
+        let mut others = lock.as_table().into_iter().flatten();
+        if let Some((key, value)) = others.find(|(k, v)| *k != "lockers" && !v.is_table()) {
+            return Err(Error::invalid_config(
+                join("lock", key),
+                "unknown key; [lock] holds [lock.lockers.<name>] sections and driver tables such as [lock.redis]",
+                Some(show(value)),
+            ));
         }
-        Ok(config)
+        let lockers = table.lockers.into_iter().map(|(name, s)| (name, s.into()));
+        Ok(Config {
+            lockers: lockers.collect(),
+        })
     }
 }
 
-fn parse_section(section: &Table, path: &str) -> Result<LockerOptions, Error> {
-    let mut options = LockerOptions::new();
-    for (key, value) in section {
-        let key_path = join(path, key);
-        match key.as_str() {
-            "driver" => options.driver = Some(non_empty_string(value, &key_path)?),
-            "prefix" => options.prefix = Some(string(value, &key_path)?.to_owned()),
-            "ttl" => options.call.ttl = Some(duration(value, &key_path)?),
-            "wait" => options.call.wait = Some(duration(value, &key_path)?),
-            "retry_interval" => options.call.retry_interval = Some(duration(value, &key_path)?),
-            "auto_renew" => {
-                let on = value.as_bool().ok_or_else(|| {
-                    Error::invalid_config(&key_path, "expected true or false", Some(show(value)))
-                })?;
-                options.call.auto_renew = Some(on);
-            }
-            "meta" => {
-                for (meta_key, meta_value) in expect_table(value, &key_path)? {
-                    let text = scalar(meta_value, &join(&key_path, meta_key))?;
-                    options.call.meta.insert(meta_key.clone(), text);
-                }
-            }
-            unknown => {
-                let problem = match suggestion(unknown) {
-                    Some(known) => format!("unknown key, did you mean {known:?}?"),
-                    None => format!("unknown key; expected one of {}", LOCKER_KEYS.join(", ")),
-                };
-                return Err(Error::invalid_config(key_path, problem, Some(show(value))));
-            }
+/// `[lock]` as this crate reads it; other keys must be tables, left to driver providers.
+#[derive(Deserialize)]
+#[serde(expecting = "a table")]
+struct Lock {
+    #[serde(default)]
+    lockers: BTreeMap<String, Section>,
+}
+
+/// A `[lock.lockers.<name>]` section as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct Section {
+    #[serde(default, deserialize_with = "driver")]
+    driver: Option<String>,
+    prefix: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    wait: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    retry_interval: Option<Duration>,
+    auto_renew: Option<bool>,
+    #[serde(default)]
+    meta: BTreeMap<String, Scalar>,
+}
+
+impl From<Section> for LockerOptions {
+    fn from(section: Section) -> Self {
+        LockerOptions {
+            driver: section.driver,
+            prefix: section.prefix,
+            call: LockOptions {
+                ttl: section.ttl,
+                wait: section.wait,
+                retry_interval: section.retry_interval,
+                auto_renew: section.auto_renew,
+                meta: section.meta.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            },
         }
     }
-    Ok(options)
 }
 
-fn expect_table<'a>(value: &'a Value, path: &str) -> Result<&'a Table, Error> {
-    value
-        .as_table()
-        .ok_or_else(|| Error::invalid_config(path, "expected a table", Some(show(value))))
-}
+/// A `meta` value: any scalar, kept as a string.
+struct Scalar(String);
 
-fn string<'a>(value: &'a Value, path: &str) -> Result<&'a str, Error> {
-    value
-        .as_str()
-        .ok_or_else(|| Error::invalid_config(path, "expected a string", Some(show(value))))
-}
-
-fn non_empty_string(value: &Value, path: &str) -> Result<String, Error> {
-    let text = string(value, path)?;
-    if text.is_empty() {
-        return Err(Error::invalid_config(
-            path,
-            "must not be empty",
-            Some(show(value)),
-        ));
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked(deserializer, |value| match value {
+            Value::Array(_) | Value::Table(_) => Err("expected a string, number, boolean or date"),
+            Value::String(text) => Ok(Scalar(text)),
+            Value::Float(n) => Ok(Scalar(n.to_string())),
+            other => Ok(Scalar(other.to_string())),
+        })
     }
-    Ok(text.to_owned())
 }
 
-fn duration(value: &Value, path: &str) -> Result<Duration, Error> {
-    let text = value.as_str().ok_or_else(|| {
-        Error::invalid_config(
-            path,
-            "expected a duration string such as \"30s\" or \"1m30s\"",
-            Some(show(value)),
-        )
-    })?;
-    parse_duration(text).map_err(|problem| Error::invalid_config(path, problem, Some(show(value))))
+fn driver<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    checked(deserializer, |value| match value {
+        Value::String(name) if name.is_empty() => Err("must not be empty"),
+        Value::String(name) => Ok(Some(name)),
+        _ => Err("expected a string"),
+    })
 }
 
-fn scalar(value: &Value, path: &str) -> Result<String, Error> {
-    match value {
-        Value::String(text) => Ok(text.clone()),
-        Value::Integer(n) => Ok(n.to_string()),
-        Value::Float(n) => Ok(n.to_string()),
-        Value::Boolean(b) => Ok(b.to_string()),
-        Value::Datetime(d) => Ok(d.to_string()),
-        Value::Array(_) | Value::Table(_) => Err(Error::invalid_config(
-            path,
-            "expected a string, number, boolean or date",
-            Some(show(value)),
-        )),
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    checked(deserializer, |value| match value {
+        Value::String(text) => parse_duration(&text).map(Some),
+        _ => Err("expected a duration string such as \"30s\" or \"1m30s\""),
+    })
+}
+
+/// Reads any TOML value and converts it with `convert`, whose error is the problem.
+fn checked<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    convert: impl FnOnce(Value) -> Result<T, &'static str>,
+) -> Result<T, D::Error> {
+    convert(Value::deserialize(deserializer)?).map_err(de::Error::custom)
+}
+
+/// An [`Error::InvalidConfig`] for a serde `error` in the `[lock]` table `lock`: the full
+/// path, the problem in TOML's words, and the value found there.
+fn invalid(lock: &Value, error: &serde_path_to_error::Error<toml::de::Error>) -> Error {
+    let keys: Vec<String> = error.path().iter().map(ToString::to_string).collect();
+    let (mut path, mut value) = ("lock".to_owned(), Some(lock));
+    for key in &keys {
+        path = join(&path, key);
+        value = value.and_then(|v| v.get(key.as_str()));
     }
+    let message = error.inner().message();
+    let problem = match keys.as_slice() {
+        // Only sections deny unknown keys: `lockers.<name>.<key>`.
+        [_, _, key] if !LOCKER_KEYS.contains(&key.as_str()) => match suggestion(key) {
+            Some(known) => format!("unknown key, did you mean {known:?}?"),
+            None => format!("unknown key; expected one of {}", LOCKER_KEYS.join(", ")),
+        },
+        // serde's "invalid type: integer `5`, expected a map": the value is shown anyway.
+        _ => match message
+            .strip_prefix("invalid type: ")
+            .and_then(|m| m.rsplit_once(", expected "))
+        {
+            Some((_, "a map")) => "expected a table".to_owned(),
+            Some((_, "a boolean")) => "expected true or false".to_owned(),
+            Some((_, expected)) => format!("expected {expected}"),
+            None => message.to_owned(),
+        },
+    };
+    Error::invalid_config(path, problem, value.map(show))
 }
 
 /// A known locker key within edit distance 2 of `unknown`.
@@ -292,13 +314,6 @@ fn show(value: &Value) -> String {
     }
 }
 
-fn line_and_column(document: &str, offset: usize) -> (usize, usize) {
-    let before = &document[..offset.min(document.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +333,7 @@ mod tests {
             wait = "5s"
             retry_interval = "100ms"
             auto_renew = true
-            meta = { owner = "ops", shards = 4, on = true, ratio = 0.5 }
+            meta = { owner = "ops", shards = 4, on = true, ratio = 0.5, since = 2024-05-01 }
             "#,
         )
         .unwrap();
@@ -335,7 +350,16 @@ mod tests {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        assert_eq!(meta, ["on=true", "owner=ops", "ratio=0.5", "shards=4"]);
+        assert_eq!(
+            meta,
+            [
+                "on=true",
+                "owner=ops",
+                "ratio=0.5",
+                "shards=4",
+                "since=2024-05-01"
+            ]
+        );
     }
 
     #[test]
@@ -415,6 +439,27 @@ mod tests {
         ];
         for (document, expected) in cases {
             assert_eq!(error(document), expected, "for {document:?}");
+        }
+    }
+
+    #[test]
+    fn odd_documents_give_errors_not_panics() {
+        for document in [
+            "[[lock.lockers]]\nttl = \"1s\"",
+            "lock = []",
+            "[lock.lockers.\"\"]\nttl = \"1s\"",
+            "[lock.lockers.\"a`b\"]\n\"t`l\" = 1",
+            "[lock.lockers.jobs]\nmeta = { at = 1979-05-27T07:32:00Z, deep = [[[1]]] }",
+            "[lock.lockers.jobs]\nttl = 1979-05-27",
+            "[lock.lockers.jobs]\n\"\" = 1",
+            "\u{feff}[lock",
+        ] {
+            if let Err(error) = Config::from_toml(document) {
+                assert!(
+                    matches!(error, Error::InvalidConfig { .. }),
+                    "{document:?}: {error:?}"
+                );
+            }
         }
     }
 

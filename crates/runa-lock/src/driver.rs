@@ -1,14 +1,12 @@
 //! The `Driver` trait: what a lock store must do, and the polling wait it gets for free.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use crate::Error;
+use crate::{BoxFuture, Error};
 
 /// A driver and the key prefix a locker uses it with, shared by the locker and its leases.
 pub(crate) struct Store {
@@ -22,13 +20,6 @@ impl Store {
         LockKey::new(&self.prefix, key)
     }
 }
-
-/// A boxed, `Send` future, as returned by [`Driver`] methods.
-///
-/// ```
-/// let ready: runa_lock::BoxFuture<'static, u8> = Box::pin(async { 7 });
-/// ```
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The key a driver operation is about: the locker's prefix and the caller's key, kept apart.
 ///

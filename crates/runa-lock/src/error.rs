@@ -133,39 +133,6 @@ pub enum Error {
     },
 }
 
-/// A config error from the app ([`runa::Error::Config`]) keeps its path, problem and origin;
-/// any other app error becomes an [`Error::InvalidConfig`] whose problem is its message.
-///
-/// ```
-/// let app_error = runa::Error::Config {
-///     path: "lock.redis.db".into(),
-///     problem: "invalid type: found string \"x\", expected i64".into(),
-///     origin: Some("config/lock.toml".into()),
-/// };
-/// let err = runa_lock::Error::from(app_error);
-/// assert_eq!(
-///     err.to_string(),
-///     r#"lock.redis.db: invalid type: found string "x", expected i64 in config/lock.toml"#
-/// );
-/// ```
-impl From<runa::Error> for Error {
-    fn from(error: runa::Error) -> Self {
-        match error {
-            runa::Error::Config {
-                path,
-                problem,
-                origin,
-            } => Error::InvalidConfig {
-                path,
-                problem,
-                got: None,
-                origin,
-            },
-            other => Error::invalid_config("", other.to_string(), None),
-        }
-    }
-}
-
 /// Why a lease was lost; carried by [`Error::LeaseLost`].
 ///
 /// ```
@@ -253,34 +220,6 @@ impl Error {
                 origin: Some(origin.into()),
             },
             other => other,
-        }
-    }
-
-    /// Names, from the app's `config`, where the value an [`Error::InvalidConfig`] is about
-    /// came from (a file or an environment variable), unless the error names it already.
-    /// Providers call this on the errors of the tables they read.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let mut app = runa::App::new().config_toml("[lock.lockers.jobs]\nttl = \"soon\"");
-    /// app.freeze().await?;
-    /// let err = runa_lock::Error::invalid_config("lock.lockers.jobs.ttl", "not a duration", None)
-    ///     .located_in(app.config());
-    /// assert_eq!(err.to_string(), "lock.lockers.jobs.ttl: not a duration in inline TOML #1");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn located_in(self, config: &runa::Config) -> Self {
-        let origin = match &self {
-            Error::InvalidConfig {
-                path, origin: None, ..
-            } => config.origin(path),
-            _ => None,
-        };
-        match origin {
-            Some(origin) => self.with_origin(origin),
-            None => self,
         }
     }
 

@@ -36,7 +36,8 @@
 //! - [`Driver`] and its vocabulary ([`LockKey`], [`Attempt`], [`Grant`], [`WaitPlan`],
 //!   [`poll_until`]): how to write a driver.
 //! - [`MemoryDriver`]: the built-in same-process driver.
-//! - [`provider`], [`default`], [`try_default`]: integration with a [`runa::App`].
+//! - `provider()`, `default()`, `try_default()`: integration with a `runa::App` (feature
+//!   `app`, on by default; without it the crate has no global state).
 //! - [`Error`]: the one error type.
 //!
 //! # Guarantees
@@ -55,6 +56,7 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
+#[cfg(feature = "app")]
 mod provider;
 mod registry;
 mod renewal;
@@ -67,16 +69,25 @@ pub mod testing;
 use std::time::Duration;
 
 pub use config::Config;
-pub use driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan, poll_until};
+pub use driver::{Attempt, Driver, Grant, LockKey, WaitPlan, poll_until};
 pub use error::{BoxError, Error, LossReason};
+/// The boxed, `Send` future that [`Driver`] methods return (the same type as `runa::BoxFuture`).
+///
+/// ```
+/// let ready: runa_lock::BoxFuture<'static, u8> = Box::pin(async { 1 });
+/// # drop(ready);
+/// ```
+pub use futures_util::future::BoxFuture;
 pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, MAX_KEY_LEN};
 pub use memory::MemoryDriver;
 pub use options::{LockOptions, LockerOptions, MAX_DURATION, parse_duration};
+#[cfg(feature = "app")]
 pub use provider::{LockProvider, default, provider, try_default};
 pub use registry::{LockerInfo, Registry};
 
 /// The application crate the lock provider plugs into, re-exported.
+#[cfg(feature = "app")]
 pub use runa;
 
 /// The name of the default locker; [`Registry::of`] treats `""` as this.

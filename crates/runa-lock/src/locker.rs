@@ -332,6 +332,11 @@ impl Locker {
                 ),
             ));
         }
+        self.check_settings()
+    }
+
+    /// Whether the settings are valid; checked once, when the locker was made.
+    pub(crate) fn check_settings(&self) -> Result<(), Error> {
         if self.inner.valid {
             return Ok(());
         }

@@ -14,8 +14,9 @@ use futures_util::task::AtomicWaker;
 use hashbrown::HashTable;
 use tokio::time::{Instant, sleep_until};
 
+use crate::BoxFuture;
 use crate::Error;
-use crate::driver::{Attempt, BoxFuture, Driver, Grant, LockKey, WaitPlan};
+use crate::driver::{Attempt, Driver, Grant, LockKey, WaitPlan};
 use crate::text::Text;
 
 /// A shard sweeps its expired keys on insert when it last swept this long ago...

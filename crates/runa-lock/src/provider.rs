@@ -1,4 +1,5 @@
-//! App integration: `provider()` for a `runa::App`, and `default()` to reach its registry.
+//! App integration (feature `app`): `provider()` for a `runa::App`, `default()` to reach
+//! its registry, and config errors located in the app's sources.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,13 +10,10 @@ use crate::{Config, Driver, Error, LockerOptions, Registry};
 
 /// A [`runa::Provider`] that sets up the app's lock [`Registry`]; made by [`provider`].
 ///
-/// - `register`: gets the app's `Registry` service, creating it (with the memory driver and
-///   the built-in lockers) if no provider created it yet, and registers this builder's
-///   drivers and lockers. Other providers (the Redis one, say) can get or create the same
-///   registry in any order.
-/// - `boot`: applies the app's `[lock]` config with [`Registry::configure`], once every
-///   provider has registered its drivers and lockers. Errors name the source (file or
-///   environment variable), the key and the bad value.
+/// - `register`: gets or creates the app's one `Registry` service (so other providers may
+///   come in any order) and registers this builder's drivers and lockers.
+/// - `boot`: applies the app's `[lock]` config, after every provider has registered; an
+///   error names the source, the key path and the bad value.
 /// - `shutdown`: closes the registry's drivers.
 ///
 /// ```
@@ -123,10 +121,10 @@ impl Provider for LockProvider {
 
 /// The `[lock]` table of the app's config, validated.
 fn app_config(config: &runa::Config) -> Result<Config, Error> {
-    let Some(lock) = config.get::<toml::Value>("lock").map_err(Error::from)? else {
-        return Ok(Config::default());
-    };
-    Config::from_lock_value(&lock).map_err(|e| e.located_in(config))
+    match config.get::<toml::Value>("lock")? {
+        None => Ok(Config::default()),
+        Some(lock) => Config::from_lock_value(lock).map_err(|e| e.located_in(config)),
+    }
 }
 
 impl fmt::Debug for LockProvider {
@@ -168,4 +166,67 @@ pub fn default() -> Arc<Registry> {
 /// ```
 pub fn try_default() -> Option<Arc<Registry>> {
     runa::default_services()?.try_get::<Registry>()
+}
+
+/// A config error from the app ([`runa::Error::Config`]) keeps its path, problem and origin;
+/// any other app error becomes an [`Error::InvalidConfig`] whose problem is its message.
+///
+/// ```
+/// let app_error = runa::Error::Config {
+///     path: "lock.redis.db".into(),
+///     problem: "invalid type: found string \"x\", expected i64".into(),
+///     origin: Some("config/lock.toml".into()),
+/// };
+/// let err = runa_lock::Error::from(app_error);
+/// assert_eq!(
+///     err.to_string(),
+///     r#"lock.redis.db: invalid type: found string "x", expected i64 in config/lock.toml"#
+/// );
+/// ```
+impl From<runa::Error> for Error {
+    fn from(error: runa::Error) -> Self {
+        match error {
+            runa::Error::Config {
+                path,
+                problem,
+                origin,
+            } => Error::InvalidConfig {
+                path,
+                problem,
+                got: None,
+                origin,
+            },
+            other => Error::invalid_config("", other.to_string(), None),
+        }
+    }
+}
+
+impl Error {
+    /// Names, from the app's `config`, where the value an [`Error::InvalidConfig`] is about
+    /// came from (a file or an environment variable), unless the error names it already.
+    /// Providers call this on the errors of the tables they read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut app = runa::App::new().config_toml("[lock.lockers.jobs]\nttl = \"soon\"");
+    /// app.freeze().await?;
+    /// let err = runa_lock::Error::invalid_config("lock.lockers.jobs.ttl", "not a duration", None)
+    ///     .located_in(app.config());
+    /// assert_eq!(err.to_string(), "lock.lockers.jobs.ttl: not a duration in inline TOML #1");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn located_in(self, config: &runa::Config) -> Self {
+        let origin = match &self {
+            Error::InvalidConfig {
+                path, origin: None, ..
+            } => config.origin(path),
+            _ => None,
+        };
+        match origin {
+            Some(origin) => self.with_origin(origin),
+            None => self,
+        }
+    }
 }

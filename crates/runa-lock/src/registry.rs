@@ -18,9 +18,8 @@ use crate::{
 /// `schedule:`, `queue:`, `cache:`).
 ///
 /// Settings are layered, lowest first: built-in defaults, [`LockerOptions`] given in code,
-/// config applied with [`configure`](Registry::configure), per-call
-/// [`LockOptions`](crate::LockOptions). Config beats code so that operators can tune a
-/// deployment without a rebuild.
+/// config applied with [`configure`](Registry::configure) (so operators tune without a
+/// rebuild), per-call [`LockOptions`](crate::LockOptions).
 ///
 /// ```
 /// use std::time::Duration;
@@ -230,10 +229,8 @@ impl Registry {
         Ok(())
     }
 
-    /// The locker `name` (`""` means `"default"`), with its settings resolved now.
-    ///
-    /// Until the registry changes, `of` hands out the same locker again (a cheap clone), so
-    /// looking a locker up on every request costs a map lookup.
+    /// The locker `name` (`""` means `"default"`), with its settings resolved now. Until the
+    /// registry changes, every call hands out the same locker (a cheap clone).
     ///
     /// # Errors
     ///
@@ -275,8 +272,8 @@ impl Registry {
                 driver: settings.driver.clone(),
                 known: state.drivers.keys().cloned().collect(),
             })?;
-        settings.validate(|field| format!("locker {name:?} option {field}"))?;
         let locker = Locker::new(name.clone(), Arc::clone(driver), settings);
+        locker.check_settings()?;
         self.made
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -1,17 +1,14 @@
 //! The `Provider` trait: a piece of an application with lifecycle hooks.
 
-use std::future::Future;
-use std::pin::Pin;
-
-use crate::{App, BoxError};
-
-/// A boxed, `Send` future, as returned by provider hooks.
+/// The boxed, `Send` future that provider hooks return.
 ///
 /// ```
 /// let hook: runa::BoxFuture<'static, Result<(), runa::BoxError>> = Box::pin(async { Ok(()) });
 /// # drop(hook);
 /// ```
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
+
+use crate::{App, BoxError};
 
 /// A piece of an application: a database pool, a lock registry, an HTTP server.
 ///
