@@ -10,13 +10,13 @@ use runa_lock::{Attempt, BoxFuture, Driver, Error, Grant, LockKey, WaitPlan};
 use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
 
-/// The default time to connect (and reconnect) to Redis: 2 s.
+/// How long connecting (and reconnecting) may take, unless set: 2 s.
 ///
 /// ```
 /// assert_eq!(runa_lock_redis::DEFAULT_CONNECT_TIMEOUT, std::time::Duration::from_secs(2));
 /// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The default time to wait for a reply from Redis: 1 s.
+/// How long a reply may take, unless set: 1 s.
 ///
 /// ```
 /// assert_eq!(runa_lock_redis::DEFAULT_RESPONSE_TIMEOUT, std::time::Duration::from_secs(1));
@@ -25,28 +25,19 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Locks in Redis, shared by every process and host that uses the same Redis database.
 ///
-/// - Acquire, renew and release are one Lua script each, sent as `EVALSHA`: one round trip
-///   per operation.
-/// - Fencing numbers come from the same acquire script: greater than the key's last number
-///   and never below the server clock in microseconds, so they keep growing across driver
-///   instances, processes and restarts of a Redis without persistence.
-/// - A waiter subscribes to the key's release channel (one shared subscriber connection per
-///   driver) before its decisive attempt, and is woken by the release itself; it also wakes
-///   when the holder's lease expires, and polls at `retry_interval` as a fallback. Waiters on
-///   the same key in one process queue behind one another, so a release costs one attempt
-///   per process, not one per waiter. Without pub/sub (an ACL without channel rights, some
-///   managed setups) waiters poll with jittered backoff, which is logged once; subscribing is
-///   tried again now and then (after a second, doubling to a minute).
-/// - Every call has a timeout; connection errors are [`Error::Backend`], the connection
-///   re-establishes itself, and a `wait` rides over errors until its own deadline.
-/// - Requests that may still reach Redis after the driver gave up on them are never sent
-///   again as if they were new (only a refused connection's are), and cannot shorten a
-///   lease when they land (renewals and re-grants only ever extend the lock's expiry). A
-///   connection given up on is kept until it settles, and releases made meanwhile are sent
-///   again then, so that a late acquire cannot leave a key to a released token.
-/// - [`close`](runa_lock::Driver::close) (as at app shutdown) is final: the driver drops its
-///   connections and opens none again, waits in flight end with [`Error::Backend`], later
-///   calls fail with it, and leases still held end by their ttl.
+/// - Acquire, renew and release are one `EVALSHA` each. Fencing numbers come from the
+///   acquire script: above the key's last number and never below the server clock in
+///   microseconds, so they grow across drivers, processes and Redis restarts.
+/// - Waiters are woken by pub/sub on release (one subscriber connection per driver, one
+///   attempt per release per process), at the holder's expiry, and by polling; where Redis
+///   refuses pub/sub they poll with jittered backoff.
+/// - Every call has a timeout; failures are [`Error::Backend`], and `wait` rides over them
+///   until its deadline.
+/// - A request that may still reach Redis is never sent again as new, and cannot shorten a
+///   lease when it lands. Releases are sent again once connections given up on have
+///   settled, so a late acquire cannot keep a key for a released token.
+/// - [`close`](runa_lock::Driver::close) is final: connections are dropped and never
+///   reopened; waits and later calls fail with [`Error::Backend`]; held leases end by ttl.
 ///
 /// ```no_run
 /// use runa_lock::{LockerOptions, Registry};

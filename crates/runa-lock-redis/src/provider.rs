@@ -16,19 +16,17 @@ const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// A [`runa::Provider`] that creates a [`RedisDriver`] and registers it in the app's lock
 /// [`Registry`]; made by [`provider`].
 ///
-/// Settings, lowest first: this builder's values, the shared `[redis]` table, then
-/// `[lock.redis]`, key by key. Keys: `url` (or `addr` = `host:port`), `username`, `password`,
-/// `db`, `connect_timeout`, `response_timeout` (humantime, such as `"500ms"`), `prefix`. With
-/// no URL anywhere the driver connects to `redis://127.0.0.1:6379`. A client given with
-/// [`client`](RedisProvider::client) wins over any configured address and credentials.
+/// Settings, lowest first: this builder's values, `[redis]`, then `[lock.redis]`, key by
+/// key. Keys: `url` (or `addr` = `host:port`), `username`, `password`, `db`,
+/// `connect_timeout`, `response_timeout` (see [`runa_lock::parse_duration`]), `prefix`. No
+/// URL anywhere means `redis://127.0.0.1:6379`; a [`client`](RedisProvider::client) wins
+/// over any configured address.
 ///
-/// - `init`: builds the driver and pings Redis; an unreachable Redis fails `freeze` with an
-///   error naming the address (never the password).
-/// - `register`: registers the driver under [`name`](RedisProvider::name) (default
-///   `"redis"`) in the app's `Registry` (creating it if no provider did yet) and provides it
-///   as a service.
-/// - `shutdown`: the driver drops its connections and subscription. A client passed in is
-///   the caller's: nothing of it is closed.
+/// - `init`: builds the driver (a bad setting fails `freeze` naming its key, never a
+///   password) and pings Redis.
+/// - `register`: registers the driver as [`name`](RedisProvider::name) in the app's
+///   `Registry` and provides it as a service.
+/// - `shutdown`: closes the driver; a client passed in is not closed.
 ///
 /// ```no_run
 /// use runa_lock::LockerOptions;
@@ -108,7 +106,8 @@ impl RedisProvider {
         self
     }
 
-    /// The driver name to register (default `"redis"`), as lockers name it in `driver`.
+    /// The name the driver is registered under, as lockers name it in `driver`, and this
+    /// provider's name in the app's errors (default `"redis"`).
     ///
     /// ```
     /// let provider = runa_lock_redis::provider().name("shared-redis");

@@ -11,19 +11,13 @@ use crate::keys::Keys;
 use crate::shared::{Outcome, Shared};
 
 impl Shared {
-    /// The [`Driver::wait`](runa_lock::Driver::wait) of the Redis self.
+    /// The [`Driver::wait`](runa_lock::Driver::wait) of the Redis driver.
     ///
-    /// 1. One attempt straight away: an uncontended wait costs one round trip.
-    /// 2. Join the key's local queue; only its head talks to Redis, so a release wakes one
-    ///    attempt per process however many tasks wait.
-    /// 3. As head: subscribe to the key's release channel, then attempt; the subscription is in
-    ///    place before the attempt whose failure makes us wait, so a release right after that
-    ///    failure is not missed. Then sleep until a release message, the holder's expiry, the
-    ///    polling interval, or the deadline, whichever comes first, and attempt again.
-    /// 4. Backend errors are transient: keep trying until the deadline, and report the last one
-    ///    only if the deadline passes while Redis is failing.
-    /// 5. Giving up without the lock after an attempt that got no answer (Redis may still run
-    ///    it), release the token in the background.
+    /// - The first attempt is immediate: an uncontended wait is one round trip.
+    /// - Only the head of a key's local queue talks to Redis, and it subscribes before the
+    ///   attempt whose failure makes it wait, so no release in between goes unheard.
+    /// - Failures are transient until the deadline; the last is returned if it passes then.
+    /// - Giving up after an attempt that got no answer releases the token in the background.
     pub(crate) async fn wait(
         &self,
         key: LockKey<'_>,
