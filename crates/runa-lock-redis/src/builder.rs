@@ -85,8 +85,9 @@ impl RedisDriverBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a prefix whose first `{` is followed at once by `}`: an
-    /// empty hash tag would put a lock's keys in different Redis Cluster slots.
+    /// [`Error::InvalidConfig`] for a zero timeout, or a prefix whose first `{` is followed
+    /// at once by `}`: an empty hash tag would put a lock's keys in different Redis Cluster
+    /// slots.
     ///
     /// ```
     /// # let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
@@ -97,6 +98,19 @@ impl RedisDriverBuilder {
         if let Some(problem) = prefix_problem(&self.prefix) {
             let got = Some(format!("{:?}", self.prefix));
             return Err(Error::invalid_config("redis driver prefix", problem, got));
+        }
+        for (name, limit) in [
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+        ] {
+            if limit.is_zero() {
+                let path = format!("redis driver {name}");
+                return Err(Error::invalid_config(
+                    path,
+                    "must be greater than zero",
+                    None,
+                ));
+            }
         }
         Ok(self.unchecked())
     }

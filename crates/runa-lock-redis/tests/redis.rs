@@ -987,6 +987,14 @@ fn the_builder_refuses_such_a_prefix_once_before_any_call() {
             if path == "redis driver prefix" && got == "\"app{}:\""),
         "{err:?}"
     );
+    let err = RedisDriver::builder(client.clone())
+        .connect_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "redis driver connect_timeout: must be greater than zero"
+    );
     let driver = RedisDriver::builder(client)
         .prefix("app{1}:")
         .response_timeout(Duration::from_millis(300))
