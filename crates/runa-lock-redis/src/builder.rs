@@ -6,9 +6,22 @@ use std::time::Duration;
 use redis::Client;
 use runa_lock::{DEFAULT_REDIS_PREFIX, Error};
 
+use crate::RedisDriver;
 use crate::keys::prefix_problem;
 use crate::shared::Shared;
-use crate::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriver};
+
+/// How long connecting (and reconnecting) may take, unless set: 2 s.
+///
+/// ```
+/// assert_eq!(runa_lock_redis::DEFAULT_CONNECT_TIMEOUT, std::time::Duration::from_secs(2));
+/// ```
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reply may take, unless set: 1 s.
+///
+/// ```
+/// assert_eq!(runa_lock_redis::DEFAULT_RESPONSE_TIMEOUT, std::time::Duration::from_secs(1));
+/// ```
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The settings of a [`RedisDriver`], made by [`RedisDriver::builder`]; [`build`](Self::build)
 /// checks them.

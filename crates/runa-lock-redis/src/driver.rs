@@ -10,19 +10,6 @@ use runa_lock::{Attempt, BoxFuture, Driver, Error, Grant, LockKey, WaitPlan};
 use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
 
-/// How long connecting (and reconnecting) may take, unless set: 2 s.
-///
-/// ```
-/// assert_eq!(runa_lock_redis::DEFAULT_CONNECT_TIMEOUT, std::time::Duration::from_secs(2));
-/// ```
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a reply may take, unless set: 1 s.
-///
-/// ```
-/// assert_eq!(runa_lock_redis::DEFAULT_RESPONSE_TIMEOUT, std::time::Duration::from_secs(1));
-/// ```
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Locks in Redis, shared by every process and host that uses the same Redis database.
 ///
 /// - Acquire, renew and release are one `EVALSHA` each. Fencing numbers come from the

@@ -53,8 +53,8 @@ mod wait;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use builder::RedisDriverBuilder;
-pub use driver::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriver};
+pub use builder::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriverBuilder};
+pub use driver::RedisDriver;
 #[cfg(feature = "app")]
 pub use provider::{RedisProvider, provider};
 pub use redis;
