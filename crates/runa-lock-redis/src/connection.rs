@@ -1,15 +1,11 @@
-//! The command connection: one multiplexed connection for every call, replaced when a call
-//! gets no answer in time.
+//! The command connection: one multiplexed connection, replaced when a call gets no answer
+//! in time.
 //!
-//! A connection given up on may still deliver what was sent on it: a link that held the
-//! bytes (congestion, TCP retransmission) passes them on later, and Redis then runs them.
-//! So a replaced connection is not forgotten but *settles*: it is kept until it answers a
-//! `PING` sent after everything else (Redis runs one connection's commands in order, so all
-//! of them have run by then), fails, or [`SETTLE_LIMIT`] passes. Every release made
-//! meanwhile is sent once more when it has settled: an acquire still on its way on the old
-//! connection may take the key for that token after its first release ran, and only a
-//! release after it gives the key back (see the `Driver` contract, "clean up after late
-//! requests").
+//! A replaced connection may still deliver what was sent on it, so it *settles*: it is kept
+//! until it answers a `PING` sent after everything else (Redis runs a connection's commands
+//! in order), fails, or [`SETTLE_LIMIT`] passes. Releases made meanwhile are sent again
+//! then: an acquire still on the old connection may take the key for a token after that
+//! token's first release ran.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;

@@ -20,8 +20,9 @@
 //! # Map of the crate
 //!
 //! - [`RedisDriver`]: the driver (acquire, renew, release as one Lua script each; waits
-//!   notified by pub/sub).
-//! - [`provider`]: the driver as a [`runa::Provider`], configured from `[lock.redis]`/`[redis]`.
+//!   notified by pub/sub); [`RedisDriverBuilder`]: its settings, checked once.
+//! - `provider` (feature `app`, on by default): the driver as a `runa::Provider`, configured
+//!   from `[lock.redis]`/`[redis]`.
 //! - `testing` (feature `testing`): a throwaway `redis-server` for tests and benchmarks.
 //! - [`redis`]: the client crate, re-exported.
 //!
@@ -36,24 +37,30 @@
 
 #![warn(missing_docs)]
 
+mod builder;
 mod config;
 mod connection;
 mod driver;
+mod error;
 mod keys;
 mod notify;
+#[cfg(feature = "app")]
 mod provider;
 mod scripts;
+mod shared;
 mod wait;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use driver::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriver};
+pub use builder::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriverBuilder};
+pub use driver::RedisDriver;
+#[cfg(feature = "app")]
 pub use provider::{RedisProvider, provider};
 pub use redis;
 
 /// The README's Rust examples (this crate sees every crate they use), compiled and run as
 /// doc tests so they cannot rot.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "app"))]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeExamples;

@@ -1,17 +1,13 @@
-//! Release notifications: one shared pub/sub connection per driver, multiplexed across the
-//! keys that local waiters wait on.
+//! Release notifications: one pub/sub connection per driver, shared by every waited-on key.
 //!
-//! Each waited-on key has a [`KeyWait`]: a FIFO gate (only the head of a key's local queue
-//! talks to Redis), a release epoch that the subscriber bumps on every release message, and
-//! the generation of the subscriber connection its channel was subscribed on. A background
-//! task (the pump) keeps the subscriber connected; after a reconnect it resubscribes every
-//! channel and bumps every epoch, since releases may have been missed meanwhile.
+//! Each key has a [`KeyWait`]: a FIFO gate (only the head talks to Redis), a release epoch
+//! bumped on every release message, and the subscriber generation its channel is on. The
+//! pump task keeps the subscriber connected; after a reconnect it resubscribes every channel
+//! and bumps every epoch, since releases may have been missed.
 //!
-//! When Redis refuses pub/sub (an ACL without channel rights answers `NOPERM`; a proxy
-//! without the command answers `ERR`), waiters poll, and subscribing is tried again after a
-//! pause that doubles from a second up to a minute while the refusals go on. Any other
-//! failure (a broken connection, a socket's "permission denied") is transient: the pump
-//! reconnects.
+//! A refusal, told by its code (`NOPERM`, `ERR`), makes waiters poll, and subscribing is
+//! tried again after a pause doubling from a second to a minute. Other failures are
+//! transient: the pump reconnects.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

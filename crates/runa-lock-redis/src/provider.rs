@@ -4,11 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use runa::{App, BoxError, BoxFuture, Provider};
-use runa_lock::{DEFAULT_REDIS_PREFIX, Driver, Error, Registry};
+use runa_lock::{Driver, Error, Registry};
 use serde::Deserialize;
 
-use crate::config::connection_info;
-use crate::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, RedisDriver};
+use crate::RedisDriver;
+use crate::config::{client, connection_info};
 
 /// The default address when no URL is given anywhere.
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -16,19 +16,17 @@ const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// A [`runa::Provider`] that creates a [`RedisDriver`] and registers it in the app's lock
 /// [`Registry`]; made by [`provider`].
 ///
-/// Settings, lowest first: this builder's values, the shared `[redis]` table, then
-/// `[lock.redis]`, key by key. Keys: `url` (or `addr` = `host:port`), `username`, `password`,
-/// `db`, `connect_timeout`, `response_timeout` (humantime, such as `"500ms"`), `prefix`. With
-/// no URL anywhere the driver connects to `redis://127.0.0.1:6379`. A client given with
-/// [`client`](RedisProvider::client) wins over any configured address and credentials.
+/// Settings, lowest first: this builder's values, `[redis]`, then `[lock.redis]`, key by
+/// key. Keys: `url` (or `addr` = `host:port`), `username`, `password`, `db`,
+/// `connect_timeout`, `response_timeout` (see [`runa_lock::parse_duration`]), `prefix`. No
+/// URL anywhere means `redis://127.0.0.1:6379`; a [`client`](RedisProvider::client) wins
+/// over any configured address.
 ///
-/// - `init`: builds the driver and pings Redis; an unreachable Redis fails `freeze` with an
-///   error naming the address (never the password).
-/// - `register`: registers the driver under [`name`](RedisProvider::name) (default
-///   `"redis"`) in the app's `Registry` (creating it if no provider did yet) and provides it
-///   as a service.
-/// - `shutdown`: the driver drops its connections and subscription. A client passed in is
-///   the caller's: nothing of it is closed.
+/// - `init`: builds the driver (a bad setting fails `freeze` naming its key, never a
+///   password) and pings Redis.
+/// - `register`: registers the driver as [`name`](RedisProvider::name) in the app's
+///   `Registry` and provides it as a service.
+/// - `shutdown`: closes the driver; a client passed in is not closed.
 ///
 /// ```no_run
 /// use runa_lock::LockerOptions;
@@ -98,7 +96,7 @@ impl RedisProvider {
         self
     }
 
-    /// The key prefix when config gives none (default [`DEFAULT_REDIS_PREFIX`]).
+    /// The key prefix when config gives none (default [`DEFAULT_REDIS_PREFIX`](runa_lock::DEFAULT_REDIS_PREFIX)).
     ///
     /// ```
     /// let provider = runa_lock_redis::provider().prefix("billing:locks:");
@@ -108,7 +106,8 @@ impl RedisProvider {
         self
     }
 
-    /// The driver name to register (default `"redis"`), as lockers name it in `driver`.
+    /// The name the driver is registered under, as lockers name it in `driver`, and this
+    /// provider's name in the app's errors (default `"redis"`).
     ///
     /// ```
     /// let provider = runa_lock_redis::provider().name("shared-redis");
@@ -118,63 +117,32 @@ impl RedisProvider {
         self
     }
 
-    /// Builds the driver from the builder and the app's config.
+    /// The driver from this builder's values and the app's config.
     fn build(&self, config: &runa::Config) -> Result<RedisDriver, Error> {
-        let mut settings = Table::default();
-        for path in ["redis", "lock.redis"] {
-            let table: Option<Table> = config.get(path).map_err(Error::from)?;
-            if let Some(mut table) = table {
-                table.path = path.to_owned();
-                table.validate(path, config)?;
-                settings.overlay(table);
-            }
-        }
+        let settings = Settings::read(config)?;
         let client = match &self.client {
             Some(client) => client.clone(),
-            None => {
-                let (url, path) = match (&settings.url, &settings.addr) {
-                    (Some((url, path)), _) => (url.clone(), path.clone()),
-                    (None, Some((addr, path))) => (format!("redis://{addr}"), path.clone()),
-                    (None, None) => (
-                        self.url.clone().unwrap_or_else(|| DEFAULT_URL.to_owned()),
-                        "redis url".to_owned(),
-                    ),
-                };
-                let mut info = connection_info(&url, &path).map_err(|e| e.located_in(config))?;
-                let mut redis = info.redis_settings().clone();
-                if let Some(username) = &settings.username {
-                    redis = redis.set_username(username);
-                }
-                if let Some(password) = &settings.password {
-                    redis = redis.set_password(password);
-                }
-                if let Some(db) = settings.db {
-                    redis = redis.set_db(db);
-                }
-                info = info.set_redis_settings(redis);
-                redis::Client::open(info).map_err(|e| {
-                    Error::invalid_config(&path, format!("not a usable Redis address: {e}"), None)
-                })?
-            }
+            None => settings
+                .client(self.url.as_deref())
+                .map_err(|e| e.located_in(config))?,
         };
-        let prefix = settings
-            .prefix
-            .or_else(|| self.prefix.clone())
-            .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
-        Ok(RedisDriver::new(client)
-            .with_prefix(prefix)
-            .with_connect_timeout(settings.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
-            .with_response_timeout(
-                settings
-                    .response_timeout
-                    .unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
-            ))
+        let mut builder = RedisDriver::builder(client);
+        if let Some(prefix) = settings.prefix.or_else(|| self.prefix.clone()) {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(limit) = settings.connect_timeout {
+            builder = builder.connect_timeout(limit);
+        }
+        if let Some(limit) = settings.response_timeout {
+            builder = builder.response_timeout(limit);
+        }
+        builder.build()
     }
 }
 
 impl Provider for RedisProvider {
     fn name(&self) -> &str {
-        "redis"
+        &self.name
     }
 
     fn init<'a>(&'a mut self, app: &'a App) -> BoxFuture<'a, Result<(), BoxError>> {
@@ -215,7 +183,7 @@ impl fmt::Debug for RedisProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisProvider")
             .field("name", &self.name)
-            .field("url", &self.url.as_deref().map(crate::config::mask))
+            .field("address", &self.url.as_deref().map(address))
             .field("client", &self.client.as_ref().map(|_| "<given>"))
             .field("prefix", &self.prefix)
             .field("driver", &self.driver)
@@ -223,10 +191,16 @@ impl fmt::Debug for RedisProvider {
     }
 }
 
+/// The host and port (or socket path) of `url`: all of it that may be shown.
+fn address(url: &str) -> Option<String> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).ok()?;
+    Some(info.addr().to_string())
+}
+
 /// One `[redis]` or `[lock.redis]` table, as written.
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTable {
+struct Section {
     url: Option<String>,
     addr: Option<String>,
     username: Option<String>,
@@ -238,7 +212,6 @@ struct RawTable {
 }
 
 /// A password from config: a string, and never echoed back, not even in a type error.
-#[derive(Clone)]
 struct Secret(String);
 
 impl<'de> Deserialize<'de> for Secret {
@@ -269,95 +242,115 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// The merged settings; `url` and `addr` remember the key path they came from.
+/// `[lock.redis]` over `[redis]`, key by key, checked.
 #[derive(Default)]
-struct Table {
+struct Settings {
+    /// The URL and the key it came from (`addr` gives `redis://<addr>`).
     url: Option<(String, String)>,
-    addr: Option<(String, String)>,
     username: Option<String>,
     password: Option<String>,
     db: Option<i64>,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     prefix: Option<String>,
-    raw: RawTable,
-    path: String,
 }
 
-impl<'de> Deserialize<'de> for Table {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Table {
-            raw: RawTable::deserialize(deserializer)?,
-            ..Table::default()
-        })
+impl Settings {
+    fn read(config: &runa::Config) -> Result<Settings, Error> {
+        let mut settings = Settings::default();
+        for path in ["redis", "lock.redis"] {
+            if let Some(section) = config.get::<Section>(path)? {
+                let overlaid = settings.overlay(path, section);
+                overlaid.map_err(|e| e.located_in(config))?;
+            }
+        }
+        Ok(settings)
     }
-}
 
-impl Table {
-    /// Checks the raw values of the table at `path` and converts them.
-    fn validate(&self, path: &str, config: &runa::Config) -> Result<(), Error> {
-        let raw = &self.raw;
+    /// Checks `section`, the table at `path`, and lays its keys over these.
+    fn overlay(&mut self, path: &str, section: Section) -> Result<(), Error> {
         let fail = |key: &str, problem: &str, got: String| {
-            Error::invalid_config(format!("{path}.{key}"), problem, Some(got)).located_in(config)
+            Error::invalid_config(format!("{path}.{key}"), problem, Some(got))
         };
-        if raw.url.is_some() && raw.addr.is_some() {
-            return Err(fail(
-                "addr",
-                "set either url or addr, not both",
-                format!("{:?}", raw.addr.as_deref().unwrap_or_default()),
-            ));
+        let duration = |key: &str, text: Option<String>| {
+            text.map(|text| {
+                runa_lock::parse_duration(&text).map_err(|p| fail(key, p, format!("{text:?}")))
+            })
+            .transpose()
+        };
+        match (section.url, section.addr) {
+            (Some(_), Some(addr)) => {
+                let problem = "set either url or addr, not both";
+                return Err(fail("addr", problem, format!("{addr:?}")));
+            }
+            (Some(url), None) => self.url = Some((url, format!("{path}.url"))),
+            (None, Some(addr)) => {
+                self.url = Some((format!("redis://{addr}"), format!("{path}.addr")))
+            }
+            (None, None) => {}
         }
-        if let Some(db) = raw.db.filter(|db| *db < 0) {
-            return Err(fail("db", "must be 0 or more", db.to_string()));
+        if let Some(db) = section.db {
+            if db < 0 {
+                return Err(fail("db", "must be 0 or more", db.to_string()));
+            }
+            self.db = Some(db);
         }
-        if let Some(prefix) = &raw.prefix {
-            if let Some(problem) = crate::keys::prefix_problem(prefix) {
+        if let Some(prefix) = section.prefix {
+            if let Some(problem) = crate::keys::prefix_problem(&prefix) {
                 return Err(fail("prefix", problem, format!("{prefix:?}")));
             }
+            self.prefix = Some(prefix);
         }
-        for (key, value) in [
-            ("connect_timeout", &raw.connect_timeout),
-            ("response_timeout", &raw.response_timeout),
-        ] {
-            if let Some(text) = value {
-                match humantime::parse_duration(text) {
-                    Ok(d) if !d.is_zero() => {}
-                    Ok(_) => {
-                        return Err(fail(key, "must be greater than zero", format!("{text:?}")));
-                    }
-                    Err(_) => return Err(fail(key, "not a duration", format!("{text:?}"))),
-                }
-            }
-        }
+        let connect_timeout = duration("connect_timeout", section.connect_timeout)?;
+        let response_timeout = duration("response_timeout", section.response_timeout)?;
+        self.connect_timeout = connect_timeout.or(self.connect_timeout);
+        self.response_timeout = response_timeout.or(self.response_timeout);
+        self.username = section.username.or(self.username.take());
+        self.password = section.password.map(|p| p.0).or(self.password.take());
         Ok(())
     }
 
-    /// Applies the (validated) raw values of `over`, key by key; `url` and `addr` replace
-    /// each other.
-    fn overlay(&mut self, over: Table) {
-        let path = |key: &str| format!("{}.{key}", over.path);
-        let raw = &over.raw;
-        if let Some(url) = &raw.url {
-            self.url = Some((url.clone(), path("url")));
-            self.addr = None;
-        }
-        if let Some(addr) = &raw.addr {
-            self.addr = Some((addr.clone(), path("addr")));
-            self.url = None;
-        }
-        let duration = |text: &Option<String>| {
-            text.as_deref()
-                .and_then(|t| humantime::parse_duration(t).ok())
+    /// A client for the configured URL, or `fallback`, or the local default, with the
+    /// configured credentials and db over the URL's.
+    fn client(&self, fallback: Option<&str>) -> Result<redis::Client, Error> {
+        let (url, path) = match &self.url {
+            Some((url, path)) => (url.as_str(), path.as_str()),
+            None => (fallback.unwrap_or(DEFAULT_URL), "redis url"),
         };
-        self.username = raw.username.clone().or(self.username.take());
-        self.password = raw
-            .password
-            .as_ref()
-            .map(|p| p.0.clone())
-            .or(self.password.take());
-        self.db = raw.db.or(self.db);
-        self.connect_timeout = duration(&raw.connect_timeout).or(self.connect_timeout);
-        self.response_timeout = duration(&raw.response_timeout).or(self.response_timeout);
-        self.prefix = raw.prefix.clone().or(self.prefix.take());
+        let info = connection_info(url, path)?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(username) = &self.username {
+            redis = redis.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            redis = redis.set_password(password);
+        }
+        if let Some(db) = self.db {
+            redis = redis.set_db(db);
+        }
+        client(info.set_redis_settings(redis), path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provider_is_named_as_the_driver_it_registers() {
+        assert_eq!(Provider::name(&provider()), "redis");
+        assert_eq!(Provider::name(&provider().name("cache")), "cache");
+    }
+
+    #[test]
+    fn debug_shows_the_address_never_the_password() {
+        let provider = provider().url("redis://u:s3cret@10.0.0.5:6380/1");
+        let text = format!("{provider:?}");
+        assert!(
+            text.contains("10.0.0.5:6380") && !text.contains("s3cret"),
+            "{text}"
+        );
+        let text = format!("{:?}", provider.url("unix:///tmp/r.sock?pass=s3cret&db=x"));
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }

@@ -10,29 +10,18 @@ use redis::Script;
 /// steps back by more than this much.
 pub(crate) const FENCE_TTL_MS: u64 = 60 * 60 * 1000;
 
-/// `KEYS`: lock, fence. `ARGV`: token, ttl ms, fence ttl ms.
+/// `KEYS`: lock, fence. `ARGV`: token, ttl ms, fence ttl ms. Returns `{1, fencing}` or
+/// `{0, pttl of the holder}`.
 ///
-/// Takes the lock only if it is absent, and in the same script assigns a fencing number
-/// greater than the last one and no less than the server's clock in microseconds. Returns
-/// `{1, fencing}` or `{0, pttl of the holder}`.
-///
-/// The clock is read on every acquisition, not only when the counter is missing: a counter
-/// can also come back *older* than numbers already handed out (a restart from an RDB
-/// snapshot, an AOF that lost its last second, a failover to a lagging replica), and only the
-/// clock keeps the next number above those.
-///
-/// - An attempt with a token that already holds the lock (its earlier attempt ran but the
-///   reply was lost) is granted again with a new number, and the lock's expiry is made at
-///   least the ttl from now but never earlier than it was: a late duplicate of an attempt
-///   must not cut short a lease that was renewed meanwhile.
-/// - A counter that is not an integer from 0 to 2^53 - 2 (past 2^53 Lua's numbers lose
-///   precision), or not a string at all, is an error; the lock and the counter are left as
-///   they were (a lock just taken is deleted again).
-/// - A busy lock costs a `GET` and a `PTTL`; the counter is not touched.
-/// - Numbers are written with `%.0f`: Redis's Lua formats `%d` through a C `long`, 32 bits
-///   on some platforms.
-/// - `redis.replicate_commands()` lets Redis 3.2 and 4 accept writes after `TIME` (newer
-///   versions always replicate a script's effects, and ignore the call).
+/// - Takes the lock only if absent. The fencing number is above the last one and no less
+///   than the server clock in microseconds, read every time: a counter restored from a
+///   snapshot or a lagging replica may be behind numbers already handed out.
+/// - The token already holding the lock (its reply was lost) is granted again with a new
+///   number; the expiry is never shortened.
+/// - A counter that is not an integer from 0 to 2^53 - 2 is an error and leaves the lock and
+///   the counter as they were; a busy lock leaves the counter alone.
+/// - Numbers are written with `%.0f` (`%d` goes through a C `long`);
+///   `redis.replicate_commands()` lets Redis 3.2 and 4 write after `TIME`.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -87,12 +76,10 @@ return {1, next_fencing(last)}
     )
 });
 
-/// `KEYS`: lock. `ARGV`: token, ttl ms.
+/// `KEYS`: lock. `ARGV`: token, ttl ms. Returns 1 or 0.
 ///
-/// Extends the lock only while it holds this token, to the ttl from now, and never
-/// shortens it: a renewal that arrives late (after a longer one) leaves the lock as it is.
-/// (`PEXPIRE ... GT` does the same from Redis 7.0; comparing `PTTL` works on every
-/// version.) Returns 1 or 0.
+/// Extends the lock to the ttl from now only while it holds this token, and never shortens
+/// it (a late renewal after a longer one changes nothing).
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -107,11 +94,10 @@ return 0
     )
 });
 
-/// `KEYS`: lock. `ARGV`: token, release channel.
+/// `KEYS`: lock. `ARGV`: token, release channel. Returns 1 or 0.
 ///
-/// Deletes the lock only while it holds this token, and announces the release. A refused
-/// `PUBLISH` (an ACL without channel rights) does not fail the release: waiters then poll.
-/// Returns 1 or 0.
+/// Deletes the lock only while it holds this token, and announces the release; a refused
+/// `PUBLISH` does not fail it (waiters then poll).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"

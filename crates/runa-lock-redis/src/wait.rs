@@ -6,97 +6,95 @@ use std::time::Duration;
 use runa_lock::{Error, Grant, LockKey, WaitPlan};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::driver::{Inner, Outcome, unsent};
+use crate::error::Failure;
 use crate::keys::Keys;
+use crate::shared::{Outcome, Shared};
 
-/// The [`Driver::wait`](runa_lock::Driver::wait) of the Redis driver.
-///
-/// 1. One attempt straight away: an uncontended wait costs one round trip.
-/// 2. Join the key's local queue; only its head talks to Redis, so a release wakes one
-///    attempt per process however many tasks wait.
-/// 3. As head: subscribe to the key's release channel, then attempt; the subscription is in
-///    place before the attempt whose failure makes us wait, so a release right after that
-///    failure is not missed. Then sleep until a release message, the holder's expiry, the
-///    polling interval, or the deadline, whichever comes first, and attempt again.
-/// 4. Backend errors are transient: keep trying until the deadline, and report the last one
-///    only if the deadline passes while Redis is failing.
-/// 5. Giving up without the lock after an attempt that got no answer (Redis may still run
-///    it), release the token in the background.
-pub(crate) async fn wait(
-    driver: &Inner,
-    key: LockKey<'_>,
-    token: &str,
-    ttl: Duration,
-    plan: WaitPlan,
-) -> Result<Option<Grant>, Error> {
-    let keys = driver.keys(key)?;
-    let mut attempts = Attempts::default();
-    let sent = Instant::now();
-    match attempts.record(driver.acquire(&keys, token, ttl).await)? {
-        Some(Outcome::Acquired(fencing)) => return Ok(Some(Grant::new(fencing, sent))),
-        Some(Outcome::Busy(_)) | None => {}
-    }
-    if Instant::now() >= plan.deadline {
-        return attempts.give_up(driver, keys, token);
-    }
-
-    let membership = driver.notifier.join(&keys.channel);
-    let waiting = membership.wait();
-    let Ok(Ok(_head)) = timeout_at(plan.deadline, waiting.gate.acquire()).await else {
-        return attempts.give_up(driver, keys, token);
-    };
-    let mut backoff = Backoff::new(token, plan.retry_interval.max(WaitPlan::MIN_RETRY_INTERVAL));
-    let mut peer_acquired = waiting.take_peer_acquired();
-    loop {
-        let notified = driver.notifier.subscribe(waiting, plan.deadline).await;
-        let retry_after;
-        let epoch = match peer_acquired.take().filter(|_| notified) {
-            // A local peer just took the lock: wait for its release rather than attempt, or
-            // for its lease to end (it may never release).
-            Some((epoch, expires)) => {
-                retry_after = Some(expires.saturating_duration_since(Instant::now()));
-                epoch
-            }
-            None => {
-                let epoch = waiting.epoch();
-                let sent = Instant::now();
-                let attempt = match driver.acquire(&keys, token, ttl).await {
-                    Err(error @ Error::Backend { .. }) if driver.is_closed() => return Err(error),
-                    attempt => attempt,
-                };
-                match attempts.record(attempt)? {
-                    Some(Outcome::Acquired(fencing)) => {
-                        // Only a subscribed head may tell the next one to wait for a release
-                        // message: otherwise that message may have gone out unheard.
-                        if notified {
-                            waiting.set_peer_acquired(epoch, sent.checked_add(ttl));
-                        }
-                        return Ok(Some(Grant::new(fencing, sent)));
-                    }
-                    Some(Outcome::Busy(left)) => retry_after = left,
-                    None => {
-                        if let Some(error) = &attempts.failure {
-                            tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
-                        }
-                        retry_after = None;
-                    }
-                }
-                epoch
-            }
-        };
-        let now = Instant::now();
-        if now >= plan.deadline {
-            return attempts.give_up(driver, keys, token);
+impl Shared {
+    /// The [`Driver::wait`](runa_lock::Driver::wait) of the Redis driver.
+    ///
+    /// - The first attempt is immediate: an uncontended wait is one round trip.
+    /// - Only the head of a key's local queue talks to Redis, and it subscribes before the
+    ///   attempt whose failure makes it wait, so no release in between goes unheard.
+    /// - Failures are transient until the deadline; the last is returned if it passes then.
+    /// - Giving up after an attempt that got no answer releases the token in the background.
+    pub(crate) async fn wait(
+        &self,
+        key: LockKey<'_>,
+        token: &str,
+        ttl: Duration,
+        plan: WaitPlan,
+    ) -> Result<Option<Grant>, Error> {
+        let keys = self.keys(key)?;
+        let mut attempts = Attempts::default();
+        let sent = Instant::now();
+        match attempts.record(self.acquire(&keys, token, ttl).await) {
+            Some(Outcome::Acquired(fencing)) => return Ok(Some(Grant::new(fencing, sent))),
+            Some(Outcome::Busy(_)) | None => {}
         }
-        let poll = if notified {
-            plan.retry_interval
-        } else {
-            backoff.next()
+        if Instant::now() >= plan.deadline {
+            return attempts.give_up(self, keys, token);
+        }
+
+        let membership = self.notifier.join(&keys.channel);
+        let waiting = membership.wait();
+        let Ok(Ok(_head)) = timeout_at(plan.deadline, waiting.gate.acquire()).await else {
+            return attempts.give_up(self, keys, token);
         };
-        let wake = WaitPlan::new(plan.deadline, poll).next_attempt(now, retry_after);
-        tokio::select! {
-            _ = waiting.changed_since(epoch) => {}
-            _ = sleep_until(wake) => {}
+        let mut backoff =
+            Backoff::new(token, plan.retry_interval.max(WaitPlan::MIN_RETRY_INTERVAL));
+        let mut peer_acquired = waiting.take_peer_acquired();
+        loop {
+            let notified = self.notifier.subscribe(waiting, plan.deadline).await;
+            let retry_after;
+            let epoch = match peer_acquired.take().filter(|_| notified) {
+                // A local peer just took the lock: wait for its release rather than attempt, or
+                // for its lease to end (it may never release).
+                Some((epoch, expires)) => {
+                    retry_after = Some(expires.saturating_duration_since(Instant::now()));
+                    epoch
+                }
+                None => {
+                    let epoch = waiting.epoch();
+                    let sent = Instant::now();
+                    let attempt = match self.acquire(&keys, token, ttl).await {
+                        Err(failure) if self.is_closed() => return Err(failure.into()),
+                        attempt => attempt,
+                    };
+                    match attempts.record(attempt) {
+                        Some(Outcome::Acquired(fencing)) => {
+                            // Only a subscribed head may tell the next one to wait for a release
+                            // message: otherwise that message may have gone out unheard.
+                            if notified {
+                                waiting.set_peer_acquired(epoch, sent.checked_add(ttl));
+                            }
+                            return Ok(Some(Grant::new(fencing, sent)));
+                        }
+                        Some(Outcome::Busy(left)) => retry_after = left,
+                        None => {
+                            if let Some(error) = &attempts.failure {
+                                tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
+                            }
+                            retry_after = None;
+                        }
+                    }
+                    epoch
+                }
+            };
+            let now = Instant::now();
+            if now >= plan.deadline {
+                return attempts.give_up(self, keys, token);
+            }
+            let poll = if notified {
+                plan.retry_interval
+            } else {
+                backoff.next()
+            };
+            let wake = WaitPlan::new(plan.deadline, poll).next_attempt(now, retry_after);
+            tokio::select! {
+                _ = waiting.changed_since(epoch) => {}
+                _ = sleep_until(wake) => {}
+            }
         }
     }
 }
@@ -104,36 +102,34 @@ pub(crate) async fn wait(
 /// What a wait's attempts came to, for when it gives up.
 #[derive(Default)]
 struct Attempts {
-    /// The last attempt's error, if it failed: returned if the wait gives up then.
-    failure: Option<Error>,
+    /// The last attempt's failure, if it failed: returned if the wait gives up then.
+    failure: Option<Failure>,
     /// Whether an attempt failed in a way that Redis may still run it later.
     unanswered: bool,
 }
 
 impl Attempts {
-    /// Notes an attempt's outcome: the outcome, `None` for a backend error (transient), or
-    /// any other error (final).
-    fn record(&mut self, attempt: Result<Outcome, Error>) -> Result<Option<Outcome>, Error> {
+    /// Notes an attempt's outcome: `None` for a failure, which is transient.
+    fn record(&mut self, attempt: Result<Outcome, Failure>) -> Option<Outcome> {
         match attempt {
             Ok(outcome) => {
                 self.failure = None;
-                Ok(Some(outcome))
+                Some(outcome)
             }
-            Err(error @ Error::Backend { .. }) => {
-                self.unanswered |= !unsent(&error);
-                self.failure = Some(error);
-                Ok(None)
+            Err(failure) => {
+                self.unanswered |= !failure.unsent();
+                self.failure = Some(failure);
+                None
             }
-            Err(error) => Err(error),
         }
     }
 
     /// The wait's end without the lock: the last error if the last attempt failed (the
     /// caller releases the token then), else `Ok(None)`, releasing the token first if an
     /// attempt may still take the key.
-    fn give_up(self, driver: &Inner, keys: Keys, token: &str) -> Result<Option<Grant>, Error> {
-        if let Some(error) = self.failure {
-            return Err(error);
+    fn give_up(self, driver: &Shared, keys: Keys, token: &str) -> Result<Option<Grant>, Error> {
+        if let Some(failure) = self.failure {
+            return Err(failure.into());
         }
         if self.unanswered {
             driver.release_detached(keys, token.to_owned());

@@ -1,3 +1,5 @@
+#![cfg(feature = "app")]
+
 //! The Redis provider in a `runa::App`: `[redis]` and `[lock.redis]` layered key by key,
 //! injected clients, errors at freeze, and connections closed at shutdown.
 //!
@@ -234,7 +236,19 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
         ),
         (
             "[lock.redis]\nurl = \"http://user:s3cret@host\"",
-            r#"lock.redis.url: not a valid Redis URL: expected a redis:// or rediss:// URL (got "http://***@host") in inline TOML #1"#,
+            "lock.redis.url: not a valid Redis URL: expected a redis://, rediss://, redis+unix:// or unix:// URL in inline TOML #1",
+        ),
+        (
+            "[lock.redis]\nurl = \"unix:///tmp/redis.sock?pass=s3cret&db=x\"",
+            "lock.redis.url: not a valid Redis URL: ",
+        ),
+        (
+            "[redis]\naddr = \"user:s3cret@host:port\"",
+            "redis.addr: not a valid Redis URL: ",
+        ),
+        (
+            "[lock.redis]\nresponse_timeout = \"1000years\"",
+            r#"lock.redis.response_timeout: must be at most 365 days (got "1000years") in inline TOML #1"#,
         ),
     ];
     for (document, expected) in cases {
@@ -259,4 +273,34 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_bad_prefix_from_the_builder_fails_freeze() {
+    let _serial = SERIAL.lock().await;
+    let err = freeze("", runa_lock_redis::provider().prefix("app{}:"))
+        .await
+        .unwrap_err();
+    let source = std::error::Error::source(&err).unwrap();
+    assert!(
+        matches!(
+            source.downcast_ref::<Error>(),
+            Some(Error::InvalidConfig { path, .. }) if path == "redis driver prefix"
+        ),
+        "{source:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_named_provider_is_named_in_errors() {
+    let _serial = SERIAL.lock().await;
+    let document = "[lock.redis]\nresponse_timeout = \"soon\"";
+    let err = freeze(document, runa_lock_redis::provider().name("cache"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("provider \"cache\" failed to init: "),
+        "{err}"
+    );
 }

@@ -975,6 +975,63 @@ async fn a_prefix_that_would_split_a_lock_over_cluster_slots_is_refused() {
     }
 }
 
+#[test]
+fn the_builder_refuses_such_a_prefix_once_before_any_call() {
+    let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+    let err = RedisDriver::builder(client.clone())
+        .prefix("app{}:")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { path, got: Some(got), .. }
+            if path == "redis driver prefix" && got == "\"app{}:\""),
+        "{err:?}"
+    );
+    let err = RedisDriver::builder(client.clone())
+        .connect_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "redis driver connect_timeout: must be greater than zero"
+    );
+    let driver = RedisDriver::builder(client)
+        .prefix("app{1}:")
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(driver.prefix(), "app{1}:");
+}
+
+#[tokio::test]
+async fn a_refused_connection_keeps_the_redis_error_as_the_source() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = RedisDriver::open(&format!("redis://:s3cret@127.0.0.1:{port}")).unwrap();
+    let err = locker(driver, LockerOptions::new())
+        .try_lock("k")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("on Redis at 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret") && !format!("{err:?}").contains("s3cret"));
+    let mut source = std::error::Error::source(&err);
+    let mut redis_error = None;
+    while let Some(error) = source {
+        redis_error = redis_error.or(error.downcast_ref::<redis::RedisError>());
+        source = error.source();
+    }
+    let redis_error = redis_error.expect("a RedisError in the source chain");
+    assert!(redis_error.is_connection_refusal(), "{redis_error:?}");
+}
+
 #[tokio::test]
 async fn a_corrupt_fencing_counter_is_an_error_and_writes_nothing() {
     let server = RedisServer::start();

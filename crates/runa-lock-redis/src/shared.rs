@@ -1,0 +1,281 @@
+//! What every clone of a driver shares: the client, the settings, the command connections
+//! and the notifier; and the operations on them, one script call each.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::{Client, RedisError};
+use runa_lock::{Error, LockKey};
+use tokio::time::timeout;
+
+use crate::connection::{Connection, Connections, Unavailable, settle};
+use crate::error::{Cause, Failure};
+use crate::keys::{Keys, prefix_problem};
+use crate::notify::Notifier;
+use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
+
+pub(crate) struct Shared {
+    /// For the background tasks it starts, which must not keep it alive.
+    me: Weak<Shared>,
+    pub(crate) client: Client,
+    /// `host:port` or socket path: never the password.
+    pub(crate) address: Arc<str>,
+    pub(crate) prefix: String,
+    /// Set only by the unchecked `with_prefix`; reported on every call.
+    prefix_problem: Option<&'static str>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) connections: Connections,
+    pub(crate) notifier: Notifier,
+}
+
+/// The outcome of one acquire script.
+pub(crate) enum Outcome {
+    Acquired(u64),
+    Busy(Option<Duration>),
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+impl Shared {
+    pub(crate) fn new(
+        client: Client,
+        prefix: String,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Arc<Shared> {
+        #[cfg(feature = "tls")]
+        if matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            crate::config::install_crypto_provider();
+        }
+        Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            address: client.get_connection_info().addr().to_string().into(),
+            notifier: Notifier::new(client.clone(), connect_timeout, response_timeout),
+            connections: Connections::new(client.clone(), connect_timeout, response_timeout),
+            client,
+            prefix_problem: prefix_problem(&prefix),
+            prefix,
+            connect_timeout,
+            response_timeout,
+        })
+    }
+
+    fn failure(&self, operation: &'static str, cause: Cause) -> Failure {
+        Failure::new(operation, &self.address, cause)
+    }
+
+    /// The shared command connection, created on first use; it reconnects by itself.
+    fn connection(&self) -> Result<Connection> {
+        self.connections
+            .current()
+            .map_err(|unavailable| match unavailable {
+                Unavailable::Closed => self.failure("connect", Cause::Closed),
+                Unavailable::Client(error) => self.failure("connect", Cause::Redis(error)),
+            })
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let connection = self.connection()?;
+        let mut manager = connection.manager.clone();
+        let ping = redis::cmd("PING");
+        let call = ping.query_async::<String>(&mut manager);
+        self.bounded(&connection, "ping", call).await.map(drop)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let connection = self.connection()?;
+        let mut manager = connection.manager.clone();
+        let call = invocation.invoke_async(&mut manager);
+        self.bounded(&connection, operation, call).await
+    }
+
+    /// Runs one call on `connection`, bounded by the connect and response timeouts together.
+    /// A call that times out retires the connection: one that silently died (a NAT or
+    /// firewall dropped it) never reports an error, so only a fresh one recovers.
+    async fn bounded<T>(
+        &self,
+        connection: &Connection,
+        operation: &'static str,
+        call: impl Future<Output = std::result::Result<T, RedisError>>,
+    ) -> Result<T> {
+        let limit = self.connections.response_limit();
+        let (timed_out, cause) = match timeout(limit, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => (error.is_timeout(), Cause::Redis(error)),
+            Err(_) => (true, Cause::NoReply(limit)),
+        };
+        if timed_out {
+            self.retire(connection);
+        }
+        Err(self.failure(operation, cause))
+    }
+
+    /// Stops using `connection` for new calls and lets it settle in the background; then
+    /// sends again the releases made meanwhile.
+    fn retire(&self, connection: &Connection) {
+        // A connection put on the settling list needs a task to take it off again, or every
+        // later release would be queued on it for good.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some((id, manager)) = self.connections.retire(connection) else {
+            return;
+        };
+        let me = self.me.clone();
+        let limit = self.connections.response_limit();
+        let task = runtime.spawn(async move {
+            settle(manager, limit, || me.strong_count() > 0).await;
+            let Some(shared) = me.upgrade() else { return };
+            for (keys, token) in shared.connections.settled(id) {
+                if let Err(error) = shared.release_once(&keys, &token).await {
+                    tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
+                }
+            }
+        });
+        self.connections.settling_in(id, task.abort_handle());
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.connections.is_closed()
+    }
+
+    pub(crate) fn close(&self) {
+        self.connections.close();
+        self.notifier.close();
+    }
+
+    pub(crate) async fn acquire(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<Outcome> {
+        let mut invocation = ACQUIRE.key(&keys.lock);
+        invocation
+            .key(&keys.fence)
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(fence_ttl(ttl));
+        let (acquired, value): (i64, i64) = self.run("acquire", &invocation).await?;
+        outcome(acquired, value).map_err(|problem| self.failure("acquire", Cause::Reply(problem)))
+    }
+
+    /// Sent again only when the first certainly never reached Redis: one that got no answer
+    /// may still arrive, and counts as a renewal whose answer never came.
+    pub(crate) async fn renew(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool> {
+        match self.renew_once(keys, token, ttl).await {
+            Err(failure) if failure.unsent() => self.renew_once(keys, token, ttl).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn renew_once(&self, keys: &Keys, token: &str, ttl: Duration) -> Result<bool> {
+        let mut invocation = RENEW.key(&keys.lock);
+        invocation.arg(token).arg(millis(ttl));
+        let renewed: i64 = self.run("renew", &invocation).await?;
+        Ok(renewed == 1)
+    }
+
+    /// May be sent again whatever became of the first: it only removes this token's hold.
+    /// Sent once more at once after a broken connection, and again once the connections
+    /// given up on have settled (see [`crate::connection`]). A second call that finds the key
+    /// gone is ambiguous unless the first was certainly unsent (the first may have run and
+    /// lost its reply): then the first call's error is returned, not a `NotHeld` that may be
+    /// false.
+    pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool> {
+        self.connections.again_after_settling(keys, token);
+        match self.release_once(keys, token).await {
+            Err(failure) if failure.broken_connection() => {
+                match self.release_once(keys, token).await {
+                    Ok(false) if !failure.unsent() => Err(failure),
+                    outcome => outcome,
+                }
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn release_once(&self, keys: &Keys, token: &str) -> Result<bool> {
+        let mut invocation = RELEASE.key(&keys.lock);
+        invocation.arg(token).arg(&keys.channel);
+        let released: i64 = self.run("release", &invocation).await?;
+        Ok(released == 1)
+    }
+
+    /// [`release`](Self::release) in the background, for a token given up on.
+    pub(crate) fn release_detached(&self, keys: Keys, token: String) {
+        let (Some(shared), Ok(runtime)) =
+            (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            tracing::debug!("no tokio runtime to release a lock; it ends by its ttl");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) = shared.release(&keys, &token).await {
+                tracing::warn!(%error, "releasing a lock in the background failed; it ends by its ttl");
+            }
+        });
+    }
+
+    /// The Redis names of `key`; [`Error::InvalidConfig`] for a prefix that would spread
+    /// them over Cluster slots.
+    pub(crate) fn keys(&self, key: LockKey<'_>) -> std::result::Result<Keys, Error> {
+        if let Some(problem) = self.prefix_problem {
+            let got = Some(format!("{:?}", self.prefix));
+            return Err(Error::invalid_config("redis driver prefix", problem, got));
+        }
+        Ok(Keys::new(&self.prefix, key))
+    }
+}
+
+/// The acquire script's reply: `{1, fencing}` or `{0, pttl}`. A fencing number that is not
+/// a positive integer is an error, never a number that might not increase.
+fn outcome(acquired: i64, value: i64) -> std::result::Result<Outcome, String> {
+    match (acquired, u64::try_from(value)) {
+        (1, Ok(fencing)) if fencing > 0 => Ok(Outcome::Acquired(fencing)),
+        (1, _) => Err(format!(
+            "the acquire script returned fencing number {value}, not a positive integer"
+        )),
+        (0, pttl) => Ok(Outcome::Busy(pttl.ok().map(Duration::from_millis))),
+        _ => Err(format!(
+            "the acquire script returned {{{acquired}, {value}}}, neither {{1, fencing}} nor {{0, pttl}}"
+        )),
+    }
+}
+
+/// Milliseconds for `PX`, rounded up: Redis refuses 0.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn fence_ttl(ttl: Duration) -> u64 {
+    millis(ttl).saturating_mul(2).max(FENCE_TTL_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fencing_number_that_is_not_positive_is_an_error() {
+        assert!(matches!(outcome(1, 7), Ok(Outcome::Acquired(7))));
+        for bad in [0, -1, i64::MIN] {
+            let err = outcome(1, bad).err().expect("an error");
+            assert!(err.contains(&bad.to_string()), "{err}");
+        }
+        assert!(matches!(
+            outcome(0, 1500),
+            Ok(Outcome::Busy(Some(ttl))) if ttl == Duration::from_millis(1500)
+        ));
+        assert!(
+            matches!(outcome(0, -1), Ok(Outcome::Busy(None))),
+            "a holder without expiry"
+        );
+        assert!(outcome(2, 1).is_err());
+    }
+}
