@@ -114,33 +114,28 @@ async fn main() -> ExitCode {
                 }
             };
             let bench = Bench::new(client.clone(), args.quick);
-            let (mut s1, mut floor, s1_rate) = bench.s1_and_floor().await;
-            let mut later = Vec::new();
-            if args.wants("s2") {
-                later.push(bench.s2(if args.quick { 50 } else { 100 }).await);
-            }
-            if args.wants("s3") {
-                later.push(bench.s3(if args.quick { 500 } else { 2000 }, s1_rate).await);
-            }
-            if args.wants("s4") {
-                later.push(bench.s4(s1_rate).await);
-            }
-            if args.wants("scriptcost") {
-                let rounds = if args.quick { 500 } else { 5000 };
-                later.push(script_cost::script_cost(&client, rounds).await);
-            }
-            // Last, apart from the async floor and S1 (see add_sync_floor).
-            if args.wants("floor") || args.wants("s1") {
-                bench.add_sync_floor(&mut floor, &mut s1);
-            }
+            let (s1, floor, s1_rate) = bench.s1_and_floor().await;
             if args.wants("floor") {
                 emit(floor, args.json);
             }
             if args.wants("s1") {
                 emit(s1, args.json);
             }
-            for scenario in later {
-                emit(scenario, args.json);
+            if args.wants("s2") {
+                emit(bench.s2(if args.quick { 50 } else { 100 }).await, args.json);
+            }
+            if args.wants("s3") {
+                emit(
+                    bench.s3(if args.quick { 500 } else { 2000 }, s1_rate).await,
+                    args.json,
+                );
+            }
+            if args.wants("s4") {
+                emit(bench.s4(s1_rate).await, args.json);
+            }
+            if args.wants("scriptcost") {
+                let rounds = if args.quick { 500 } else { 5000 };
+                emit(script_cost::script_cost(&client, rounds).await, args.json);
             }
         }
         (None, true) => {

@@ -83,7 +83,8 @@ impl Bench {
 
     /// The same floor pair over the blocking connection (`Client::get_connection`), on a key
     /// of its own. It blocks the calling thread for one pair; nothing else of the scenario
-    /// runs meanwhile.
+    /// runs meanwhile. (Alternating runs with and without these pairs between the async ones
+    /// showed no effect on the async floor or S1.)
     fn sync_pair(&self, connection: &mut redis::Connection) {
         let set: Option<String> = redis::cmd("SET")
             .arg("floor:sync")
@@ -115,23 +116,30 @@ impl Bench {
         samples
     }
 
-    /// The async floor (PING and the raw pair) and S1, interleaved pair by pair so that both
-    /// see the same machine load (on a shared VM the load drifts within seconds). Pairs per
-    /// second are counted over each kind's own time. Returns (S1 scenario, floor scenario,
-    /// S1 pairs/s); [`Bench::add_sync_floor`] adds the blocking floor to both later.
+    /// The floors (PING, the raw pair over the async connection and over the blocking one)
+    /// and S1, interleaved pair by pair so that all see the same machine load (on a shared
+    /// VM the load drifts within seconds). Pairs per second are counted over each kind's own
+    /// time. Returns (S1 scenario, floor scenario, S1 pairs/s).
     pub async fn s1_and_floor(&self) -> (Scenario, Scenario, f64) {
         let mut connection = connection(&self.client).await;
+        let mut blocking = self
+            .client
+            .get_connection()
+            .expect("a blocking connection to the bench redis-server");
         let locker = locker(&self.client, LockerOptions::new());
         // Warm up: connections open, scripts loaded.
         for _ in 0..50 {
             self.raw_pair(&mut connection).await;
+            self.sync_pair(&mut blocking);
             lock_pair(&locker, "s1").await;
         }
-        let (mut raw, mut ours, mut pings) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
+        let (mut raw, mut sync, mut ours, mut pings) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut raw_rates, mut sync_rates, mut our_rates) = (Vec::new(), Vec::new(), Vec::new());
         let n = self.pairs_per_round;
         for _ in 0..ROUNDS {
-            let (mut raw_time, mut our_time) = (Duration::ZERO, Duration::ZERO);
+            let (mut raw_time, mut sync_time, mut our_time) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             for _ in 0..n {
                 let begun = Instant::now();
                 self.raw_pair(&mut connection).await;
@@ -139,17 +147,24 @@ impl Bench {
                 raw.push(took);
                 raw_time += took;
                 let begun = Instant::now();
+                self.sync_pair(&mut blocking);
+                let took = begun.elapsed();
+                sync.push(took);
+                sync_time += took;
+                let begun = Instant::now();
                 lock_pair(&locker, "s1").await;
                 let took = begun.elapsed();
                 ours.push(took);
                 our_time += took;
             }
             raw_rates.push(n as f64 / raw_time.as_secs_f64());
+            sync_rates.push(n as f64 / sync_time.as_secs_f64());
             our_rates.push(n as f64 / our_time.as_secs_f64());
             pings.extend(self.pings(&mut connection, n).await);
         }
-        let (raw, ours, pings) = (
+        let (raw, sync, ours, pings) = (
             Latencies::new(raw),
+            Latencies::new(sync),
             Latencies::new(ours),
             Latencies::new(pings),
         );
@@ -165,6 +180,8 @@ impl Bench {
                 Metric::millis("pair_p50", ours.p50())
                     .against("raw pair p50", ms(raw.p50()))
                     .target("<= 1.20x raw", ratio <= 1.20),
+                Metric::millis("pair_p50_vs_sync", ours.p50())
+                    .against("sync raw pair p50", ms(sync.p50())),
                 Metric::millis("pair_p99", ours.p99()).against("raw pair p99", ms(raw.p99())),
                 Metric::plain("pairs", ours.len() as f64, ""),
             ],
@@ -179,64 +196,13 @@ impl Bench {
                     .against("2 x ping p50", 2.0 * ms(pings.p50())),
                 Metric::millis("raw_pair_p99", raw.p99()),
                 Metric::plain("raw_pairs_per_sec", median(raw_rates), "1/s"),
+                Metric::millis("sync_pair_p50", sync.p50())
+                    .against("async raw pair p50", ms(raw.p50())),
+                Metric::millis("sync_pair_p99", sync.p99()),
+                Metric::plain("sync_pairs_per_sec", median(sync_rates), "1/s"),
             ],
         };
         (s1, floor, s1_rate)
-    }
-
-    /// The floor pair over the blocking connection, as many pairs as S1's, added to the floor
-    /// (against the async raw pair) and to S1 (its pair p50 against this one, no target).
-    ///
-    /// It runs after the other Redis scenarios, not interleaved with the async floor and S1,
-    /// so that those are measured as before. With blocking pairs interleaved, 2 of 3 quick
-    /// runs had slow async round trips (PING p50 0.07-0.09 ms instead of 0.013) against 0 of
-    /// 3 without, alternating; weak evidence, since the async round trips on this VM also
-    /// switch between those two speeds with the machine's load.
-    pub fn add_sync_floor(&self, floor: &mut Scenario, s1: &mut Scenario) {
-        let mut blocking = self
-            .client
-            .get_connection()
-            .expect("a blocking connection to the bench redis-server");
-        for _ in 0..50 {
-            self.sync_pair(&mut blocking);
-        }
-        let (mut sync, mut rates) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let mut time = Duration::ZERO;
-            for _ in 0..self.pairs_per_round {
-                let begun = Instant::now();
-                self.sync_pair(&mut blocking);
-                let took = begun.elapsed();
-                sync.push(took);
-                time += took;
-            }
-            rates.push(self.pairs_per_round as f64 / time.as_secs_f64());
-        }
-        let sync = Latencies::new(sync);
-        let sync_p50 = sync.p50().as_secs_f64() * 1e3;
-        let value_of = |scenario: &Scenario, name: &str| {
-            scenario
-                .metrics
-                .iter()
-                .find(|m| m.name == name)
-                .map_or(f64::NAN, |m| m.value)
-        };
-        let raw_p50 = value_of(floor, "raw_pair_p50");
-        floor.metrics.extend([
-            Metric::millis("sync_pair_p50", sync.p50()).against("async raw pair p50", raw_p50),
-            Metric::millis("sync_pair_p99", sync.p99()),
-            Metric::plain("sync_pairs_per_sec", median(rates), "1/s"),
-        ]);
-        let s1_p50 = value_of(s1, "pair_p50");
-        let at = s1
-            .metrics
-            .iter()
-            .position(|m| m.name == "pair_p50")
-            .map_or(s1.metrics.len(), |i| i + 1);
-        s1.metrics.insert(
-            at,
-            Metric::plain("pair_p50_vs_sync", s1_p50, "ms").against("sync raw pair p50", sync_p50),
-        );
     }
 
     /// S2: A holds the key, B (another driver) waits; A releases at t0 after a random 20-120
