@@ -90,3 +90,17 @@ impl Drop for Meter {
         COUNTING.store(false, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Meter;
+
+    #[test]
+    fn counts_what_is_allocated_and_freed() {
+        let meter = Meter::start();
+        let block = vec![1u8; 1 << 20];
+        assert!(meter.live() >= f64::from(1u32 << 20));
+        drop(block);
+        assert!(meter.live() < f64::from(1u32 << 20));
+    }
+}
