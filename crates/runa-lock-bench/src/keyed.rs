@@ -42,13 +42,20 @@ impl KeyedMutex {
 
     /// Locks `key` if it is free, without waiting.
     pub fn try_lock<'a>(&'a self, key: &'a str) -> Option<KeyedGuard<'a>> {
-        let guard = self.mutex(key).try_lock_owned();
-        // On failure the clone is dropped here: the holder's release removes the entry.
-        Some(KeyedGuard {
-            owner: self,
-            key,
-            guard: Some(guard.ok()?),
-        })
+        match self.mutex(key).try_lock_owned() {
+            Ok(guard) => Some(KeyedGuard {
+                owner: self,
+                key,
+                guard: Some(guard),
+            }),
+            Err(_) => {
+                // Our clone is gone now; if the holder released meanwhile, its removal saw
+                // our clone and kept the entry, so remove it here.
+                self.map
+                    .remove_if(key, |_, mutex| Arc::strong_count(mutex) == 1);
+                None
+            }
+        }
     }
 
     /// Locks `key`, waiting (first come, first served) while someone else holds it.
