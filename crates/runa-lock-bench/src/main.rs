@@ -5,12 +5,17 @@
 //! runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only S1,S2,...]
 //! ```
 //!
-//! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete), `S1` (sequential
+//! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete, over the async
+//! and the blocking connection), `S1` (sequential
 //! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver),
-//! `scriptcost` (what a script costs against `SET NX PX`), `mempair`
-//! (memory driver pairs against `tokio::sync::Mutex`), `memhandoff` (the same for handoffs), `memthreads` (2 threads against 1), `memory` (1M
-//! expiring keys). See BENCHMARKS.md for what each number means.
+//! `scriptcost` (what a script costs against `SET NX PX`), `mempair` (memory driver pairs
+//! against a hand-written keyed mutex and `tokio::sync::Mutex`), `memhandoff` (handoffs
+//! against `tokio::sync::Mutex`), `memthreads` (2 threads against 1), `memory` (1M expiring
+//! keys: live heap bytes from a counting allocator, and RSS). See BENCHMARKS.md for what
+//! each number means.
 
+mod footprint;
+mod heap;
 mod memory_scenario;
 mod redis_scenarios;
 mod report;
@@ -156,7 +161,7 @@ async fn main() -> ExitCode {
     }
     if args.wants("memory") {
         emit(
-            memory_scenario::run(if args.quick { 200_000 } else { 1_000_000 }).await,
+            footprint::run(if args.quick { 200_000 } else { 1_000_000 }).await,
             args.json,
         );
     }

@@ -1,23 +1,18 @@
-//! The memory driver against `tokio::sync::Mutex`, each pair in one criterion group so the
-//! report shows both from the same run: uncontended pairs, many keys, two threads, handoff
-//! latency, and the cost of `with`.
+//! The memory driver against its baselines, each in one criterion group with them so the
+//! report shows all from the same run: uncontended pairs (against a hand-written keyed
+//! mutex and `tokio::sync::Mutex`), many keys, two threads, handoff latency, and the cost of
+//! `with`. The operations timed are the bench binary's own (`runa_lock_bench::ops`).
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented public fn
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use runa_lock::{Error, Locker, LockerOptions, Registry};
+use runa_lock::Error;
+use runa_lock_bench::keyed::KeyedMutex;
+use runa_lock_bench::ops::{self, memory_locker as locker};
 use tokio::runtime::Runtime;
-
-fn locker() -> Locker {
-    let registry = Registry::new();
-    registry.register_locker("bench", LockerOptions::new().ttl(Duration::from_secs(600)));
-    registry.of("bench").unwrap()
-}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -26,34 +21,20 @@ fn runtime() -> Runtime {
         .unwrap()
 }
 
-/// Polls a future that the memory driver completes at once (no waiting involved).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("an uncontended memory operation waited"),
-    }
-}
-
 fn uncontended_pair(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("uncontended_pair");
     let mutex = tokio::sync::Mutex::new(0u64);
     group.bench_function("tokio_mutex_lock_unlock", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut guard = mutex.lock().await;
-            *guard += 1;
-        })
+        b.to_async(&rt).iter(|| ops::tokio_pair(&mutex))
+    });
+    let keyed = KeyedMutex::new();
+    group.bench_function("keyed_mutex_try_lock_unlock", |b| {
+        b.to_async(&rt).iter(|| ops::keyed_pair(&keyed, "key"))
     });
     let jobs = locker();
     group.bench_function("try_lock_release", |b| {
-        b.to_async(&rt).iter(|| async {
-            let lease = jobs.try_lock("key").await.unwrap().unwrap();
-            lease.release().await.unwrap();
-        })
+        b.to_async(&rt).iter(|| ops::runa_pair(&jobs, "key"))
     });
     group.finish();
 }
@@ -81,10 +62,7 @@ fn distinct_keys(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             j = (j + 1) % KEYS;
             let (jobs, name) = (&jobs, &names[j]);
-            async move {
-                let lease = jobs.try_lock(name).await.unwrap().unwrap();
-                lease.release().await.unwrap();
-            }
+            ops::runa_pair(jobs, name)
         })
     });
     group.finish();
@@ -116,10 +94,7 @@ fn threads(c: &mut Criterion) {
                             scope.spawn(move || {
                                 let keys = &names[t];
                                 for n in 0..per_thread as usize {
-                                    let lease = ready(jobs.try_lock(&keys[n % keys.len()]))
-                                        .unwrap()
-                                        .unwrap();
-                                    ready(lease.release()).unwrap();
+                                    ops::runa_pair_now(&jobs, &keys[n % keys.len()]);
                                 }
                             });
                         }
@@ -136,55 +111,28 @@ fn threads(c: &mut Criterion) {
 fn handoff(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("handoff");
+    let mutex = Arc::new(tokio::sync::Mutex::new(()));
     group.bench_function("tokio_mutex", |b| {
-        let mutex = Arc::new(tokio::sync::Mutex::new(()));
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let guard = Arc::clone(&mutex).lock_owned().await;
-                    let waiter = tokio::spawn({
-                        let mutex = Arc::clone(&mutex);
-                        async move {
-                            let _guard = mutex.lock().await;
-                            Instant::now()
-                        }
-                    });
-                    tokio::task::yield_now().await;
-                    let released = Instant::now();
-                    drop(guard);
-                    total += waiter.await.unwrap() - released;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(total(iters, || ops::tokio_handoff(&mutex))))
     });
+    let keyed = Arc::new(KeyedMutex::new());
+    group.bench_function("keyed_mutex", |b| {
+        b.iter_custom(|iters| rt.block_on(total(iters, || ops::keyed_handoff(&keyed))))
+    });
+    let jobs = locker();
     group.bench_function("memory_driver", |b| {
-        let jobs = locker();
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let lease = jobs.wait("handoff").await.unwrap();
-                    let waiter = tokio::spawn({
-                        let jobs = jobs.clone();
-                        async move {
-                            let lease = jobs.wait("handoff").await.unwrap();
-                            let woke = Instant::now();
-                            drop(lease);
-                            woke
-                        }
-                    });
-                    tokio::task::yield_now().await;
-                    let released = Instant::now();
-                    lease.release().await.unwrap();
-                    total += waiter.await.unwrap() - released;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(total(iters, || ops::runa_handoff(&jobs))))
     });
     group.finish();
+}
+
+/// The sum of `iters` timed runs of `one`.
+async fn total<F: Future<Output = Duration>>(iters: u64, mut one: impl FnMut() -> F) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        total += one().await;
+    }
+    total
 }
 
 fn with_overhead(c: &mut Criterion) {
@@ -192,10 +140,7 @@ fn with_overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("with_overhead");
     let jobs = locker();
     group.bench_function("try_lock_release", |b| {
-        b.to_async(&rt).iter(|| async {
-            let lease = jobs.try_lock("key").await.unwrap().unwrap();
-            lease.release().await.unwrap();
-        })
+        b.to_async(&rt).iter(|| ops::runa_pair(&jobs, "key"))
     });
     group.bench_function("with", |b| {
         b.to_async(&rt).iter(|| async {

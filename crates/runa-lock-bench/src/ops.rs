@@ -1,0 +1,136 @@
+//! One lock pair or one handoff, of runa-lock's memory driver and of each baseline: the units
+//! both harnesses time.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use runa_lock::{Locker, LockerOptions, Registry};
+
+use crate::keyed::KeyedMutex;
+
+/// A locker named `bench` on a registry of its own (so on a memory driver of its own), with a
+/// ttl no run outlasts.
+pub fn memory_locker() -> Locker {
+    let registry = Registry::new();
+    registry.register_locker("bench", LockerOptions::new().ttl(Duration::from_secs(600)));
+    registry.of("bench").expect("the bench locker")
+}
+
+/// The output of a future that completes at once (an uncontended memory-driver operation),
+/// polled without a runtime.
+///
+/// # Panics
+///
+/// If the future is not ready at its first poll.
+pub fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a memory-driver future that should be ready at once waited"),
+    }
+}
+
+/// Uncontended `try_lock` + `release` of `key`.
+///
+/// # Panics
+///
+/// If the key is busy or the driver fails.
+pub async fn runa_pair(locker: &Locker, key: &str) {
+    let lease = locker
+        .try_lock(key)
+        .await
+        .expect("try_lock")
+        .expect("the key is free");
+    lease.release().await.expect("release");
+}
+
+/// [`runa_pair`] without a runtime, for plain threads.
+pub fn runa_pair_now(locker: &Locker, key: &str) {
+    ready(runa_pair(locker, key));
+}
+
+/// Uncontended lock + unlock of a `tokio::sync::Mutex`.
+pub async fn tokio_pair(mutex: &tokio::sync::Mutex<u64>) {
+    *mutex.lock().await += 1;
+}
+
+/// Uncontended `try_lock` + unlock of `key` in a [`KeyedMutex`]: look up or insert the key's
+/// mutex, `try_lock_owned`, unlock and remove the entry. Async only to be timed in the same
+/// harness as the others.
+///
+/// # Panics
+///
+/// If the key is busy.
+pub async fn keyed_pair(keyed: &KeyedMutex, key: &str) {
+    let guard = keyed.try_lock(key).expect("the key is free");
+    drop(guard);
+}
+
+/// One handoff through a `tokio::sync::Mutex`: from dropping the guard to the waiting task
+/// holding the mutex.
+///
+/// # Panics
+///
+/// If the waiting task panics.
+pub async fn tokio_handoff(mutex: &Arc<tokio::sync::Mutex<()>>) -> Duration {
+    let guard = Arc::clone(mutex).lock_owned().await;
+    let waiter = tokio::spawn({
+        let mutex = Arc::clone(mutex);
+        async move {
+            let _guard = mutex.lock().await;
+            Instant::now()
+        }
+    });
+    tokio::task::yield_now().await;
+    let released = Instant::now();
+    drop(guard);
+    waiter.await.expect("the waiter") - released
+}
+
+/// One handoff through a [`KeyedMutex`]: from dropping the guard to the waiting task holding
+/// the key.
+///
+/// # Panics
+///
+/// If the waiting task panics.
+pub async fn keyed_handoff(keyed: &Arc<KeyedMutex>) -> Duration {
+    let guard = keyed.lock("handoff").await;
+    let waiter = tokio::spawn({
+        let keyed = Arc::clone(keyed);
+        async move {
+            let _guard = keyed.lock("handoff").await;
+            Instant::now()
+        }
+    });
+    tokio::task::yield_now().await;
+    let released = Instant::now();
+    drop(guard);
+    waiter.await.expect("the waiter") - released
+}
+
+/// One handoff through runa-lock: from the holder's `release` to the woken waiter's `wait`
+/// returning.
+///
+/// # Panics
+///
+/// If the driver fails or the waiting task panics.
+pub async fn runa_handoff(locker: &Locker) -> Duration {
+    let lease = locker.wait("handoff").await.expect("free");
+    let waiter = tokio::spawn({
+        let locker = locker.clone();
+        async move {
+            let lease = locker.wait("handoff").await.expect("handed over");
+            let woke = Instant::now();
+            drop(lease);
+            woke
+        }
+    });
+    tokio::task::yield_now().await;
+    let released = Instant::now();
+    lease.release().await.expect("release");
+    waiter.await.expect("the waiter") - released
+}
