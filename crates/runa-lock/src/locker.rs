@@ -164,11 +164,11 @@ impl Locker {
     /// ```
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         self.check(key)?;
-        let lease = self.unsettled(key, Instant::now());
+        let sent = Instant::now();
+        let lease = self.unsettled(key, sent);
         let store = &self.inner.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
-        let sent = Instant::now();
         let attempt = store
             .driver
             .acquire(lock_key, lease.token(), self.inner.settings.ttl)

@@ -13,7 +13,7 @@
 //!   store holding the key for just its ttl from then;
 //! - once lost (expired, refused, released), a lease stays lost.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
@@ -37,8 +37,10 @@ pub(crate) struct Term {
     /// Held by the renewal on its way to the store; holds the shortest ttl (in nanoseconds)
     /// of the renewals never answered.
     turn: Mutex<Option<u64>>,
-    /// Woken when the lease ends or its deadline moves earlier.
+    /// Woken when the lease ends or its deadline moves earlier...
     changed: Notify,
+    /// ...if any task is in [`lost`](Self::lost): most leases are released unwatched.
+    watchers: AtomicUsize,
 }
 
 impl Term {
@@ -51,6 +53,7 @@ impl Term {
             phase: AtomicU8::new(HELD),
             turn: Mutex::new(None),
             changed: Notify::new(),
+            watchers: AtomicUsize::new(0),
         }
     }
 
@@ -74,6 +77,15 @@ impl Term {
     /// Sets the deadline, waking the tasks in [`lost`](Self::lost) if it moved earlier.
     fn move_deadline(&self, to: u64) {
         if to < self.deadline.swap(to, Ordering::SeqCst) {
+            self.notify();
+        }
+    }
+
+    /// Wakes the tasks in [`lost`](Self::lost). SeqCst with their count: either a watcher
+    /// counted itself before the change (and is woken), or its check after counting sees
+    /// the change.
+    fn notify(&self) {
+        if self.watchers.load(Ordering::SeqCst) > 0 {
             self.changed.notify_waiters();
         }
     }
@@ -110,12 +122,20 @@ impl Term {
             .phase
             .compare_exchange(HELD, phase, Ordering::SeqCst, Ordering::SeqCst);
         if ended.is_ok() {
-            self.changed.notify_waiters();
+            self.notify();
         }
     }
 
     /// Resolves once the lease is lost.
     pub(crate) async fn lost(&self) {
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let _watching = Watching(&self.watchers);
         loop {
             // Made before the check: `notify_waiters` reaches it from then on.
             let changed = self.changed.notified();

@@ -17,12 +17,13 @@ impl Token {
     pub(crate) fn new() -> Token {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let raw: [u8; TOKEN_BYTES] = rand::random();
-        let mut text = ArrayString::new();
-        for byte in raw {
-            text.push(char::from(HEX[usize::from(byte >> 4)]));
-            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        let mut digits = [0u8; TOKEN_BYTES * 2];
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(raw) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
-        Token(text)
+        // Hex digits are ASCII: this never falls back to the empty default.
+        Token(ArrayString::from_byte_string(&digits).unwrap_or_default())
     }
 
     pub(crate) fn as_str(&self) -> &str {
