@@ -83,7 +83,10 @@ impl Connections {
     /// The current connection, made on first use (it connects lazily, and reconnects by
     /// itself after an error).
     pub(crate) fn current(&self) -> Result<Connection, Unavailable> {
-        let mut state = self.lock();
+        self.current_in(&mut self.lock())
+    }
+
+    fn current_in(&self, state: &mut State) -> Result<Connection, Unavailable> {
         if state.closed {
             return Err(Unavailable::Closed);
         }
@@ -135,15 +138,22 @@ impl Connections {
         }
     }
 
-    /// Asks for `token`'s release of `keys` to be sent again once every connection that is
-    /// settling now has settled. Called before the release is sent: whatever a settling
+    /// The connection to send `token`'s release of `keys` on, with the release queued to be
+    /// sent again once every connection settling now has settled: whatever a settling
     /// connection still delivers then runs either before this release or before the one
-    /// sent again.
-    pub(crate) fn again_after_settling(&self, keys: &Keys, token: &str) {
+    /// sent again. One lock for both, so no connection can be retired in between (an
+    /// acquire still on it would escape both).
+    pub(crate) fn current_for_release(
+        &self,
+        keys: &Keys,
+        token: &str,
+    ) -> Result<Connection, Unavailable> {
         let mut state = self.lock();
+        let connection = self.current_in(&mut state)?;
         for settling in &mut state.settling {
             settling.again.push((keys.clone(), token.to_owned()));
         }
+        Ok(connection)
     }
 
     /// Connection `id` has settled: the releases to send again.
@@ -232,14 +242,17 @@ mod tests {
             connections.retire(&first).is_none(),
             "retired twice: a second call that timed out on it"
         );
-        let second = connections.current().ok().unwrap();
-        assert_ne!(first.id, second.id);
-        connections.again_after_settling(&keys("a"), "token-a");
+        let second = connections.current_for_release(&keys("a"), "token-a");
+        assert_ne!(first.id, second.ok().unwrap().id);
         assert_eq!(connections.settling(), 1);
         let again = connections.settled(first.id);
         assert_eq!(again, [(keys("a"), "token-a".to_owned())]);
         assert_eq!(connections.settling(), 0);
-        connections.again_after_settling(&keys("b"), "token-b");
+        assert!(
+            connections
+                .current_for_release(&keys("b"), "token-b")
+                .is_ok()
+        );
         assert!(
             connections.settled(first.id).is_empty(),
             "a release after the connection settled is not sent again"

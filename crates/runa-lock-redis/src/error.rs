@@ -45,8 +45,9 @@ impl Failure {
         }
     }
 
-    /// The connection broke (or was refused) before a reply: an idempotent request may be
-    /// sent again on the reconnected one.
+    /// The connection broke (or was refused) before a reply, or an I/O error ended the call
+    /// (the client's own response timeout included): an idempotent request may be sent again
+    /// on the reconnected one.
     pub(crate) fn broken_connection(&self) -> bool {
         matches!(&self.cause, Cause::Redis(error)
             if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal())

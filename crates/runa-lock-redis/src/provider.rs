@@ -279,9 +279,10 @@ impl Settings {
             .transpose()
         };
         match (section.url, section.addr) {
-            (Some(_), Some(addr)) => {
+            (Some(_), Some(_)) => {
+                // Neither is shown: either may hold credentials.
                 let problem = "set either url or addr, not both";
-                return Err(fail("addr", problem, format!("{addr:?}")));
+                return Err(Error::invalid_config(format!("{path}.addr"), problem, None));
             }
             (Some(url), None) => self.url = Some((url, format!("{path}.url"))),
             (None, Some(addr)) => {

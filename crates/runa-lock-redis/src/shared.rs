@@ -69,17 +69,21 @@ impl Shared {
     }
 
     /// The shared command connection, created on first use; it reconnects by itself.
-    fn connection(&self) -> Result<Connection> {
+    fn connection(&self, operation: &'static str) -> Result<Connection> {
         self.connections
             .current()
-            .map_err(|unavailable| match unavailable {
-                Unavailable::Closed => self.failure("connect", Cause::Closed),
-                Unavailable::Client(error) => self.failure("connect", Cause::Redis(error)),
-            })
+            .map_err(|unavailable| self.unavailable(operation, unavailable))
+    }
+
+    fn unavailable(&self, operation: &'static str, unavailable: Unavailable) -> Failure {
+        match unavailable {
+            Unavailable::Closed => self.failure(operation, Cause::Closed),
+            Unavailable::Client(error) => self.failure(operation, Cause::Redis(error)),
+        }
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
-        let connection = self.connection()?;
+        let connection = self.connection("ping")?;
         let mut manager = connection.manager.clone();
         let ping = redis::cmd("PING");
         let call = ping.query_async::<String>(&mut manager);
@@ -91,7 +95,16 @@ impl Shared {
         operation: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        let connection = self.connection()?;
+        self.run_on(self.connection(operation)?, operation, invocation)
+            .await
+    }
+
+    async fn run_on<T: redis::FromRedisValue>(
+        &self,
+        connection: Connection,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
         let mut manager = connection.manager.clone();
         let call = invocation.invoke_async(&mut manager);
         self.bounded(&connection, operation, call).await
@@ -135,7 +148,7 @@ impl Shared {
             settle(manager, limit, || me.strong_count() > 0).await;
             let Some(shared) = me.upgrade() else { return };
             for (keys, token) in shared.connections.settled(id) {
-                if let Err(error) = shared.release_once(&keys, &token).await {
+                if let Err(error) = shared.release_on(None, &keys, &token).await {
                     tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
                 }
             }
@@ -186,10 +199,13 @@ impl Shared {
     /// lost its reply): then the first call's error is returned, not a `NotHeld` that may be
     /// false.
     pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool> {
-        self.connections.again_after_settling(keys, token);
-        match self.release_once(keys, token).await {
+        let first = self
+            .connections
+            .current_for_release(keys, token)
+            .map_err(|unavailable| self.unavailable("release", unavailable))?;
+        match self.release_on(Some(first), keys, token).await {
             Err(failure) if failure.broken_connection() => {
-                match self.release_once(keys, token).await {
+                match self.release_on(None, keys, token).await {
                     Ok(false) if !failure.unsent() => Err(failure),
                     outcome => outcome,
                 }
@@ -198,10 +214,20 @@ impl Shared {
         }
     }
 
-    async fn release_once(&self, keys: &Keys, token: &str) -> Result<bool> {
+    /// One release, on `connection` or the current one.
+    async fn release_on(
+        &self,
+        connection: Option<Connection>,
+        keys: &Keys,
+        token: &str,
+    ) -> Result<bool> {
         let mut invocation = RELEASE.key(&keys.lock);
         invocation.arg(token).arg(&keys.channel);
-        let released: i64 = self.run("release", &invocation).await?;
+        let connection = match connection {
+            Some(connection) => connection,
+            None => self.connection("release")?,
+        };
+        let released: i64 = self.run_on(connection, "release", &invocation).await?;
         Ok(released == 1)
     }
 

@@ -403,6 +403,17 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
         });
     }
 
+    /// Whether every holder of this driver's locks lives in this process, as with
+    /// [`MemoryDriver`](crate::MemoryDriver). Default: `false`.
+    ///
+    /// Tokens for a driver that is not local check that their generator was not copied
+    /// from a parent process by a `fork` (a system call per token); a local driver's tokens
+    /// never meet another process's, so they skip the check. Answering `false` is always
+    /// safe.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Closes the driver's connections. The default does nothing.
     ///
     /// # Behavior
@@ -452,6 +463,10 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
 
     fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
         D::release_detached(Arc::clone(&self), key, token);
+    }
+
+    fn is_local(&self) -> bool {
+        (**self).is_local()
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {

@@ -172,7 +172,7 @@ impl Lease {
     }
 
     /// The random token that identifies this holder: 32 hex digits (128 bits from a
-    /// CSPRNG seeded from the OS), unrelated to the fencing number.
+    /// ChaCha12 generator seeded from the OS), unrelated to the fencing number.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -468,7 +468,8 @@ mod tests {
             origin + Duration::from_secs(3),
             origin.checked_sub(Duration::from_secs(5)).unwrap_or(origin),
         ] {
-            let unsettled = Unsettled::new(Arc::clone(&store), "k", Token::new(), ttl, origin);
+            let token = Token::new(false).unwrap();
+            let unsettled = Unsettled::new(Arc::clone(&store), "k", token, ttl, origin);
             let lease = unsettled.settle(7, sent);
             assert_eq!(lease.state().term().deadline(), sent + ttl);
             assert_eq!(lease.fencing(), 7);

@@ -165,7 +165,7 @@ impl Locker {
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         self.check(key)?;
         let sent = Instant::now();
-        let lease = self.unsettled(key, sent);
+        let lease = self.unsettled(key, sent)?;
         let store = &self.inner.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
@@ -217,7 +217,7 @@ impl Locker {
         let now = Instant::now();
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
         // Built now, so that a waiter woken by a release only has to fill in the grant.
-        let lease = self.unsettled(key, now);
+        let lease = self.unsettled(key, now)?;
         let store = &self.inner.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
@@ -314,9 +314,16 @@ impl Locker {
         }
     }
 
-    fn unsettled(&self, key: &str, origin: Instant) -> Unsettled {
+    fn unsettled(&self, key: &str, origin: Instant) -> Result<Unsettled, Error> {
         let store = Arc::clone(&self.inner.store);
-        Unsettled::new(store, key, Token::new(), self.inner.settings.ttl, origin)
+        let token = Token::new(!store.driver.is_local())?;
+        Ok(Unsettled::new(
+            store,
+            key,
+            token,
+            self.inner.settings.ttl,
+            origin,
+        ))
     }
 
     fn check(&self, key: &str) -> Result<(), Error> {

@@ -333,6 +333,10 @@ impl Driver for MemoryDriver {
         // A memory release never blocks for long: do it now, runtime or not.
         self.inner.release(key, token);
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
 }
 
 impl Inner {

@@ -252,13 +252,19 @@ pub(crate) async fn keep_alive(lease: &LeaseState, auto_renew: bool) -> LossReas
                 tracing::warn!(key = lease.key().key, %error, "lease renewal failed; retrying until the lease expires");
                 sleep_until((Instant::now() + retry_pause).min(deadline)).await;
             }
-            Err(_) => {
+            Err(Error::NotHeld { .. }) => {
                 if term.is_refused() {
                     tracing::warn!(
                         key = lease.key().key,
                         "lease renewal refused: the lock expired or was taken over"
                     );
                 }
+                return term.loss_reason();
+            }
+            Err(error) => {
+                // Final by the `Driver` contract: renewing cannot succeed.
+                tracing::warn!(key = lease.key().key, %error, "lease renewal impossible; the lease counts as lost");
+                term.end(EXPIRED);
                 return term.loss_reason();
             }
         }

@@ -65,8 +65,13 @@ macro_rules! suite_tests {
 }
 
 /// A fresh token, as lockers make them.
+///
+/// # Panics
+///
+/// If the OS random source fails.
 fn token() -> String {
-    Token::new().as_str().to_owned()
+    let token = Token::new(true).expect("the OS random source failed");
+    token.as_str().to_owned()
 }
 
 /// A locker on `driver` with a fresh random prefix.

@@ -87,6 +87,16 @@ async fn a_refused_renewal_is_reported_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_renewal_failing_for_good_is_reported_at_once() {
+    let driver = Faulty::new();
+    driver.set_renew(RenewMode::Final);
+    let jobs = locker(&driver, true);
+    let took = time_until_lost(&jobs, LossReason::Expired).await;
+    assert_eq!(took, TTL / 3, "lost at the first renewal, not left to expire");
+    assert_eq!(driver.renews(), 1, "an error that is final is not retried");
+}
+
+#[tokio::test(start_paused = true)]
 async fn failing_renewals_are_retried_until_one_succeeds() {
     let driver = Faulty::new();
     driver.set_renew(RenewMode::FailTimes(5));

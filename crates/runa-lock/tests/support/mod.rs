@@ -21,6 +21,8 @@ pub enum RenewMode {
     FailTimes(usize),
     /// Answer `false` (refused).
     Refuse,
+    /// Fail with an error that is not a backend error (final, by the `Driver` contract).
+    Final,
     /// Renew at once, but answer only after `delay` for ttls of `from_ttl` and longer, like
     /// a reply over a slow network.
     AnswerLate { delay: Duration, from_ttl: Duration },
@@ -106,6 +108,9 @@ impl Driver for Faulty {
             RenewMode::Hang => Box::pin(std::future::pending()),
             RenewMode::FailTimes(_) => Box::pin(async { Err(refused()) }),
             RenewMode::Refuse => Box::pin(async { Ok(false) }),
+            RenewMode::Final => Box::pin(async {
+                Err(Error::invalid_config("renew", "injected final error", None))
+            }),
             RenewMode::AnswerLate { delay, from_ttl } => Box::pin(async move {
                 let renewed = self.inner.renew(key, token, ttl).await;
                 if ttl >= from_ttl {
