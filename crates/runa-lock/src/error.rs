@@ -4,11 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// A boxed error kept as the source of [`Error::Backend`].
-///
-/// ```
-/// let source: runa_lock::BoxError = "connection refused".into();
-/// ```
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong when configuring lockers or taking locks.
 ///

@@ -70,7 +70,7 @@ use std::time::Duration;
 
 pub use config::Config;
 pub use driver::{Attempt, Driver, Grant, LockKey, WaitPlan, poll_until};
-pub use error::{BoxError, Error, LossReason};
+pub use error::{Error, LossReason};
 /// The boxed, `Send` future that [`Driver`] methods return (the same type as `runa::BoxFuture`).
 ///
 /// ```

@@ -58,15 +58,15 @@ pub const MAX_KEY_LEN: usize = 16 * 1024;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct Locker {
     inner: Arc<Inner>,
+    /// The driver and prefix, held by every lease taken through this handle. Each clone
+    /// has its own (see `Clone`).
+    store: Arc<Store>,
 }
 
 struct Inner {
     name: String,
-    /// Shared with the lockers [`Locker::with_options`] makes, and with every lease.
-    store: Arc<Store>,
     settings: Settings,
     /// Whether `settings` passed validation, checked once here instead of on every call.
     valid: bool,
@@ -86,10 +86,10 @@ impl Locker {
         Locker {
             inner: Arc::new(Inner {
                 name,
-                store,
                 settings,
                 valid,
             }),
+            store,
         }
     }
 
@@ -137,10 +137,10 @@ impl Locker {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_options(&self, options: LockOptions) -> Locker {
-        // Per-call options change neither the driver nor the prefix: share the store.
+        // Per-call options change neither the driver nor the prefix.
         Locker::with_store(
             self.inner.name.clone(),
-            Arc::clone(&self.inner.store),
+            Arc::new(self.store.copy()),
             self.inner.settings.with_call(&options),
         )
     }
@@ -166,7 +166,7 @@ impl Locker {
         self.check(key)?;
         let sent = Instant::now();
         let lease = self.unsettled(key, sent)?;
-        let store = &self.inner.store;
+        let store = &self.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
         let attempt = store
@@ -218,7 +218,7 @@ impl Locker {
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
         // Built now, so that a waiter woken by a release only has to fill in the grant.
         let lease = self.unsettled(key, now)?;
-        let store = &self.inner.store;
+        let store = &self.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
         let acquired = store
@@ -315,7 +315,7 @@ impl Locker {
     }
 
     fn unsettled(&self, key: &str, origin: Instant) -> Result<Unsettled, Error> {
-        let store = Arc::clone(&self.inner.store);
+        let store = Arc::clone(&self.store);
         let token = Token::new(!store.driver.is_local())?;
         Ok(Unsettled::new(
             store,
@@ -353,12 +353,24 @@ impl Locker {
     }
 }
 
+/// A handle on the same locker. It holds a store handle of its own, so that leases taken
+/// through clones on different threads (one per task, as usual) never contend on one
+/// reference count.
+impl Clone for Locker {
+    fn clone(&self) -> Self {
+        Locker {
+            inner: Arc::clone(&self.inner),
+            store: Arc::new(self.store.copy()),
+        }
+    }
+}
+
 impl fmt::Debug for Locker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Locker")
             .field("name", &self.inner.name)
             .field("settings", &self.inner.settings)
-            .field("driver", &self.inner.store.driver)
+            .field("driver", &self.store.driver)
             .finish()
     }
 }

@@ -92,7 +92,11 @@ async fn a_renewal_failing_for_good_is_reported_at_once() {
     driver.set_renew(RenewMode::Final);
     let jobs = locker(&driver, true);
     let took = time_until_lost(&jobs, LossReason::Expired).await;
-    assert_eq!(took, TTL / 3, "lost at the first renewal, not left to expire");
+    assert_eq!(
+        took,
+        TTL / 3,
+        "lost at the first renewal, not left to expire"
+    );
     assert_eq!(driver.renews(), 1, "an error that is final is not retried");
 }
 
