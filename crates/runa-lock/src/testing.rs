@@ -3,11 +3,17 @@
 //! Enabled with the `testing` feature. Each check is a plain `async fn` taking the driver
 //! under test; [`suite_tests!`](crate::suite_tests) makes a `#[tokio::test]` of each:
 //!
-//! ```ignore
-//! async fn run<F: std::future::Future<Output = ()>>(check: impl FnOnce(Arc<dyn Driver>) -> F) {
-//!     check(Arc::new(runa_lock::MemoryDriver::new())).await;
+//! ```
+//! use std::future::Future;
+//! use std::sync::Arc;
+//! use runa_lock::{Driver, MemoryDriver};
+//!
+//! async fn run<F: Future<Output = ()>>(check: impl FnOnce(Arc<dyn Driver>) -> F) {
+//!     check(Arc::new(MemoryDriver::new())).await;
 //! }
+//!
 //! runa_lock::suite_tests!(run);
+//! # fn main() {}
 //! ```
 //!
 //! Checks use keys under a fresh random prefix, so they can share a store (one Redis
