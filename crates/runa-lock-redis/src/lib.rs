@@ -36,6 +36,7 @@
 //! locker prefix's length is part of the name, so no two (prefix, key) pairs collide.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod builder;
 mod config;

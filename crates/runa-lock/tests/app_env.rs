@@ -1,14 +1,66 @@
-//! Environment-variable overrides of lock config through the app. The environment is
-//! process-wide, so this binary holds a single test.
+//! Environment-variable overrides of lock config through the app.
+//!
+//! The environment is process-wide, and changing it while other threads may read it is
+//! undefined behaviour, so this test binary (no libtest harness) runs each case in a child
+//! process of itself, started with the variables set.
 
-#![allow(unsafe_code)] // `std::env::set_var`, in a binary with a single test
-
+use std::process::Command;
 use std::time::Duration;
 
 use runa::App;
 use runa_lock::LockerOptions;
 
-#[tokio::test]
+/// Set in a child: the case it runs.
+const CASE: &str = "RUNA_LOCK_TEST_ENV_CASE";
+
+fn main() {
+    match std::env::var(CASE) {
+        Ok(case) => run_here(&case),
+        Err(_) => {
+            in_child(
+                "overrides",
+                &[
+                    ("RUNA_LOCK__LOCKERS__JOBS__TTL", "10s"),
+                    ("RUNA_LOCK__LOCKERS__JOBS__AUTO_RENEW", "true"),
+                ],
+            );
+            in_child("bad_value", &[("RUNA_LOCK__LOCKERS__JOBS__TTL", "soon")]);
+            println!("app_env: 2 cases passed");
+        }
+    }
+}
+
+/// Runs `case` in a child process of this binary with `vars` set; panics if it fails.
+fn in_child(case: &str, vars: &[(&str, &str)]) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let output = Command::new(exe)
+        .env(CASE, case)
+        .envs(vars.iter().copied())
+        .output()
+        .expect("start the child");
+    assert!(
+        output.status.success(),
+        "case {case} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let done = format!("case {case} ok");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&done),
+        "case {case} did not run"
+    );
+}
+
+fn run_here(case: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    match case {
+        "overrides" => runtime.block_on(variables_override_files_and_inline_config()),
+        "bad_value" => runtime.block_on(a_bad_value_names_the_variable()),
+        other => panic!("no case {other:?}"),
+    }
+    println!("case {case} ok");
+}
+
+/// With `RUNA_LOCK__LOCKERS__JOBS__TTL=10s` and `..._AUTO_RENEW=true`.
 async fn variables_override_files_and_inline_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -16,11 +68,6 @@ async fn variables_override_files_and_inline_config() {
         "[lockers.jobs]\nttl = \"40s\"\nwait = \"4s\"",
     )
     .unwrap();
-    // SAFETY of the environment: this binary has a single test, so nothing reads it meanwhile.
-    unsafe {
-        std::env::set_var("RUNA_LOCK__LOCKERS__JOBS__TTL", "10s");
-        std::env::set_var("RUNA_LOCK__LOCKERS__JOBS__AUTO_RENEW", "true");
-    }
     let mut app = App::new()
         .config_dir(dir.path())
         .config_toml("[lock.lockers.jobs]\nttl = \"45s\"");
@@ -39,9 +86,10 @@ async fn variables_override_files_and_inline_config() {
     assert_eq!(info.wait, Duration::from_secs(4));
     assert!(info.auto_renew, "\"true\" is read as a boolean");
     app.shutdown().await.unwrap();
+}
 
-    // A bad value names the variable.
-    unsafe { std::env::set_var("RUNA_LOCK__LOCKERS__JOBS__TTL", "soon") };
+/// With `RUNA_LOCK__LOCKERS__JOBS__TTL=soon`.
+async fn a_bad_value_names_the_variable() {
     let mut app = App::new();
     app.install(runa_lock::provider().register_locker("jobs", LockerOptions::new()))
         .unwrap();
