@@ -31,7 +31,7 @@ use crate::{Attempt, Error, LockOptions};
 pub const MAX_KEY_LEN: usize = 16 * 1024;
 
 /// A named lock handle from a [`Registry`](crate::Registry): a driver, a key prefix and the
-/// settings to acquire with. Cheap to clone.
+/// settings to acquire with. Cheap to clone: give each task its own clone (see `Clone`).
 ///
 /// A locker holds the settings it was resolved with; configure the registry before calling
 /// [`Registry::of`](crate::Registry::of).
