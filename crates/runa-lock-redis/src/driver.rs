@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Client;
-use runa_lock::{Attempt, BoxFuture, Driver, Error, Grant, LockKey, WaitPlan};
+use runa_lock::{Attempt, BoxFuture, Driver, Error, Grant, Holder, LockKey, WaitPlan};
 
 use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
@@ -221,6 +221,13 @@ impl Driver for RedisDriver {
         plan: WaitPlan,
     ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
         Box::pin(self.shared.wait(key, token, ttl, plan))
+    }
+
+    fn inspect<'a>(&'a self, key: LockKey<'a>) -> BoxFuture<'a, Result<Option<Holder>, Error>> {
+        Box::pin(async move {
+            let left = self.shared.inspect(&self.shared.keys(key)?).await?;
+            Ok(left.map(Holder::new))
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {

@@ -90,6 +90,22 @@ impl Shared {
         self.bounded(&connection, "ping", call).await.map(drop)
     }
 
+    /// The lock's `PTTL`: `None` when the key is free, `Some(None)` when it is held without
+    /// an expiry (no lock of ours is), `Some(Some(left))` otherwise.
+    pub(crate) async fn inspect(&self, keys: &Keys) -> Result<Option<Option<Duration>>> {
+        let connection = self.connection("inspect")?;
+        let mut manager = connection.manager.clone();
+        let mut pttl = redis::cmd("PTTL");
+        pttl.arg(&keys.lock);
+        let call = pttl.query_async::<i64>(&mut manager);
+        let left = self.bounded(&connection, "inspect", call).await?;
+        Ok(match u64::try_from(left) {
+            Ok(millis) => Some(Some(Duration::from_millis(millis))),
+            Err(_) if left == -2 => None,
+            Err(_) => Some(None),
+        })
+    }
+
     async fn run<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,

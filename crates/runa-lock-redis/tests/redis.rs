@@ -1211,3 +1211,26 @@ async fn the_subscriber_heartbeat_keeps_a_healthy_connection() {
     .await;
     assert!(woke < NOTIFIED, "woken after {woke:?}");
 }
+
+#[tokio::test]
+async fn inspect_is_one_pttl_and_sees_holders_of_other_drivers() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_secs(20);
+    let jobs = locker(driver(&server), LockerOptions::new().ttl(ttl));
+    let observer = locker(driver(&server), LockerOptions::new());
+    assert_eq!(observer.inspect("report").await.unwrap(), None);
+    let lease = jobs.wait("report").await.unwrap();
+    server.command::<String>(&["CONFIG", "RESETSTAT"]);
+    let holder = observer.inspect("report").await.unwrap().expect("held");
+    let stats = command_calls(&server);
+    assert_eq!(calls_of(&stats, "pttl"), 1, "{stats:?}");
+    let others: Vec<_> = stats
+        .iter()
+        .filter(|(name, _)| !["pttl", "config|resetstat", "info"].contains(&name.as_str()))
+        .collect();
+    assert!(others.is_empty(), "inspect sent more: {others:?}");
+    let left = holder.ttl.expect("a lock of ours always has a ttl");
+    assert!(left <= ttl && left > ttl / 2, "{left:?}");
+    lease.release().await.unwrap();
+    assert_eq!(observer.inspect("report").await.unwrap(), None);
+}

@@ -100,6 +100,33 @@ pub enum Attempt {
     },
 }
 
+/// Who holds a key, as [`Locker::inspect`](crate::Locker::inspect) and
+/// [`Driver::inspect`] see it.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let holder = runa_lock::Holder::new(Some(Duration::from_secs(3)));
+/// assert_eq!(holder.ttl, Some(Duration::from_secs(3)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holder {
+    /// How long the holder's lease has left, where the store knows it.
+    pub ttl: Option<Duration>,
+}
+
+impl Holder {
+    /// A holder whose lease has `ttl` left (`None`: unknown).
+    ///
+    /// ```
+    /// assert_eq!(runa_lock::Holder::new(None).ttl, None);
+    /// ```
+    pub fn new(ttl: Option<Duration>) -> Self {
+        Holder { ttl }
+    }
+}
+
 /// A successful [`Driver::wait`]: the fencing number, and when the winning attempt was sent.
 ///
 /// The lease's local deadline is measured from `sent`, so it can only be early, never late.
@@ -414,6 +441,25 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
         });
     }
 
+    /// Whether `key` is held now, without taking it or changing anything: `Some` with the
+    /// time the holder's lease has left (where the store knows it), `None` when the key is
+    /// free or its lease has expired.
+    ///
+    /// # Behavior
+    ///
+    /// - One request to the store, no writes.
+    /// - The default answers [`Error::Backend`] saying the driver cannot tell; the built-in
+    ///   drivers override it.
+    fn inspect<'a>(&'a self, key: LockKey<'a>) -> BoxFuture<'a, Result<Option<Holder>, Error>> {
+        let _ = key;
+        Box::pin(async {
+            Err(Error::backend(
+                "custom",
+                "this driver cannot tell whether a key is held (it keeps the default Driver::inspect)",
+            ))
+        })
+    }
+
     /// Whether every holder of this driver's locks lives in this process, as with
     /// [`MemoryDriver`](crate::MemoryDriver). Default: `false`.
     ///
@@ -474,6 +520,10 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
 
     fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
         D::release_detached(Arc::clone(&self), key, token);
+    }
+
+    fn inspect<'a>(&'a self, key: LockKey<'a>) -> BoxFuture<'a, Result<Option<Holder>, Error>> {
+        (**self).inspect(key)
     }
 
     fn is_local(&self) -> bool {

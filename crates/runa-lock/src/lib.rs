@@ -69,7 +69,7 @@ pub mod testing;
 use std::time::Duration;
 
 pub use config::Config;
-pub use driver::{Attempt, Driver, Grant, LockKey, WaitPlan, poll_until};
+pub use driver::{Attempt, Driver, Grant, Holder, LockKey, WaitPlan, poll_until};
 pub use error::{Error, LossReason};
 /// The boxed, `Send` future that [`Driver`] methods return (the same type as `runa::BoxFuture`).
 ///

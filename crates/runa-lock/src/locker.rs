@@ -15,7 +15,7 @@ use crate::options::Settings;
 use crate::registry::LockerInfo;
 use crate::renewal::keep_alive;
 use crate::token::Token;
-use crate::{Attempt, Error, LockOptions};
+use crate::{Attempt, Error, Holder, LockOptions};
 
 /// The longest key accepted, in bytes: 16 KiB.
 ///
@@ -178,6 +178,32 @@ impl Locker {
             Attempt::Acquired { fencing } => Some(lease.settle(fencing, sent)),
             Attempt::Busy { .. } => None,
         })
+    }
+
+    /// Whether `key` is held now, without taking it: `Some` with the time the holder's lease
+    /// has left (where the store knows it), `None` when it is free. One request to the
+    /// store, no writes; by the time the answer arrives it may have changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the store cannot be asked, or the driver cannot tell (the
+    /// memory and Redis drivers can); [`Error::InvalidKey`] as for `try_lock`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let locker = runa_lock::Registry::new().of("default")?;
+    /// assert_eq!(locker.inspect("report").await?, None);
+    /// let lease = locker.wait("report").await?;
+    /// let holder = locker.inspect("report").await?.expect("held");
+    /// assert!(holder.ttl.is_some_and(|left| left <= runa_lock::DEFAULT_TTL));
+    /// lease.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn inspect(&self, key: &str) -> Result<Option<Holder>, Error> {
+        self.check(key)?;
+        self.store.driver.inspect(self.store.lock_key(key)).await
     }
 
     /// Waits until the lock is acquired, up to the `wait` setting.

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::BoxFuture;
 use crate::Error;
-use crate::driver::{Attempt, Driver, Grant, LockKey, WaitPlan};
+use crate::driver::{Attempt, Driver, Grant, Holder, LockKey, WaitPlan};
 use crate::text::Text;
 
 /// A shard sweeps its expired keys on insert when it last swept this long ago...
@@ -91,7 +91,7 @@ struct Shard {
 struct Slot {
     hash: u64,
     name: Name,
-    holder: Option<Holder>,
+    holder: Option<Hold>,
     /// Waiters in arrival order; a release hands the key to the first. The slot lives while
     /// there are any. Boxed: one word in every slot, for the few with waiters. A hand-over
     /// that empties it keeps it (for the next waiter, and so as not to free it on the way to
@@ -184,7 +184,7 @@ impl Ticket {
     }
 }
 
-struct Holder {
+struct Hold {
     token: Text<32>,
     expires_at: Instant,
 }
@@ -332,6 +332,12 @@ impl Driver for MemoryDriver {
     fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
         // A memory release never blocks for long: do it now, runtime or not.
         self.inner.release(key, token);
+    }
+
+    fn inspect<'a>(&'a self, key: LockKey<'a>) -> BoxFuture<'a, Result<Option<Holder>, Error>> {
+        let hash = self.inner.hash(key);
+        let holder = self.inner.shard(hash).holder(hash, key, Instant::now());
+        Box::pin(async move { Ok(holder) })
     }
 
     fn is_local(&self) -> bool {
@@ -511,7 +517,7 @@ impl Shard {
         ttl: Duration,
         now: Instant,
     ) -> Attempt {
-        let holder = Holder {
+        let holder = Hold {
             token: Text::new(&[token]),
             expires_at: later(now, ttl),
         };
@@ -541,6 +547,13 @@ impl Shard {
         Attempt::Acquired {
             fencing: self.last_fencing,
         }
+    }
+
+    /// The key's holder, if its lease has not expired.
+    fn holder(&self, hash: u64, key: LockKey<'_>, now: Instant) -> Option<Holder> {
+        let slot = self.slots.find(hash, |s| s.is(key))?;
+        let hold = slot.holder.as_ref().filter(|h| h.expires_at > now)?;
+        Some(Holder::new(Some(hold.expires_at - now)))
     }
 
     fn renew(&mut self, hash: u64, key: LockKey<'_>, token: &str, ttl: Duration) -> bool {
@@ -580,7 +593,7 @@ impl Shard {
                 // real one) it could be, and the grant must never start before the queueing,
                 // nor the hold end before the lease does.
                 let now = now.max(next.queued_at);
-                slot.holder = Some(Holder {
+                slot.holder = Some(Hold {
                     token: next.token.clone(),
                     expires_at: later(now, next.ttl),
                 });
@@ -674,7 +687,7 @@ impl Slot {
     }
 }
 
-impl Holder {
+impl Hold {
     fn is(&self, token: &str, now: Instant) -> bool {
         self.token.as_bytes() == token.as_bytes() && self.expires_at > now
     }

@@ -52,7 +52,7 @@ macro_rules! suite_tests {
     (@with $run:path, $wakes:ident) => {
         $crate::suite_tests!(@each $run, $wakes,
             acquire_fences_in_order, holder_may_acquire_again, other_tokens_are_refused,
-            exclusion, fencing_increases, only_the_holder_renews_or_releases,
+            inspect_sees_the_holder, exclusion, fencing_increases, only_the_holder_renews_or_releases,
             renewals_never_shorten, expired_leases_free_the_key, expiry_wakes_a_waiter,
             wait_times_out, cancelled_waiters_leave_nothing, prefixes_never_collide,
             keys_are_arbitrary_text, dropped_lease_is_released, with_releases_on_error_and_panic,
@@ -145,6 +145,43 @@ pub async fn holder_may_acquire_again(driver: Arc<dyn Driver>) {
     );
     assert!(driver.renew(key, &holder, LONG).await.expect("renew"));
     assert!(driver.release(key, &holder).await.expect("release"));
+}
+
+/// `Driver::inspect` sees a free key as `None` and a held one as `Some` (with no more than
+/// its ttl left, where it says), and takes nothing. A driver that cannot tell answers
+/// `Backend` every time.
+pub async fn inspect_sees_the_holder(driver: Arc<dyn Driver>) {
+    let name = fresh_key();
+    let key = LockKey::new("", &name);
+    let cannot_tell = match driver.inspect(key).await {
+        Ok(None) => false,
+        Err(Error::Backend { .. }) => true,
+        other => panic!("a free key: {other:?}"),
+    };
+    let holder = token();
+    acquired(&driver, key, &holder, LONG).await;
+    match driver.inspect(key).await {
+        Ok(Some(seen)) if !cannot_tell => {
+            assert!(seen.ttl.is_none_or(|left| left <= LONG), "{seen:?}")
+        }
+        Err(Error::Backend { .. }) if cannot_tell => {}
+        other => panic!("a held key: {other:?}"),
+    }
+    assert!(
+        matches!(
+            driver.acquire(key, &token(), LONG).await,
+            Ok(Attempt::Busy { .. })
+        ),
+        "inspect let the key go"
+    );
+    assert!(driver.release(key, &holder).await.expect("release"));
+    if !cannot_tell {
+        assert_eq!(
+            driver.inspect(key).await.expect("inspect"),
+            None,
+            "a released key"
+        );
+    }
 }
 
 /// While one token holds a key, another's `acquire` is `Busy` (with a `retry_after` no

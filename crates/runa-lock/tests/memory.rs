@@ -458,3 +458,67 @@ async fn a_hand_over_from_a_thread_on_another_clock_keeps_the_key_held() {
     );
     lease.release().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn inspect_tells_the_time_left_and_takes_nothing() {
+    let registry = Registry::new();
+    registry.register_locker("jobs", LockerOptions::new().ttl(Duration::from_secs(10)));
+    let jobs = registry.of("jobs").unwrap();
+    assert_eq!(jobs.inspect("k").await.unwrap(), None);
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let holder = jobs.inspect("k").await.unwrap().expect("held");
+    assert_eq!(holder.ttl, Some(Duration::from_secs(7)));
+    assert!(
+        jobs.try_lock("k").await.unwrap().is_none(),
+        "inspect took nothing"
+    );
+    tokio::time::advance(Duration::from_secs(8)).await;
+    assert_eq!(
+        jobs.inspect("k").await.unwrap(),
+        None,
+        "an expired lease holds nothing"
+    );
+    drop(lease);
+    assert!(matches!(
+        jobs.inspect("").await,
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_driver_that_cannot_inspect_says_so() {
+    #[derive(Debug)]
+    struct Blind(runa_lock::MemoryDriver);
+    impl runa_lock::Driver for Blind {
+        fn acquire<'a>(
+            &'a self,
+            key: runa_lock::LockKey<'a>,
+            token: &'a str,
+            ttl: Duration,
+        ) -> runa_lock::BoxFuture<'a, Result<runa_lock::Attempt, Error>> {
+            self.0.acquire(key, token, ttl)
+        }
+        fn renew<'a>(
+            &'a self,
+            key: runa_lock::LockKey<'a>,
+            token: &'a str,
+            ttl: Duration,
+        ) -> runa_lock::BoxFuture<'a, Result<bool, Error>> {
+            self.0.renew(key, token, ttl)
+        }
+        fn release<'a>(
+            &'a self,
+            key: runa_lock::LockKey<'a>,
+            token: &'a str,
+        ) -> runa_lock::BoxFuture<'a, Result<bool, Error>> {
+            self.0.release(key, token)
+        }
+    }
+    let registry = Registry::new();
+    registry.register_driver("blind", Blind(runa_lock::MemoryDriver::new()));
+    registry.register_locker("jobs", LockerOptions::new().driver("blind"));
+    let err = registry.of("jobs").unwrap().inspect("k").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot tell"), "{err}");
+}
