@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
+use crate::observe::Meters;
 use crate::{BoxFuture, Error};
 
 /// A driver and the key prefix a locker handle uses it with, shared by the handle and its
@@ -15,14 +16,19 @@ use crate::{BoxFuture, Error};
 pub(crate) struct Store {
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) prefix: Box<str>,
+    /// The locker's name, for spans and events.
+    pub(crate) locker: Box<str>,
+    pub(crate) meters: Meters,
 }
 
 impl Store {
-    /// Another handle on the same driver and prefix.
+    /// Another handle on the same driver, prefix and metrics.
     pub(crate) fn copy(&self) -> Store {
         Store {
             driver: Arc::clone(&self.driver),
             prefix: self.prefix.clone(),
+            locker: self.locker.clone(),
+            meters: self.meters.clone(),
         }
     }
 

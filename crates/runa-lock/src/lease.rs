@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::Error;
 use crate::driver::{Driver, LockKey, Store};
+use crate::observe::Release;
 use crate::options::duration_problem;
 use crate::renewal::{self, Term};
 use crate::text::Text;
@@ -70,6 +72,19 @@ pub struct LeaseHandle {
     state: Arc<LeaseState>,
 }
 
+/// The `debug` span of an operation on a lease's state.
+macro_rules! lease_span {
+    ($state:expr, $operation:literal) => {
+        tracing::debug_span!(
+            target: "runa_lock",
+            $operation,
+            locker = &*$state.store.locker,
+            key = $state.key.as_str(),
+            fencing = $state.fencing.load(Ordering::Relaxed),
+        )
+    };
+}
+
 pub(crate) struct LeaseState {
     store: Arc<Store>,
     key: Text<48>,
@@ -105,6 +120,31 @@ impl LeaseState {
         Error::NotHeld {
             key: self.key.as_str().to_owned(),
         }
+    }
+
+    /// An error this lease's operation returns to its caller.
+    pub(crate) fn returned(&self, error: &Error) {
+        if matches!(error, Error::Backend { .. }) {
+            tracing::warn!(target: "runa_lock", locker = &*self.store.locker, key = self.key.as_str(), %error, "lock store failed");
+        }
+    }
+
+    /// The lease stopped counting as held here (released, dropped, or found lost): counted
+    /// once.
+    pub(crate) fn finish(&self) {
+        if self.term.finish() {
+            self.store.meters.ended(self.term.started());
+        }
+    }
+
+    /// The lease was found lost: counted and logged once, and finished.
+    pub(crate) fn report_loss(&self) {
+        if self.term.report_loss() {
+            self.store.meters.lost();
+            let reason = self.term.loss_reason();
+            tracing::warn!(target: "runa_lock", locker = &*self.store.locker, key = self.key.as_str(), %reason, "lease lost");
+        }
+        self.finish();
     }
 }
 
@@ -277,7 +317,15 @@ impl Lease {
                 Some(humantime::format_duration(ttl).to_string()),
             ));
         }
-        renewal::renew(state, ttl, false).await
+        let renewed = renewal::renew(state, ttl, false)
+            .instrument(lease_span!(state, "renew"))
+            .await;
+        match &renewed {
+            Err(Error::NotHeld { .. }) => state.report_loss(),
+            Err(error) => state.returned(error),
+            Ok(()) => {}
+        }
+        renewed
     }
 
     /// Releases the lock, waking its waiters.
@@ -304,14 +352,30 @@ impl Lease {
         // Ended before the store lets go: from then on another holder may have the key, and
         // no handle of this lease may still say it is held.
         state.term.release();
-        let released = state.driver().release(state.key(), state.token()).await;
+        let call = state.driver().release(state.key(), state.token());
+        let released = call.instrument(lease_span!(state, "release")).await;
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
-        match released {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.state.not_held()),
-            Err(error) => Err(error),
-        }
+        let state = &self.state;
+        let meters = &state.store.meters;
+        let outcome = match released {
+            Ok(true) => {
+                meters.release(Release::Released);
+                Ok(())
+            }
+            Ok(false) => {
+                meters.release(Release::NotHeld);
+                state.report_loss();
+                Err(state.not_held())
+            }
+            Err(error) => {
+                meters.release(Release::Error);
+                state.returned(&error);
+                Err(error)
+            }
+        };
+        state.finish();
+        outcome
     }
 }
 
@@ -326,6 +390,7 @@ impl Drop for Lease {
         if !refused {
             Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
         }
+        state.finish();
     }
 }
 
@@ -462,6 +527,8 @@ mod tests {
         let store = Arc::new(Store {
             driver: Arc::new(MemoryDriver::new()),
             prefix: "p:".into(),
+            locker: "jobs".into(),
+            meters: crate::observe::Meters::new("jobs", "memory"),
         });
         for sent in [
             origin,

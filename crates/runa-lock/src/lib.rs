@@ -55,6 +55,7 @@ mod error;
 mod lease;
 mod locker;
 mod memory;
+mod observe;
 mod options;
 #[cfg(feature = "app")]
 mod provider;

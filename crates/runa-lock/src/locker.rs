@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::driver::{Driver, LockKey, Store, WaitPlan};
 use crate::error::LossReason;
 use crate::lease::{Lease, LeaseHandle, Unsettled};
+use crate::observe::{Acquire, Meters};
 use crate::options::Settings;
 use crate::registry::LockerInfo;
 use crate::renewal::keep_alive;
@@ -29,6 +31,19 @@ use crate::{Attempt, Error, Holder, LockOptions};
 /// # }
 /// ```
 pub const MAX_KEY_LEN: usize = 16 * 1024;
+
+/// The `debug` span of an acquisition; `fencing` is recorded once known.
+macro_rules! acquire_span {
+    ($locker:expr, $operation:literal, $key:expr) => {
+        tracing::debug_span!(
+            target: "runa_lock",
+            $operation,
+            locker = $locker.name(),
+            key = $key,
+            fencing = tracing::field::Empty,
+        )
+    };
+}
 
 /// A named lock handle from a [`Registry`](crate::Registry): a driver, a key prefix and the
 /// settings to acquire with. Cheap to clone: give each task its own clone (see `Clone`).
@@ -77,6 +92,8 @@ impl Locker {
         let store = Arc::new(Store {
             driver,
             prefix: settings.prefix.as_str().into(),
+            locker: name.as_str().into(),
+            meters: Meters::new(&name, &settings.driver),
         });
         Locker::with_store(name, store, settings)
     }
@@ -163,20 +180,30 @@ impl Locker {
     /// # }
     /// ```
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
-        self.check(key)?;
+        let span = acquire_span!(self, "try_lock", key);
         let sent = Instant::now();
-        let lease = self.unsettled(key, sent)?;
+        let lease = self.unsettled(key, sent).map_err(|e| self.failed(key, e))?;
         let store = &self.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
-        let attempt = store
+        let call = store
             .driver
-            .acquire(lock_key, lease.token(), self.inner.settings.ttl)
-            .await?;
+            .acquire(lock_key, lease.token(), self.inner.settings.ttl);
+        let attempt = call
+            .instrument(span.clone())
+            .await
+            .map_err(|e| self.failed(key, e))?;
         pending.disarm();
         Ok(match attempt {
-            Attempt::Acquired { fencing } => Some(lease.settle(fencing, sent)),
-            Attempt::Busy { .. } => None,
+            Attempt::Acquired { fencing } => {
+                span.record("fencing", fencing);
+                store.meters.acquire(Acquire::Acquired, None);
+                Some(lease.settle(fencing, sent))
+            }
+            Attempt::Busy { .. } => {
+                store.meters.acquire(Acquire::Busy, None);
+                None
+            }
         })
     }
 
@@ -238,26 +265,36 @@ impl Locker {
     /// # }
     /// ```
     pub async fn wait(&self, key: &str) -> Result<Lease, Error> {
-        self.check(key)?;
+        let span = acquire_span!(self, "wait", key);
         let settings = &self.inner.settings;
         let now = Instant::now();
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
         // Built now, so that a waiter woken by a release only has to fill in the grant.
-        let lease = self.unsettled(key, now)?;
+        let lease = self.unsettled(key, now).map_err(|e| self.failed(key, e))?;
         let store = &self.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
-        let acquired = store
+        let call = store
             .driver
-            .wait(lock_key, lease.token(), settings.ttl, plan)
-            .await?;
+            .wait(lock_key, lease.token(), settings.ttl, plan);
+        let acquired = call
+            .instrument(span.clone())
+            .await
+            .map_err(|e| self.failed(key, e))?;
         pending.disarm();
         match acquired {
-            Some(grant) => Ok(lease.settle(grant.fencing, grant.sent)),
-            None => Err(Error::Timeout {
-                key: key.to_owned(),
-                waited: settings.wait,
-            }),
+            Some(grant) => {
+                span.record("fencing", grant.fencing);
+                store.meters.acquire(Acquire::Acquired, Some(now));
+                Ok(lease.settle(grant.fencing, grant.sent))
+            }
+            None => {
+                store.meters.acquire(Acquire::Timeout, None);
+                Err(Error::Timeout {
+                    key: key.to_owned(),
+                    waited: settings.wait,
+                })
+            }
         }
     }
 
@@ -297,7 +334,18 @@ impl Locker {
         Fut: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
+        let span = acquire_span!(self, "with", key);
+        self.with_lease(key, f).instrument(span).await
+    }
+
+    async fn with_lease<F, Fut, T, E>(&self, key: &str, f: F) -> Result<T, E>
+    where
+        F: FnOnce(LeaseHandle) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
         let lease = self.wait(key).await?;
+        tracing::Span::current().record("fencing", lease.fencing());
         let handle = lease.handle();
         let outcome = {
             let work = AssertUnwindSafe(async move { f(handle).await }).catch_unwind();
@@ -306,7 +354,10 @@ impl Locker {
             tokio::select! {
                 biased;
                 outcome = &mut work => outcome,
-                _lost = &mut keeper => work.await,
+                _lost = &mut keeper => {
+                    lease.state().report_loss();
+                    work.await
+                }
             }
         };
         match outcome {
@@ -320,6 +371,7 @@ impl Locker {
             }
             Ok(Ok(value)) => {
                 if lease.state().term().is_lost() {
+                    lease.state().report_loss();
                     let reason = lease.state().term().loss_reason();
                     let _ = lease.release().await;
                     return Err(self.lost(key, reason).into());
@@ -333,6 +385,16 @@ impl Locker {
         }
     }
 
+    /// `error`, which an acquisition is about to return: counted, and logged when the store
+    /// failed.
+    fn failed(&self, key: &str, error: Error) -> Error {
+        self.store.meters.acquire(Acquire::Error, None);
+        if matches!(error, Error::Backend { .. }) {
+            tracing::warn!(target: "runa_lock", locker = self.name(), key, %error, "lock store failed");
+        }
+        error
+    }
+
     fn lost(&self, key: &str, reason: LossReason) -> Error {
         Error::LeaseLost {
             key: key.to_owned(),
@@ -340,7 +402,9 @@ impl Locker {
         }
     }
 
+    /// A lease's state for `key` (checked), to be acquired after `origin`.
     fn unsettled(&self, key: &str, origin: Instant) -> Result<Unsettled, Error> {
+        self.check(key)?;
         let store = Arc::clone(&self.store);
         let token = Token::new(!store.driver.is_local())?;
         Ok(Unsettled::new(

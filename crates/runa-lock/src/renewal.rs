@@ -13,7 +13,7 @@
 //!   store holding the key for just its ttl from then;
 //! - once lost (expired, refused, released), a lease stays lost.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
@@ -41,6 +41,11 @@ pub(crate) struct Term {
     changed: Notify,
     /// ...if any task is in [`lost`](Self::lost): most leases are released unwatched.
     watchers: AtomicUsize,
+    /// When the winning attempt was sent, as nanoseconds after `origin`.
+    started: AtomicU64,
+    /// Set by the first of release, drop and a reported loss (see [`finish`](Self::finish)).
+    finished: AtomicBool,
+    loss_reported: AtomicBool,
 }
 
 impl Term {
@@ -54,6 +59,9 @@ impl Term {
             turn: Mutex::new(None),
             changed: Notify::new(),
             watchers: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            loss_reported: AtomicBool::new(false),
         }
     }
 
@@ -64,6 +72,23 @@ impl Term {
             .checked_add(ttl)
             .map_or(u64::MAX, |end| self.nanos_at(end));
         self.deadline.store(end, Ordering::Release);
+        self.started.store(self.nanos_at(sent), Ordering::Release);
+    }
+
+    /// When the winning attempt was sent (not before `origin`).
+    pub(crate) fn started(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.started.load(Ordering::Acquire))
+    }
+
+    /// Whether this call is the first to say the lease stopped counting as held here
+    /// (released, dropped, or found lost).
+    pub(crate) fn finish(&self) -> bool {
+        !self.finished.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether this call is the first to report the lease lost.
+    pub(crate) fn report_loss(&self) -> bool {
+        !self.loss_reported.swap(true, Ordering::AcqRel)
     }
 
     pub(crate) fn deadline(&self) -> Instant {
