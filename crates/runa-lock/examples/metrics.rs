@@ -70,10 +70,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, Error>(())
         });
     }
-    // An impatient caller: `wait` gives up after 5 ms, so it times out now and then.
+    // An impatient caller: `wait` gives up after 20 ms, so it times out now and then.
     let impatient = registry
         .of("orders")?
-        .with_options(LockOptions::new().wait(Duration::from_millis(5)));
+        .with_options(LockOptions::new().wait(Duration::from_millis(20)));
     tasks.spawn(async move {
         while Instant::now() < deadline {
             match impatient.wait("order-0").await {
