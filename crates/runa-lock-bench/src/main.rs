@@ -9,14 +9,16 @@
 //! and the blocking connection), `S1` (sequential
 //! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver),
 //! `scriptcost` (what a script costs against `SET NX PX`), `mempair` (memory driver pairs
-//! against a hand-written keyed mutex and `tokio::sync::Mutex`), `memhandoff` (handoffs
-//! against `tokio::sync::Mutex`), `memthreads` (2 threads against 1), `memory` (1M expiring
+//! against a hand-written keyed mutex and `tokio::sync::Mutex`), `memmetrics` (the pair on a
+//! locker made with an in-memory metrics recorder against one made without, and against the
+//! keyed mutex), `memhandoff` (handoffs against `tokio::sync::Mutex`), `memthreads` (2 threads against 1), `memory` (1M expiring
 //! keys: live heap bytes from a counting allocator, and RSS). See BENCHMARKS.md for what
 //! each number means.
 
 mod footprint;
 mod heap;
 mod memory_scenario;
+mod metrics_scenario;
 mod redis_scenarios;
 mod report;
 mod script_cost;
@@ -60,7 +62,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memhandoff,memthreads,memory]".into());
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memmetrics,memhandoff,memthreads,memory]".into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -148,6 +150,10 @@ async fn main() -> ExitCode {
             memory_scenario::pairs(if args.quick { 50_000 } else { 500_000 }).await,
             args.json,
         );
+    }
+    if args.wants("memmetrics") {
+        let pairs = if args.quick { 50_000 } else { 500_000 };
+        emit(metrics_scenario::pairs(pairs), args.json);
     }
     if args.wants("memhandoff") {
         let rounds = if args.quick { 100_000 } else { 1_000_000 };
