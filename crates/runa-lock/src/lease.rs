@@ -129,22 +129,27 @@ impl LeaseState {
         }
     }
 
-    /// The lease stopped counting as held here (released, dropped, or found lost): counted
-    /// once.
-    pub(crate) fn finish(&self) {
-        if self.term.finish() {
-            self.store.meters.ended(self.term.started());
+    /// Ends the lease as released (explicitly or by a drop). The lease stops counting as
+    /// held here either now or, if it was lost before, when that loss is reported.
+    pub(crate) fn release(&self) {
+        if self.term.release() {
+            self.store.meters.ended(|| self.term.started());
+        } else {
+            self.report_loss();
         }
     }
 
-    /// The lease was found lost: counted and logged once, and finished.
+    /// The lease was found lost: counted, logged and (if a loss ended it) no longer counted
+    /// as held, once.
     pub(crate) fn report_loss(&self) {
         if self.term.report_loss() {
             self.store.meters.lost();
             let reason = self.term.loss_reason();
             tracing::warn!(target: "runa_lock", locker = &*self.store.locker, key = self.key.as_str(), %reason, "lease lost");
+            if self.term.ended_by_loss() {
+                self.store.meters.ended(|| self.term.started());
+            }
         }
-        self.finish();
     }
 }
 
@@ -351,7 +356,7 @@ impl Lease {
         let state = &self.state;
         // Ended before the store lets go: from then on another holder may have the key, and
         // no handle of this lease may still say it is held.
-        state.term.release();
+        state.release();
         let call = state.driver().release(state.key(), state.token());
         let released = call.instrument(lease_span!(state, "release")).await;
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
@@ -374,7 +379,6 @@ impl Lease {
                 Err(error)
             }
         };
-        state.finish();
         outcome
     }
 }
@@ -386,11 +390,10 @@ impl Drop for Lease {
         }
         let state = &self.state;
         let refused = state.term.is_refused();
-        state.term.release();
+        state.release();
         if !refused {
             Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
         }
-        state.finish();
     }
 }
 

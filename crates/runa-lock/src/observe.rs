@@ -41,13 +41,13 @@ pub(crate) enum Release {
     Error,
 }
 
-/// Seconds from an instant to when the recorder takes the value: read only by a recorder
-/// that records.
-struct SecondsSince(Instant);
+/// Seconds from an instant (given by `F`) to when the recorder takes the value: worked out
+/// only by a recorder that records.
+struct SecondsSince<F>(F);
 
-impl IntoF64 for SecondsSince {
+impl<F: FnOnce() -> Instant> IntoF64 for SecondsSince<F> {
     fn into_f64(self) -> f64 {
-        self.0.elapsed().as_secs_f64()
+        (self.0)().elapsed().as_secs_f64()
     }
 }
 
@@ -78,7 +78,7 @@ impl Meters {
                 self.acquired.increment(1);
                 self.held.increment(1.0);
                 if let Some(started) = waited_from {
-                    self.wait_seconds.record(SecondsSince(started));
+                    self.wait_seconds.record(SecondsSince(|| started));
                 }
             }
             Acquire::Busy => self.busy.increment(1),
@@ -87,9 +87,9 @@ impl Meters {
         }
     }
 
-    /// A lease acquired at `acquired` stopped counting as held here (released, dropped or
+    /// A lease acquired at `acquired()` stopped counting as held here (released, dropped or
     /// found lost); called once per lease.
-    pub(crate) fn ended(&self, acquired: Instant) {
+    pub(crate) fn ended(&self, acquired: impl FnOnce() -> Instant) {
         self.held.decrement(1.0);
         self.held_seconds.record(SecondsSince(acquired));
     }

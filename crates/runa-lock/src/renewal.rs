@@ -43,8 +43,6 @@ pub(crate) struct Term {
     watchers: AtomicUsize,
     /// When the winning attempt was sent, as nanoseconds after `origin`.
     started: AtomicU64,
-    /// Set by the first of release, drop and a reported loss (see [`finish`](Self::finish)).
-    finished: AtomicBool,
     loss_reported: AtomicBool,
 }
 
@@ -60,7 +58,6 @@ impl Term {
             changed: Notify::new(),
             watchers: AtomicUsize::new(0),
             started: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
             loss_reported: AtomicBool::new(false),
         }
     }
@@ -78,12 +75,6 @@ impl Term {
     /// When the winning attempt was sent (not before `origin`).
     pub(crate) fn started(&self) -> Instant {
         self.origin + Duration::from_nanos(self.started.load(Ordering::Acquire))
-    }
-
-    /// Whether this call is the first to say the lease stopped counting as held here
-    /// (released, dropped, or found lost).
-    pub(crate) fn finish(&self) -> bool {
-        !self.finished.swap(true, Ordering::AcqRel)
     }
 
     /// Whether this call is the first to report the lease lost.
@@ -138,17 +129,26 @@ impl Term {
         }
     }
 
-    pub(crate) fn release(&self) {
-        self.end(RELEASED);
+    /// Ends the lease as released; whether it was held until now (not lost or released
+    /// before).
+    pub(crate) fn release(&self) -> bool {
+        self.end(RELEASED)
     }
 
-    fn end(&self, phase: u8) {
+    /// Whether the lease ended by a loss (it expired, or a renewal was refused).
+    pub(crate) fn ended_by_loss(&self) -> bool {
+        matches!(self.phase.load(Ordering::Acquire), EXPIRED | REFUSED)
+    }
+
+    fn end(&self, phase: u8) -> bool {
         let ended = self
             .phase
-            .compare_exchange(HELD, phase, Ordering::SeqCst, Ordering::SeqCst);
-        if ended.is_ok() {
+            .compare_exchange(HELD, phase, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if ended {
             self.notify();
         }
+        ended
     }
 
     /// Resolves once the lease is lost.
