@@ -363,7 +363,7 @@ impl Lease {
         self.done = true;
         let state = &self.state;
         let meters = &state.store.meters;
-        let outcome = match released {
+        match released {
             Ok(true) => {
                 meters.release(Release::Released);
                 Ok(())
@@ -378,8 +378,7 @@ impl Lease {
                 state.returned(&error);
                 Err(error)
             }
-        };
-        outcome
+        }
     }
 }
 
