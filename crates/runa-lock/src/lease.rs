@@ -130,11 +130,12 @@ impl LeaseState {
     }
 
     /// Ends the lease as released (explicitly or by a drop). The lease stops counting as
-    /// held here either now or, if it was lost before, when that loss is reported.
+    /// held here either now or, if a loss ended it before, when that loss is reported. A
+    /// lease released before (a release dropped mid-flight, then the lease) is left as is.
     pub(crate) fn release(&self) {
         if self.term.release() {
             self.store.meters.ended(|| self.term.started());
-        } else {
+        } else if self.term.ended_by_loss() {
             self.report_loss();
         }
     }

@@ -1,6 +1,8 @@
 //! The metrics of API.md, seen through `metrics-util`'s debugging recorder: names, labels
 //! (never the key) and how each value moves.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -179,6 +181,30 @@ async fn a_lease_lost_under_with_is_counted_and_dropped_leases_leave_the_gauge()
     assert_eq!(seen.counter(&acquire("acquired")), 2);
     assert_eq!(seen.gauge(&series("runa_lock_held")), 0.0);
     assert_eq!(seen.samples(&series("runa_lock_held_seconds")).len(), 2);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_release_dropped_mid_flight_is_no_loss() {
+    let recorder = DebuggingRecorder::new();
+    let mut seen = Seen::new(&recorder);
+    // Releases reach the store at once; their answers take a second.
+    let driver = support::Faulty::new();
+    *driver.release_answer_delay.lock().unwrap() = Duration::from_secs(1);
+    let registry = Registry::new();
+    registry.register_driver("memory", driver);
+    registry.register_locker("jobs", LockerOptions::new().driver("memory"));
+    let jobs = metrics::with_local_recorder(&recorder, || registry.of("jobs").unwrap());
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(10), lease.release()).await;
+    assert!(cancelled.is_err(), "the release was still on its way");
+    seen.update();
+    assert_eq!(
+        seen.counter(&series("runa_lock_lost_total")),
+        0,
+        "a release is no loss"
+    );
+    assert_eq!(seen.gauge(&series("runa_lock_held")), 0.0, "counted once");
+    assert_eq!(seen.samples(&series("runa_lock_held_seconds")).len(), 1);
 }
 
 #[tokio::test]
