@@ -371,7 +371,7 @@ impl Locker {
             }
             Ok(Ok(value)) => {
                 if lease.state().term().is_lost() {
-                    lease.state().report_loss();
+                    // The release reports the loss.
                     let reason = lease.state().term().loss_reason();
                     let _ = lease.release().await;
                     return Err(self.lost(key, reason).into());

@@ -215,7 +215,8 @@ pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> R
         match timeout_at(deadline, call).await {
             Ok(answer) => answer,
             Err(_hung) => {
-                tracing::warn!(
+                // The loss itself is reported (at `warn`) by the lease.
+                tracing::debug!(
                     key = lease.key().key,
                     "lease expired while its renewal was in flight"
                 );
@@ -277,18 +278,11 @@ pub(crate) async fn keep_alive(lease: &LeaseState, auto_renew: bool) -> LossReas
                 tracing::warn!(key = lease.key().key, %error, "lease renewal failed; retrying until the lease expires");
                 sleep_until((Instant::now() + retry_pause).min(deadline)).await;
             }
-            Err(Error::NotHeld { .. }) => {
-                if term.is_refused() {
-                    tracing::warn!(
-                        key = lease.key().key,
-                        "lease renewal refused: the lock expired or was taken over"
-                    );
-                }
-                return term.loss_reason();
-            }
+            // The caller reports the loss (at `warn`, with the locker, the key and why).
+            Err(Error::NotHeld { .. }) => return term.loss_reason(),
             Err(error) => {
                 // Final by the `Driver` contract: renewing cannot succeed.
-                tracing::warn!(key = lease.key().key, %error, "lease renewal impossible; the lease counts as lost");
+                tracing::debug!(key = lease.key().key, %error, "lease renewal impossible; the lease counts as lost");
                 term.end(EXPIRED);
                 return term.loss_reason();
             }
