@@ -36,6 +36,8 @@ pub struct Faulty {
     /// Release at once, but answer only after this long.
     pub release_answer_delay: Mutex<Duration>,
     pub fail_close: bool,
+    pub acquires: AtomicUsize,
+    pub waits: AtomicUsize,
     pub renews: AtomicUsize,
     pub releases: AtomicUsize,
     pub closes: AtomicUsize,
@@ -49,6 +51,8 @@ impl Faulty {
             fail_release: Mutex::new(false),
             release_answer_delay: Mutex::new(Duration::ZERO),
             fail_close: false,
+            acquires: AtomicUsize::new(0),
+            waits: AtomicUsize::new(0),
             renews: AtomicUsize::new(0),
             releases: AtomicUsize::new(0),
             closes: AtomicUsize::new(0),
@@ -68,6 +72,12 @@ impl Faulty {
     pub fn renews(&self) -> usize {
         self.renews.load(Ordering::SeqCst)
     }
+
+    /// Calls seen so far: acquires, waits, renews, releases.
+    pub fn calls(&self) -> [usize; 4] {
+        [&self.acquires, &self.waits, &self.renews, &self.releases]
+            .map(|n| n.load(Ordering::SeqCst))
+    }
 }
 
 fn refused() -> Error {
@@ -81,6 +91,7 @@ impl Driver for Faulty {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Attempt, Error>> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
         self.inner.acquire(key, token, ttl)
     }
 
@@ -145,6 +156,7 @@ impl Driver for Faulty {
         ttl: Duration,
         plan: WaitPlan,
     ) -> BoxFuture<'a, Result<Option<Grant>, Error>> {
+        self.waits.fetch_add(1, Ordering::SeqCst);
         self.inner.wait(key, token, ttl, plan)
     }
 
