@@ -148,9 +148,8 @@ impl Provider for RedisProvider {
     fn init<'a>(&'a mut self, app: &'a App) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
             let driver = self.build(app.config())?;
-            driver.ping().await.map_err(|error| -> BoxError {
-                format!("cannot reach Redis at {}: {error}", driver.address()).into()
-            })?;
+            // Names the address (never the password) and keeps the Redis error as its source.
+            driver.ping().await?;
             self.driver = Some(driver);
             Ok(())
         })
@@ -193,7 +192,7 @@ impl fmt::Debug for RedisProvider {
 
 /// The host and port (or socket path) of `url`: all of it that may be shown.
 fn address(url: &str) -> Option<String> {
-    let info = redis::IntoConnectionInfo::into_connection_info(url).ok()?;
+    let info = crate::config::connection_info(url, "url").ok()?;
     Some(info.addr().to_string())
 }
 
@@ -216,29 +215,10 @@ struct Secret(String);
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Secret;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
-                Ok(Secret(value.to_owned()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-        }
-        deserializer.deserialize_str(Visitor)
+        // serde's own type error would quote the value.
+        String::deserialize(deserializer).map(Secret).map_err(|_| {
+            serde::de::Error::custom("the password must be a string (value not shown)")
+        })
     }
 }
 

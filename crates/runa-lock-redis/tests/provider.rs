@@ -93,7 +93,7 @@ async fn builder_values_apply_when_config_is_silent_and_the_default_is_local() {
         }
         Err(err) => assert!(
             err.to_string().starts_with(
-                "provider \"redis\" failed to init: cannot reach Redis at 127.0.0.1:6379"
+                "provider \"redis\" failed to init: redis lock driver failed: ping on Redis at 127.0.0.1:6379"
             ),
             "{err}"
         ),
@@ -143,10 +143,7 @@ async fn credentials_and_db_come_from_config_and_never_show() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains(&format!(
-            "cannot reach Redis at 127.0.0.1:{}",
-            server.port()
-        )),
+        text.contains(&format!("ping on Redis at 127.0.0.1:{}", server.port())),
         "{text}"
     );
     assert!(!text.contains("wr0ng-word"), "{text}");
