@@ -7,7 +7,7 @@ use redis::Client;
 use runa_lock::{DEFAULT_REDIS_PREFIX, Error};
 
 use crate::RedisDriver;
-use crate::keys::prefix_problem;
+use crate::keys::check_prefix;
 use crate::shared::Shared;
 
 /// How long connecting (and reconnecting) may take, unless set: 2 s.
@@ -108,10 +108,7 @@ impl RedisDriverBuilder {
     /// assert!(err.to_string().starts_with("redis driver prefix: "), "{err}");
     /// ```
     pub fn build(self) -> Result<RedisDriver, Error> {
-        if let Some(problem) = prefix_problem(&self.prefix) {
-            let got = Some(format!("{:?}", self.prefix));
-            return Err(Error::invalid_config("redis driver prefix", problem, got));
-        }
+        check_prefix(&self.prefix)?;
         for (name, limit) in [
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),

@@ -59,6 +59,19 @@ impl Keys {
 /// A prefix without braces leaves that to our tag; one with a tag of its own puts every lock
 /// in its slot; but one whose first `{` is followed at once by `}` would have each key of a
 /// lock hashed on its own whole name, spreading the lock over several slots.
+/// [`Error::InvalidConfig`](runa_lock::Error::InvalidConfig) naming the driver prefix, for
+/// a prefix with a [`prefix_problem`].
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), runa_lock::Error> {
+    match prefix_problem(prefix) {
+        Some(problem) => Err(runa_lock::Error::invalid_config(
+            "redis driver prefix",
+            problem,
+            Some(format!("{prefix:?}")),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn prefix_problem(prefix: &str) -> Option<&'static str> {
     let open = prefix.find('{')?;
     prefix[open + 1..].starts_with('}').then_some(

@@ -10,7 +10,7 @@ use tokio::time::timeout;
 
 use crate::connection::{Connection, Connections, Unavailable, settle};
 use crate::error::{Cause, Failure};
-use crate::keys::{Keys, prefix_problem};
+use crate::keys::{Keys, check_prefix, prefix_problem};
 use crate::notify::Notifier;
 use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
 
@@ -21,8 +21,9 @@ pub(crate) struct Shared {
     /// `host:port` or socket path: never the password.
     pub(crate) address: Arc<str>,
     pub(crate) prefix: String,
-    /// Set only by the unchecked `with_prefix`; reported on every call.
-    prefix_problem: Option<&'static str>,
+    /// Whether the prefix is one `build` refuses (only the unchecked `with_prefix` makes
+    /// such a driver): every call then fails with the reason.
+    prefix_refused: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) connections: Connections,
@@ -57,7 +58,7 @@ impl Shared {
             notifier: Notifier::new(client.clone(), connect_timeout, response_timeout),
             connections: Connections::new(client.clone(), connect_timeout, response_timeout),
             client,
-            prefix_problem: prefix_problem(&prefix),
+            prefix_refused: prefix_problem(&prefix).is_some(),
             prefix,
             connect_timeout,
             response_timeout,
@@ -265,9 +266,8 @@ impl Shared {
     /// The Redis names of `key`; [`Error::InvalidConfig`] for a prefix that would spread
     /// them over Cluster slots.
     pub(crate) fn keys(&self, key: LockKey<'_>) -> std::result::Result<Keys, Error> {
-        if let Some(problem) = self.prefix_problem {
-            let got = Some(format!("{:?}", self.prefix));
-            return Err(Error::invalid_config("redis driver prefix", problem, got));
+        if self.prefix_refused {
+            check_prefix(&self.prefix)?;
         }
         Ok(Keys::new(&self.prefix, key))
     }

@@ -29,8 +29,8 @@ impl Shared {
         let mut attempts = Attempts::default();
         let sent = Instant::now();
         match attempts.record(self.acquire(&keys, token, ttl).await) {
-            Some(Outcome::Acquired(fencing)) => return Ok(Some(Grant::new(fencing, sent))),
-            Some(Outcome::Busy(_)) | None => {}
+            Ok(Outcome::Acquired(fencing)) => return Ok(Some(Grant::new(fencing, sent))),
+            Ok(Outcome::Busy(_)) | Err(_) => {}
         }
         if Instant::now() >= plan.deadline {
             return attempts.give_up(self, keys, token);
@@ -62,7 +62,7 @@ impl Shared {
                         attempt => attempt,
                     };
                     match attempts.record(attempt) {
-                        Some(Outcome::Acquired(fencing)) => {
+                        Ok(Outcome::Acquired(fencing)) => {
                             // Only a subscribed head may tell the next one to wait for a release
                             // message: otherwise that message may have gone out unheard.
                             if notified {
@@ -70,11 +70,9 @@ impl Shared {
                             }
                             return Ok(Some(Grant::new(fencing, sent)));
                         }
-                        Some(Outcome::Busy(left)) => retry_after = left,
-                        None => {
-                            if let Some(error) = &attempts.failure {
-                                tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
-                            }
+                        Ok(Outcome::Busy(left)) => retry_after = left,
+                        Err(error) => {
+                            tracing::debug!(key = key.key, %error, "lock attempt failed; still waiting");
                             retry_after = None;
                         }
                     }
@@ -110,16 +108,15 @@ struct Attempts {
 
 impl Attempts {
     /// Notes an attempt's outcome: `None` for a failure, which is transient.
-    fn record(&mut self, attempt: Result<Outcome, Failure>) -> Option<Outcome> {
+    fn record(&mut self, attempt: Result<Outcome, Failure>) -> Result<Outcome, &Failure> {
         match attempt {
             Ok(outcome) => {
                 self.failure = None;
-                Some(outcome)
+                Ok(outcome)
             }
             Err(failure) => {
                 self.unanswered |= !failure.unsent();
-                self.failure = Some(failure);
-                None
+                Err(self.failure.insert(failure))
             }
         }
     }
