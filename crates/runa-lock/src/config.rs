@@ -135,9 +135,22 @@ impl Config {
 
     /// Reads the value of a `[lock]` table.
     pub(crate) fn from_lock_value(lock: Value) -> Result<Config, Error> {
+        // Tables checked here: serde would also take an array for a struct, field by field.
+        let not_a_table = |path: &str, value: &Value| {
+            Error::invalid_config(path, "expected a table", Some(show(value)))
+        };
+        let top = lock.as_table().ok_or_else(|| not_a_table("lock", &lock))?;
+        if let Some(lockers) = top.get("lockers") {
+            let lockers = lockers
+                .as_table()
+                .ok_or_else(|| not_a_table("lock.lockers", lockers))?;
+            if let Some((name, section)) = lockers.iter().find(|(_, s)| !s.is_table()) {
+                return Err(not_a_table(&join("lock.lockers", name), section));
+            }
+        }
         let table: Lock =
             serde_path_to_error::deserialize(lock.clone()).map_err(|e| invalid(&lock, &e))?;
-        let mut others = lock.as_table().into_iter().flatten();
+        let mut others = top.iter();
         if let Some((key, value)) = others.find(|(k, v)| *k != "lockers" && !v.is_table()) {
             return Err(Error::invalid_config(
                 join("lock", key),
@@ -447,20 +460,32 @@ mod tests {
         for document in [
             "[[lock.lockers]]\nttl = \"1s\"",
             "lock = []",
-            "[lock.lockers.\"\"]\nttl = \"1s\"",
             "[lock.lockers.\"a`b\"]\n\"t`l\" = 1",
             "[lock.lockers.jobs]\nmeta = { at = 1979-05-27T07:32:00Z, deep = [[[1]]] }",
             "[lock.lockers.jobs]\nttl = 1979-05-27",
             "[lock.lockers.jobs]\n\"\" = 1",
             "\u{feff}[lock",
+            "lock = [{}]",
+            "[lock.lockers]\njobs = [\"memory\", \"p:\", \"5s\", \"5s\", \"1s\", true, {}]",
+            "[lock.lockers]\njobs = []",
         ] {
-            if let Err(error) = Config::from_toml(document) {
-                assert!(
-                    matches!(error, Error::InvalidConfig { .. }),
-                    "{document:?}: {error:?}"
-                );
-            }
+            let outcome = Config::from_toml(document);
+            assert!(
+                matches!(outcome, Err(Error::InvalidConfig { .. })),
+                "{document:?}: {outcome:?}"
+            );
         }
+        // An empty locker name is a name like any other.
+        assert!(Config::from_toml("[lock.lockers.\"\"]\nttl = \"1s\"").is_ok());
+    }
+
+    #[test]
+    fn arrays_are_no_tables() {
+        assert_eq!(error("lock = [{}]"), "lock: expected a table (got [{}])");
+        assert_eq!(
+            error("[lock.lockers]\njobs = []"),
+            "lock.lockers.jobs: expected a table (got [])"
+        );
     }
 
     #[test]
