@@ -88,18 +88,24 @@ struct Inner {
 }
 
 impl Locker {
-    pub(crate) fn new(name: String, driver: Arc<dyn Driver>, settings: Settings) -> Locker {
+    /// A locker of a registry: its settings are checked (once) before anything is made
+    /// for it, its metric series included.
+    pub(crate) fn new(
+        name: String,
+        driver: Arc<dyn Driver>,
+        settings: Settings,
+    ) -> Result<Locker, Error> {
+        settings.validate(|field| format!("locker {name:?} option {field}"))?;
         let store = Arc::new(Store {
             driver,
             prefix: settings.prefix.as_str().into(),
             locker: name.as_str().into(),
             meters: Meters::new(&name, &settings.driver),
         });
-        Locker::with_store(name, store, settings)
+        Ok(Locker::with_store(name, store, settings, true))
     }
 
-    fn with_store(name: String, store: Arc<Store>, settings: Settings) -> Locker {
-        let valid = settings.validate(|_| String::new()).is_ok();
+    fn with_store(name: String, store: Arc<Store>, settings: Settings, valid: bool) -> Locker {
         Locker {
             inner: Arc::new(Inner {
                 name,
@@ -155,10 +161,13 @@ impl Locker {
     /// ```
     pub fn with_options(&self, options: LockOptions) -> Locker {
         // Per-call options change neither the driver nor the prefix.
+        let settings = self.inner.settings.with_call(&options);
+        let valid = settings.validate(|_| String::new()).is_ok();
         Locker::with_store(
             self.inner.name.clone(),
             Arc::new(self.store.copy()),
-            self.inner.settings.with_call(&options),
+            settings,
+            valid,
         )
     }
 
@@ -429,11 +438,7 @@ impl Locker {
                 ),
             ));
         }
-        self.check_settings()
-    }
-
-    /// Whether the settings are valid; checked once, when the locker was made.
-    pub(crate) fn check_settings(&self) -> Result<(), Error> {
+        // Checked once, when the handle was made.
         if self.inner.valid {
             return Ok(());
         }

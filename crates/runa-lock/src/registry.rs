@@ -272,8 +272,7 @@ impl Registry {
                 driver: settings.driver.clone(),
                 known: state.drivers.keys().cloned().collect(),
             })?;
-        let locker = Locker::new(name.clone(), Arc::clone(driver), settings);
-        locker.check_settings()?;
+        let locker = Locker::new(name.clone(), Arc::clone(driver), settings)?;
         self.made
             .write()
             .unwrap_or_else(PoisonError::into_inner)

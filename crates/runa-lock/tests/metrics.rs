@@ -207,10 +207,31 @@ async fn a_release_dropped_mid_flight_is_no_loss() {
     assert_eq!(seen.samples(&series("runa_lock_held_seconds")).len(), 1);
 }
 
-#[tokio::test]
-async fn without_a_recorder_nothing_is_recorded_and_nothing_fails() {
+/// Handles are taken when the locker is made: one made with no recorder records nothing,
+/// even where a recorder is current later, and works as usual.
+#[tokio::test(flavor = "current_thread")]
+async fn a_locker_made_without_a_recorder_records_nothing() {
     let jobs = Registry::new().of("default").unwrap();
+    let recorder = DebuggingRecorder::new();
+    let _current = metrics::set_default_local_recorder(&recorder);
     jobs.with("k", |_| async { Ok::<_, Error>(()) })
         .await
         .unwrap();
+    assert!(jobs.try_lock("k").await.unwrap().is_some());
+    let seen = recorder.snapshotter().snapshot().into_vec();
+    assert!(seen.is_empty(), "{} series recorded", seen.len());
+}
+
+#[test]
+fn a_locker_that_of_refuses_leaves_no_series() {
+    let recorder = DebuggingRecorder::new();
+    let registry = Registry::new();
+    registry.register_locker("bad", LockerOptions::new().ttl(Duration::ZERO));
+    let outcome = metrics::with_local_recorder(&recorder, || registry.of("bad"));
+    assert!(
+        matches!(outcome, Err(Error::InvalidConfig { .. })),
+        "{outcome:?}"
+    );
+    let seen = recorder.snapshotter().snapshot().into_vec();
+    assert!(seen.is_empty(), "{} series left behind", seen.len());
 }
