@@ -14,3 +14,12 @@ async fn run<F: Future<Output = ()>>(check: impl FnOnce(Arc<dyn Driver>) -> F) {
 }
 
 runa_lock::suite_tests!(run);
+
+/// The wake-up checks again on one thread: a second worker thread can hide a missed wake-up.
+#[tokio::test(flavor = "current_thread")]
+async fn wake_ups_on_one_thread() {
+    run(runa_lock::testing::release_wakes_a_waiter).await;
+    run(runa_lock::testing::expiry_wakes_a_waiter).await;
+    run(runa_lock::testing::cancelled_waiters_leave_nothing).await;
+    run(runa_lock::testing::exclusion).await;
+}
