@@ -77,19 +77,15 @@ impl Config {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn from_toml(document: &str) -> Result<Config, Error> {
-        let mut document: toml::Table = document.parse().map_err(|mut e: toml::de::Error| {
-            // Given the input, toml's message starts "TOML parse error at line 2, column 7".
-            e.set_input(Some(document));
-            let shown = e.to_string();
-            let place = shown
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("TOML parse error"));
-            let problem = format!(
-                "invalid TOML{}: {}",
-                place.unwrap_or(""),
-                e.message().trim()
-            );
+        let mut document: toml::Table = document.parse().map_err(|e: toml::de::Error| {
+            // The place from the error's byte offset, not from toml's wording of it.
+            let before = e.span().and_then(|span| document.get(..span.start));
+            let place = before.map_or(String::new(), |before| {
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            let problem = format!("invalid TOML{place}: {}", e.message().trim());
             Error::invalid_config("", problem, None)
         })?;
         match document.remove("lock") {
