@@ -129,12 +129,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn args() -> Result<(u64, u16), Box<dyn std::error::Error>> {
     let (mut seconds, mut port) = (3, 9898);
     let mut args = std::env::args().skip(1);
+    const USAGE: &str = "use --seconds N, --port P";
     while let Some(arg) = args.next() {
-        let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        if arg != "--seconds" && arg != "--port" {
+            return Err(format!("unknown argument {arg:?}; {USAGE}").into());
+        }
+        let value = args.next().ok_or(format!("{arg} needs a value; {USAGE}"))?;
+        let bad = |e: std::num::ParseIntError| format!("{arg} {value:?}: {e}");
         match arg.as_str() {
-            "--seconds" => seconds = value.parse()?,
-            "--port" => port = value.parse()?,
-            _ => return Err(format!("unknown argument {arg:?}; use --seconds N, --port P").into()),
+            "--seconds" => seconds = value.parse().map_err(bad)?,
+            _ => port = value.parse().map_err(bad)?,
         }
     }
     Ok((seconds, port))
