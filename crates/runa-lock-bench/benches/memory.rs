@@ -49,10 +49,7 @@ fn distinct_keys(c: &mut Criterion) {
     group.bench_function("tokio_mutex_lock_unlock", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % KEYS;
-            let mutex = &mutexes[i];
-            async move {
-                *mutex.lock().await += 1;
-            }
+            ops::tokio_pair(&mutexes[i])
         })
     });
     let jobs = locker();
@@ -80,11 +77,8 @@ fn threads(c: &mut Criterion) {
             &threads,
             |b, &threads| {
                 let jobs = locker();
-                let names: Arc<Vec<Vec<String>>> = Arc::new(
-                    (0..threads)
-                        .map(|t| (0..256).map(|k| format!("t{t}-key-{k}")).collect())
-                        .collect(),
-                );
+                let names: Arc<Vec<Vec<String>>> =
+                    Arc::new((0..threads).map(ops::thread_keys).collect());
                 b.iter_custom(|iters| {
                     let per_thread = ops * iters / threads as u64;
                     let started = Instant::now();

@@ -109,9 +109,7 @@ pub fn handoffs(rounds: u32) -> Scenario {
 pub fn threads(blocks: u32) -> Scenario {
     const PAIRS: usize = 100_000;
     let locker = ops::memory_locker();
-    let names: Vec<Vec<String>> = (0..2)
-        .map(|t| (0..256).map(|k| format!("t{t}-key-{k}")).collect())
-        .collect();
+    let names: Vec<Vec<String>> = (0..2).map(ops::thread_keys).collect();
     // Each block: everyone meets at `start`, the workers run their share, everyone meets at
     // `done`. `threads` says how many workers run in the next block (0 ends the run).
     let (start, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));

@@ -17,6 +17,11 @@ pub fn memory_locker() -> Locker {
     registry.of("bench").expect("the bench locker")
 }
 
+/// Thread `t`'s 256 keys for the pairs-on-distinct-keys runs: no two threads share one.
+pub fn thread_keys(t: usize) -> Vec<String> {
+    (0..256).map(|k| format!("t{t}-key-{k}")).collect()
+}
+
 /// The output of a future that completes at once (an uncontended memory-driver operation),
 /// polled without a runtime.
 ///
