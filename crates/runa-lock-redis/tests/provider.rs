@@ -258,6 +258,7 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
             "{text}"
         );
         assert!(text.contains(expected), "for {document:?}: {text}");
+        assert!(text.ends_with(" in inline TOML #1"), "no origin: {text}");
         assert!(!text.contains("s3cret"));
         let source = std::error::Error::source(&err).unwrap();
         if !expected.starts_with("unknown field") {
