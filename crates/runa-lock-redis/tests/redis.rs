@@ -1234,3 +1234,90 @@ async fn inspect_is_one_pttl_and_sees_holders_of_other_drivers() {
     lease.release().await.unwrap();
     assert_eq!(observer.inspect("report").await.unwrap(), None);
 }
+
+/// A registry with a `jobs` locker on its own driver (its own connections: a process of
+/// its own) whose leases last a minute and whose waiters poll every 30 s.
+fn process(server: &RedisServer) -> Registry {
+    let registry = Registry::new();
+    registry.register_driver("redis", driver(server));
+    registry.register_locker(
+        "jobs",
+        LockerOptions::new()
+            .driver("redis")
+            .prefix("jobs:")
+            .ttl(Duration::from_secs(60))
+            .wait(Duration::from_secs(30))
+            .retry_interval(Duration::from_secs(30)),
+    );
+    registry
+}
+
+#[tokio::test]
+async fn close_releases_held_leases_so_another_process_gets_them_at_once() {
+    let server = RedisServer::start();
+    let ours = process(&server);
+    let theirs = process(&server);
+    let jobs = ours.of("jobs").unwrap();
+    let lease = jobs.wait("nightly").await.unwrap();
+    let fencing = lease.fencing();
+    let handle = lease.handle();
+    let (started, running) = tokio::sync::oneshot::channel();
+    let with = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            jobs.with("orders", |lease| async move {
+                started.send(()).unwrap();
+                lease.lost().await;
+                Ok::<_, Error>(())
+            })
+            .await
+        })
+    };
+    running.await.unwrap();
+    let waiter = |key: &'static str| {
+        let theirs = theirs.of("jobs").unwrap();
+        tokio::spawn(async move { theirs.wait(key).await.map(|lease| (Instant::now(), lease)) })
+    };
+    let waiters = [waiter("nightly"), waiter("orders")];
+    // Time to subscribe and find the keys held.
+    sleep(Duration::from_millis(300)).await;
+    let listed: Vec<_> = ours.held().into_iter().map(|l| l.key).collect();
+    assert_eq!(listed, ["nightly", "orders"]);
+
+    let closed = Instant::now();
+    ours.close().await.unwrap();
+    assert!(handle.is_lost());
+    let outcome = timeout(Duration::from_secs(5), with)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::LeaseLost {
+                reason: LossReason::Closed,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    for waiter in waiters {
+        // Neither the ttl (a minute) nor a poll (30 s) could do this; the close's release did.
+        let (got, next) = timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter was not woken")
+            .unwrap()
+            .unwrap();
+        let after = got.duration_since(closed);
+        assert!(
+            after < Duration::from_secs(1),
+            "acquired {after:?} after close"
+        );
+        if next.key() == "nightly" {
+            assert!(next.fencing() > fencing);
+        }
+        next.release().await.unwrap();
+    }
+    assert!(matches!(lease.release().await, Err(Error::NotHeld { .. })));
+    assert_no_locks(&server, "after close and the handovers");
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
+use crate::held::HeldSet;
 use crate::observe::Meters;
 use crate::{BoxFuture, Error};
 
@@ -19,6 +20,8 @@ pub(crate) struct Store {
     /// The locker's name, for spans and events.
     pub(crate) locker: Box<str>,
     pub(crate) meters: Meters,
+    /// The leases held through the registry this store's locker came from.
+    pub(crate) held: Arc<HeldSet>,
 }
 
 impl Store {
@@ -29,6 +32,7 @@ impl Store {
             prefix: self.prefix.clone(),
             locker: self.locker.clone(),
             meters: self.meters.clone(),
+            held: Arc::clone(&self.held),
         }
     }
 

@@ -143,6 +143,9 @@ pub enum LossReason {
     Expired,
     /// The driver refused a renewal: the key expired or has another holder.
     Refused,
+    /// [`Registry::close`](crate::Registry::close) released it, as the application shut
+    /// down.
+    Closed,
 }
 
 impl fmt::Display for LossReason {
@@ -150,6 +153,7 @@ impl fmt::Display for LossReason {
         f.write_str(match self {
             LossReason::Expired => "it expired before it was renewed",
             LossReason::Refused => "the driver refused to renew it",
+            LossReason::Closed => "its registry was closed, which released it",
         })
     }
 }

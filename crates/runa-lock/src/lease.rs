@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::Error;
 use crate::driver::{Driver, LockKey, Store};
+use crate::held::{Entry, HeldLease};
 use crate::observe::Release;
 use crate::options::duration_problem;
 use crate::renewal::{self, Term};
@@ -45,6 +46,8 @@ use crate::token::Token;
 #[must_use = "a lease is released when dropped; bind it to a variable to keep the lock"]
 pub struct Lease {
     state: Arc<LeaseState>,
+    /// Its place among the registry's held leases, until it is released or dropped.
+    entry: Option<Entry>,
     done: bool,
 }
 
@@ -140,6 +143,59 @@ impl LeaseState {
         }
     }
 
+    /// Whether the lease has ended (released, dropped, or found lost), leaving the
+    /// registry's held leases. Reads no clock.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.term.has_ended()
+    }
+
+    /// What [`Registry::held`](crate::Registry::held) says of it, unless it is lost.
+    pub(crate) fn held(&self) -> Option<HeldLease> {
+        (!self.term.is_lost()).then(|| HeldLease {
+            locker: self.store.locker.to_string(),
+            key: self.key.as_str().to_owned(),
+            fencing: self.fencing.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Takes the lease away as its registry closes: its handles say it is lost (with
+    /// [`LossReason::Closed`](crate::LossReason::Closed)) and the store releases it. A lease
+    /// that ended before is left as it is.
+    pub(crate) async fn close(&self) -> Result<(), Error> {
+        if !self.term.close() {
+            return Ok(());
+        }
+        self.report_loss();
+        let call = self.driver().release(self.key(), self.token());
+        let released = call.instrument(lease_span!(self, "release")).await;
+        match self.released(released) {
+            // Already gone from the store: nothing is left to free.
+            Err(Error::NotHeld { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Counts and logs the store's answer to a release.
+    fn released(&self, answer: Result<bool, Error>) -> Result<(), Error> {
+        let meters = &self.store.meters;
+        match answer {
+            Ok(true) => {
+                meters.release(Release::Released);
+                Ok(())
+            }
+            Ok(false) => {
+                meters.release(Release::NotHeld);
+                self.report_loss();
+                Err(self.not_held())
+            }
+            Err(error) => {
+                meters.release(Release::Error);
+                self.returned(&error);
+                Err(error)
+            }
+        }
+    }
+
     /// The lease was found lost: counted, logged and (if a loss ended it) no longer counted
     /// as held, once.
     pub(crate) fn report_loss(&self) {
@@ -191,8 +247,10 @@ impl Unsettled {
         // Nobody else sees the state yet: handing the lease to another thread publishes it.
         self.state.fencing.store(fencing, Ordering::Relaxed);
         self.state.term.start(sent, self.state.ttl);
+        let entry = self.state.store.held.insert(Arc::clone(&self.state));
         Lease {
             state: self.state,
+            entry: Some(entry),
             done: false,
         }
     }
@@ -354,7 +412,13 @@ impl Lease {
     /// # }
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
+        self.leave_held();
         let state = &self.state;
+        if state.term.is_closed() {
+            // The registry's close released it already.
+            self.done = true;
+            return Err(self.state.not_held());
+        }
         // Ended before the store lets go: from then on another holder may have the key, and
         // no handle of this lease may still say it is held.
         state.release();
@@ -362,36 +426,27 @@ impl Lease {
         let released = call.instrument(lease_span!(state, "release")).await;
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
-        let state = &self.state;
-        let meters = &state.store.meters;
-        match released {
-            Ok(true) => {
-                meters.release(Release::Released);
-                Ok(())
-            }
-            Ok(false) => {
-                meters.release(Release::NotHeld);
-                state.report_loss();
-                Err(state.not_held())
-            }
-            Err(error) => {
-                meters.release(Release::Error);
-                state.returned(&error);
-                Err(error)
-            }
+        self.state.released(released)
+    }
+
+    /// Leaves the registry's held leases (once).
+    fn leave_held(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.state.store.held.remove(entry);
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.leave_held();
         if self.done {
             return;
         }
         let state = &self.state;
-        let refused = state.term.is_refused();
+        let let_go = state.term.is_let_go();
         state.release();
-        if !refused {
+        if !let_go {
             Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
         }
     }
@@ -532,6 +587,7 @@ mod tests {
             prefix: "p:".into(),
             locker: "jobs".into(),
             meters: crate::observe::Meters::new("jobs", "memory"),
+            held: Arc::new(crate::held::HeldSet::new()),
         });
         for sent in [
             origin,

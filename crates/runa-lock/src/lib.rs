@@ -52,6 +52,7 @@
 mod config;
 mod driver;
 mod error;
+mod held;
 mod lease;
 mod locker;
 mod memory;
@@ -79,6 +80,7 @@ pub use error::{Error, LossReason};
 /// # drop(ready);
 /// ```
 pub use futures_util::future::BoxFuture;
+pub use held::HeldLease;
 pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, MAX_KEY_LEN};
 pub use memory::MemoryDriver;

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::driver::{Driver, LockKey, Store, WaitPlan};
 use crate::error::LossReason;
+use crate::held::HeldSet;
 use crate::lease::{Lease, LeaseHandle, Unsettled};
 use crate::observe::{Acquire, Meters};
 use crate::options::Settings;
@@ -88,12 +89,13 @@ struct Inner {
 }
 
 impl Locker {
-    /// A locker of a registry: its settings are checked (once) before anything is made
-    /// for it, its metric series included.
+    /// A locker of a registry, whose leases go into `held`: its settings are checked (once)
+    /// before anything is made for it, its metric series included.
     pub(crate) fn new(
         name: String,
         driver: Arc<dyn Driver>,
         settings: Settings,
+        held: Arc<HeldSet>,
     ) -> Result<Locker, Error> {
         settings.validate(|field| format!("locker {name:?} option {field}"))?;
         let store = Arc::new(Store {
@@ -101,6 +103,7 @@ impl Locker {
             prefix: settings.prefix.as_str().into(),
             locker: name.as_str().into(),
             meters: Meters::new(&name, &settings.driver),
+            held,
         });
         Ok(Locker::with_store(name, store, settings, true))
     }

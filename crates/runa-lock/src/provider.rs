@@ -14,7 +14,8 @@ use crate::{Config, Driver, Error, LockerOptions, Registry};
 ///   come in any order) and registers this builder's drivers and lockers.
 /// - `boot`: applies the app's `[lock]` config, after every provider has registered; an
 ///   error names the source, the key path and the bad value.
-/// - `shutdown`: closes the registry's drivers.
+/// - `shutdown`: closes the registry ([`Registry::close`]): releases the leases still held
+///   through it, then closes its drivers.
 ///
 /// ```
 /// use std::time::Duration;

@@ -5,6 +5,9 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use futures_util::future::join_all;
+
+use crate::held::{HeldLease, HeldSet};
 use crate::options::Settings;
 use crate::{
     CACHE, Config, DEFAULT_DRIVER, DEFAULT_NAME, Driver, Error, LOCAL, Locker, LockerOptions,
@@ -43,6 +46,8 @@ pub struct Registry {
     /// through [`write`](Registry::write), which empties it. Locked after `state`, never
     /// before.
     made: RwLock<BTreeMap<String, Locker>>,
+    /// The leases taken through this registry's lockers and not yet released or dropped.
+    held: Arc<HeldSet>,
 }
 
 #[derive(Default)]
@@ -110,6 +115,7 @@ impl Registry {
         let registry = Registry {
             state: RwLock::new(State::default()),
             made: RwLock::new(BTreeMap::new()),
+            held: Arc::new(HeldSet::new()),
         };
         registry.register_driver(DEFAULT_DRIVER, MemoryDriver::new());
         registry.register_locker(DEFAULT_NAME, LockerOptions::new());
@@ -272,7 +278,8 @@ impl Registry {
                 driver: settings.driver.clone(),
                 known: state.drivers.keys().cloned().collect(),
             })?;
-        let locker = Locker::new(name.clone(), Arc::clone(driver), settings)?;
+        let held = Arc::clone(&self.held);
+        let locker = Locker::new(name.clone(), Arc::clone(driver), settings, held)?;
         self.made
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -311,17 +318,69 @@ impl Registry {
             .collect()
     }
 
-    /// Closes every driver (see [`Driver::close`]), all of them even when one fails; returns
-    /// the first error.
+    /// The leases taken through this registry's lockers that are still held: not released,
+    /// dropped or lost (as far as this process knows). Sorted by locker, then key.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), runa_lock::Error> {
-    /// runa_lock::Registry::new().close().await?;
+    /// use runa_lock::Registry;
+    ///
+    /// let registry = Registry::new();
+    /// let jobs = registry.of("schedule")?.wait("nightly").await?;
+    /// let order = registry.of("queue")?.wait("order-7").await?;
+    /// let held: Vec<_> = registry.held().into_iter().map(|h| (h.locker, h.key)).collect();
+    /// assert_eq!(held, [("queue".into(), "order-7".into()), ("schedule".into(), "nightly".into())]);
+    ///
+    /// order.release().await?;
+    /// drop(jobs);
+    /// assert!(registry.held().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn held(&self) -> Vec<HeldLease> {
+        let mut held: Vec<HeldLease> = self
+            .held
+            .snapshot()
+            .iter()
+            .filter_map(|lease| lease.held())
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
+    /// Shuts the registry down, in two steps:
+    ///
+    /// 1. Releases every lease still held through it (see [`held`](Registry::held)), so that
+    ///    other processes waiting for those keys get them now rather than when the ttl ends.
+    ///    Their handles say they are lost: a [`with`](Locker::with) closure still running sees
+    ///    [`lost()`](crate::LeaseHandle::lost) resolve, and its `with` returns
+    ///    [`Error::LeaseLost`] with [`LossReason::Closed`](crate::LossReason::Closed).
+    /// 2. Closes every driver (see [`Driver::close`]).
+    ///
+    /// Every release and every driver is seen to, even when one fails; the first error is
+    /// returned (a lease whose release failed ends by its ttl).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), runa_lock::Error> {
+    /// let registry = runa_lock::Registry::new();
+    /// let lease = registry.of("default")?.wait("report").await?;
+    /// let handle = lease.handle();
+    /// registry.close().await?;
+    /// assert!(handle.is_lost(), "closing released it");
+    /// assert!(registry.held().is_empty());
     /// # Ok(())
     /// # }
     /// ```
     pub async fn close(&self) -> Result<(), Error> {
+        let leases = self.held.snapshot();
+        let releases = leases.iter().map(|lease| lease.close());
+        let mut first = None;
+        // Each failed release was logged (at `warn`) by its lease.
+        for error in join_all(releases).await.into_iter().filter_map(Result::err) {
+            first.get_or_insert(error);
+        }
         let drivers: Vec<(String, Arc<dyn Driver>)> = self
             .read()
             .drivers

@@ -27,6 +27,8 @@ const HELD: u8 = 0;
 const RELEASED: u8 = 1;
 const EXPIRED: u8 = 2;
 const REFUSED: u8 = 3;
+/// Taken away by [`Registry::close`](crate::Registry::close), which releases it.
+const CLOSED: u8 = 4;
 
 /// The one owner of a lease's deadline.
 pub(crate) struct Term {
@@ -118,13 +120,25 @@ impl Term {
         false
     }
 
-    pub(crate) fn is_refused(&self) -> bool {
-        self.phase.load(Ordering::Acquire) == REFUSED
+    /// Whether the store holds nothing of this lease's any more, or someone else releases
+    /// it: a renewal was refused, or the registry's close took it away.
+    pub(crate) fn is_let_go(&self) -> bool {
+        matches!(self.phase.load(Ordering::Acquire), REFUSED | CLOSED)
+    }
+
+    /// Whether the lease has ended, as last seen (no clock is read).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.phase.load(Ordering::Acquire) != HELD
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == CLOSED
     }
 
     pub(crate) fn loss_reason(&self) -> LossReason {
         match self.phase.load(Ordering::Acquire) {
             REFUSED => LossReason::Refused,
+            CLOSED => LossReason::Closed,
             _ => LossReason::Expired,
         }
     }
@@ -135,9 +149,18 @@ impl Term {
         self.end(RELEASED)
     }
 
-    /// Whether the lease ended by a loss (it expired, or a renewal was refused).
+    /// Ends the lease as taken away by the registry's close; whether it was held until now.
+    pub(crate) fn close(&self) -> bool {
+        self.end(CLOSED)
+    }
+
+    /// Whether the lease ended by a loss (it expired, a renewal was refused, or the registry
+    /// closed).
     pub(crate) fn ended_by_loss(&self) -> bool {
-        matches!(self.phase.load(Ordering::Acquire), EXPIRED | REFUSED)
+        matches!(
+            self.phase.load(Ordering::Acquire),
+            EXPIRED | REFUSED | CLOSED
+        )
     }
 
     fn end(&self, phase: u8) -> bool {

@@ -258,3 +258,38 @@ async fn sections_for_unknown_lockers_do_not_fail_freeze() {
     ));
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_releases_the_leases_still_held_before_closing_drivers() {
+    let _serial = serial().await;
+    let shared = MemoryDriver::new();
+    let mut app = App::new();
+    app.install(runa_lock::provider().register_driver("shared", shared.clone()))
+        .unwrap();
+    app.install(
+        runa_lock::provider().register_locker(
+            "jobs",
+            LockerOptions::new()
+                .driver("shared")
+                .ttl(Duration::from_secs(60)),
+        ),
+    )
+    .unwrap();
+    app.freeze().await.unwrap();
+    let lease = runa_lock::default()
+        .must_of("jobs")
+        .wait("nightly")
+        .await
+        .unwrap();
+    assert_eq!(runa_lock::default().held().len(), 1);
+    let handle = lease.handle();
+    app.shutdown().await.unwrap();
+    assert!(handle.is_lost());
+    // Another process on the same store gets the key now, not in a minute.
+    let other = Registry::new();
+    other.register_driver("shared", shared);
+    other.register_locker("jobs", LockerOptions::new().driver("shared"));
+    let next = other.of("jobs").unwrap().try_lock("nightly").await.unwrap();
+    assert!(next.is_some(), "shutdown released the lease");
+    drop(lease);
+}

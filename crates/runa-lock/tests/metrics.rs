@@ -235,3 +235,28 @@ fn a_locker_that_of_refuses_leaves_no_series() {
     let seen = recorder.snapshotter().snapshot().into_vec();
     assert!(seen.is_empty(), "{} series left behind", seen.len());
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lease_taken_away_by_close_is_lost_and_released_once() {
+    let recorder = DebuggingRecorder::new();
+    let mut seen = Seen::new(&recorder);
+    let registry = Registry::new();
+    registry.register_locker("jobs", LockerOptions::new());
+    let jobs = metrics::with_local_recorder(&recorder, || registry.of("jobs").unwrap());
+    let lease = jobs.wait("k").await.unwrap();
+    seen.update();
+    assert_eq!(seen.gauge(&series("runa_lock_held")), 1.0);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    registry.close().await.unwrap();
+    assert!(matches!(lease.release().await, Err(Error::NotHeld { .. })));
+    seen.update();
+    assert_eq!(seen.counter(&series("runa_lock_lost_total")), 1);
+    assert_eq!(seen.counter(&release("released")), 1, "by the close");
+    assert_eq!(
+        seen.counter(&release("not_held")),
+        0,
+        "the lease's own release sent nothing"
+    );
+    assert_eq!(seen.gauge(&series("runa_lock_held")), 0.0);
+    assert_eq!(seen.samples(&series("runa_lock_held_seconds")), [3.0]);
+}
