@@ -86,7 +86,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "P")]
     pub prefix: Option<String>,
 
-    /// A TOML config file as an app reads it: [lock.redis], [lock.lockers.<name>]
+    /// A TOML config file as an app reads it: [lock.redis], [lock.lockers.NAME]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
