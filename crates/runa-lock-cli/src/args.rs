@@ -67,7 +67,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Acquire KEY, run the command while renewing the lease, release it when the command exits.
-    #[command(after_help = RUN_HELP)]
+    #[command(
+        after_help = RUN_HELP,
+        override_usage = "runa-lock run [OPTIONS] <KEY> -- <COMMAND> [ARGS]..."
+    )]
     Run(RunArgs),
     /// Print whether KEY is held (exit 0) or free (exit 1).
     #[command(after_help = STATUS_HELP)]
