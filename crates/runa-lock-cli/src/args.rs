@@ -154,34 +154,37 @@ impl Cli {
     /// or a usage error (one line, exit 64).
     pub fn parse_args() -> Result<Cli, std::process::ExitCode> {
         Cli::try_parse().map_err(|error| match error.kind() {
-            ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                 let _ = error.print();
-                match error.kind() {
-                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                        std::process::ExitCode::from(exit::USAGE)
-                    }
-                    _ => std::process::ExitCode::SUCCESS,
-                }
+                std::process::ExitCode::SUCCESS
             }
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Failure::new(
+                exit::USAGE,
+                "no subcommand given: use run or status; see runa-lock --help",
+            )
+            .report(false),
             _ => usage(&error).report(false),
         })
     }
 }
 
-/// A clap error as one line: its message, a tip if it has one, and where to look.
+/// A clap error as one line: its message (the lines before the first blank one), a tip if
+/// it has one, and where to look.
 fn usage(error: &clap::Error) -> Failure {
     let text = error.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines
-        .next()
-        .unwrap_or("bad usage")
-        .trim_start_matches("error: ");
+    let mut lines = text.lines().map(str::trim);
+    let message: Vec<&str> = lines.by_ref().take_while(|l| !l.is_empty()).collect();
+    let message = message.join(" ");
+    let message = message.trim_start_matches("error: ");
+    let message = if message.is_empty() {
+        "bad usage"
+    } else {
+        message
+    };
     let tip = lines.find_map(|l| l.strip_prefix("tip: "));
     let message = match tip {
-        Some(tip) => format!("{first} ({tip}); see runa-lock --help"),
-        None => format!("{first}; see runa-lock --help"),
+        Some(tip) => format!("{message} ({tip}); see runa-lock --help"),
+        None => format!("{message}; see runa-lock --help"),
     };
     Failure::new(exit::USAGE, message)
 }
@@ -230,6 +233,11 @@ mod tests {
         assert_eq!(failure.code, exit::USAGE);
         assert!(!failure.message.contains('\n'), "{}", failure.message);
         assert!(failure.message.contains("--wiat"), "{}", failure.message);
+
+        let error = Cli::try_parse_from(["runa-lock", "run", "k"]).unwrap_err();
+        let failure = usage(&error);
+        assert!(failure.message.contains("<COMMAND>"), "{}", failure.message);
+        assert!(!failure.message.contains("Usage"), "{}", failure.message);
     }
 
     #[test]

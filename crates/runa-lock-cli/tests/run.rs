@@ -380,9 +380,7 @@ fn bad_usage_exits_64() {
         let outcome = finish(&mut runa_lock(args));
         assert_eq!(outcome.code, Some(64), "{args:?}: {outcome:#?}");
         assert!(!outcome.stderr.contains("s3cret"), "{args:?}: {outcome:#?}");
-        if !args.is_empty() {
-            outcome.expect(64, true);
-        }
+        outcome.expect(64, true);
     }
     let ttl = finish(&mut runa_lock(&[
         "run", "--url", &url, "--ttl", "soon", "k", "--", "true",
