@@ -451,3 +451,26 @@ fn help_and_version_exit_0_with_an_example_per_subcommand() {
     version.expect(0, false);
     assert!(version.stdout.starts_with("runa-lock "), "{version:#?}");
 }
+
+#[test]
+fn verbose_logs_acquisition_renewals_and_release_with_the_fencing_number() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let script = r#"echo "$RUNA_LOCK_FENCING"; sleep 1"#;
+    let logged = finish(&mut runa_lock(&[
+        "run", "-v", "--url", &url, "--ttl", "1s", "k", "--", "sh", "-c", script,
+    ]));
+    assert_eq!(logged.code, Some(0), "{logged:#?}");
+    let fencing = logged.stdout.trim();
+    assert!(!fencing.is_empty(), "{logged:#?}");
+    let with_fencing = format!("fencing={fencing}");
+    for event in ["acquired", "renewed", "released"] {
+        assert!(
+            logged
+                .stderr
+                .lines()
+                .any(|l| l.contains(event) && l.contains(&with_fencing)),
+            "{event} with {with_fencing}: {logged:#?}"
+        );
+    }
+}
