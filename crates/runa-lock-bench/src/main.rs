@@ -2,7 +2,7 @@
 //! footprint, each next to a baseline measured in the same run.
 //!
 //! ```text
-//! runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only S1,S2,...]
+//! runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only S1,S2,...] [--runa-lock PATH]
 //! ```
 //!
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete, over the async
@@ -12,9 +12,11 @@
 //! against a hand-written keyed mutex and `tokio::sync::Mutex`), `memmetrics` (the pair on a
 //! locker made with an in-memory metrics recorder against one made without, and against the
 //! keyed mutex), `memhandoff` (handoffs against `tokio::sync::Mutex`), `memthreads` (2 threads against 1), `memory` (1M expiring
-//! keys: live heap bytes from a counting allocator, and RSS). See BENCHMARKS.md for what
-//! each number means.
+//! keys: live heap bytes from a counting allocator, and RSS), `cli` (`runa-lock run --url URL k
+//! -- true` end to end against `true` alone; the binary from `--runa-lock PATH`, or the one
+//! built next to this one). See BENCHMARKS.md for what each number means.
 
+mod cli_scenario;
 mod footprint;
 mod heap;
 mod memory_scenario;
@@ -36,6 +38,7 @@ struct Args {
     json: bool,
     quick: bool,
     only: Option<Vec<String>>,
+    runa_lock: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -45,6 +48,7 @@ fn parse() -> Result<Args, String> {
         json: false,
         quick: false,
         only: None,
+        runa_lock: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -52,6 +56,9 @@ fn parse() -> Result<Args, String> {
             "--redis" => args.redis = Some(it.next().ok_or("--redis needs a URL")?),
             "--spawn-redis" => args.spawn = true,
             "--json" => args.json = true,
+            "--runa-lock" => {
+                args.runa_lock = Some(it.next().ok_or("--runa-lock needs the binary's path")?)
+            }
             "--quick" => args.quick = true,
             "--only" => {
                 let list = it.next().ok_or("--only needs a list such as S1,S2")?;
@@ -62,7 +69,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memmetrics,memhandoff,memthreads,memory]".into());
+                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]".into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -101,7 +108,7 @@ async fn main() -> ExitCode {
     let redis_wanted = ["floor", "s1", "s2", "s3", "s4", "scriptcost"]
         .iter()
         .any(|s| args.wants(s));
-    let server = (args.spawn && redis_wanted).then(RedisServer::start);
+    let server = (args.spawn && (redis_wanted || args.wants("cli"))).then(RedisServer::start);
     let url = args
         .redis
         .clone()
@@ -170,6 +177,23 @@ async fn main() -> ExitCode {
             footprint::run(if args.quick { 200_000 } else { 1_000_000 }).await,
             args.json,
         );
+    }
+    if args.wants("cli") {
+        match (&url, cli_scenario::binary(args.runa_lock.as_deref())) {
+            (Some(url), Some(binary)) => {
+                let (url, runs) = (url.clone(), if args.quick { 20 } else { 200 });
+                let scenario =
+                    tokio::task::spawn_blocking(move || cli_scenario::run(&binary, &url, runs));
+                match scenario.await.expect("the cli scenario") {
+                    Ok(scenario) => emit(scenario, args.json),
+                    Err(error) => eprintln!("the cli scenario failed: {error}"),
+                }
+            }
+            (None, _) => eprintln!("skipping cli: give --redis URL or --spawn-redis"),
+            (_, None) => eprintln!(
+                "skipping cli: no runa-lock binary next to this one; run `cargo build --release -p runa-lock-cli` or give --runa-lock PATH"
+            ),
+        }
     }
     if !args.json {
         print!("{}", report::table(&scenarios));

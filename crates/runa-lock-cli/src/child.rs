@@ -1,0 +1,159 @@
+//! The command under the lock: started in a process group of its own, sent the signals
+//! runa-lock receives, and stopped if the lease is lost.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use runa_lock::LeaseHandle;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, sleep_until};
+
+/// Why running the command under the lock failed.
+#[derive(Debug)]
+pub enum RunError {
+    /// The lock library failed: busy, lost, unreachable store, bad key.
+    Lock(runa_lock::Error),
+    /// The command could not be started.
+    Spawn(io::Error),
+    /// Signal handlers could not be installed, or waiting for the command failed.
+    Io(io::Error),
+}
+
+impl From<runa_lock::Error> for RunError {
+    fn from(error: runa_lock::Error) -> Self {
+        RunError::Lock(error)
+    }
+}
+
+/// What became of the command, for the messages after `with` returns.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The command's exit code (128 + N for signal N), once it exited.
+    pub status: Option<u8>,
+    /// The signal the command was sent because the lease was lost.
+    pub stopped_with: Option<Signal>,
+}
+
+/// Runs `command` while `lease` holds, with the lease's key, fencing number and token in its
+/// environment; returns its exit code (128 + N for signal N).
+///
+/// - SIGINT, SIGTERM and SIGHUP received meanwhile are sent on to the command's process
+///   group.
+/// - When the lease is lost, the group gets SIGTERM, then SIGKILL after `kill_after`; this
+///   still waits for the command to exit.
+pub async fn supervise(
+    lease: LeaseHandle,
+    command: &[OsString],
+    kill_after: Duration,
+    seen: &mut Seen,
+) -> Result<u8, RunError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(RunError::Spawn(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no command given",
+        )));
+    };
+    // Installed before the command starts, so that no signal meant for it is missed.
+    let mut signals = Signals::new().map_err(RunError::Io)?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("RUNA_LOCK_KEY", lease.key())
+        .env("RUNA_LOCK_FENCING", lease.fencing().to_string())
+        .env("RUNA_LOCK_TOKEN", lease.token())
+        .process_group(0)
+        .spawn()
+        .map_err(RunError::Spawn)?;
+    // The group's id is the command's pid (`process_group(0)`).
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.map_err(RunError::Io)?,
+            received = signals.next() => {
+                tracing::info!(target: "runa_lock_cli", signal = %received, "passing the signal on to the command");
+                send(group, received);
+            }
+            () = lease.lost(), if kill_at.is_none() => {
+                tracing::warn!(target: "runa_lock_cli", key = lease.key(), fencing = lease.fencing(), "lease lost: stopping the command with SIGTERM");
+                send(group, Signal::SIGTERM);
+                seen.stopped_with = Some(Signal::SIGTERM);
+                kill_at = Some(Instant::now() + kill_after);
+            }
+            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
+                tracing::warn!(target: "runa_lock_cli", key = lease.key(), "the command outlived --kill-after: SIGKILL");
+                send(group, Signal::SIGKILL);
+                seen.stopped_with = Some(Signal::SIGKILL);
+                killed = true;
+            }
+        }
+    };
+    let code = exit_code(status);
+    seen.status = Some(code);
+    Ok(code)
+}
+
+/// Sends `signal` to process group `group`; one that is gone already is fine.
+fn send(group: Option<Pid>, signal: Signal) {
+    if let Some(group) = group {
+        let _ = killpg(group, signal);
+    }
+}
+
+/// A shell's view of `status`: the exit code, or 128 + N when signal N ended the command.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    if let Some(code) = status.code() {
+        return u8::try_from(code & 0xff).unwrap_or(1);
+    }
+    match status.signal() {
+        Some(signal) => u8::try_from(128 + signal).unwrap_or(u8::MAX),
+        None => 1,
+    }
+}
+
+/// The signals runa-lock passes on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal received. Cancel safe.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = self.hangup.recv() => Signal::SIGHUP,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        // Killed by SIGTERM (15).
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+}

@@ -1,0 +1,322 @@
+//! The lock store and the locker runa-lock uses, built the way an app builds them: a
+//! `runa::App` with the lock and Redis providers, the config file as one of its sources.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runa_lock::{
+    CACHE, DEFAULT_NAME, DEFAULT_RETRY_INTERVAL, DEFAULT_TTL, Driver, Error, LOCAL, Locker,
+    LockerInfo, LockerOptions, QUEUE, Registry, SCHEDULE,
+};
+use runa_lock_redis::RedisDriver;
+use runa_lock_redis::redis;
+
+use crate::args::{Common, DEFAULT_URL};
+use crate::exit::{self, Failure};
+use crate::verbose::Logged;
+
+/// The name runa-lock registers its (logged) driver under.
+const DRIVER: &str = "runa-lock";
+
+/// The shortest wait the library accepts: with it, `wait` makes one attempt.
+const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
+
+/// The locker to use, and what to say when its store fails.
+pub struct Store {
+    /// The locker: driver, prefix, ttl and wait resolved from flags, config and defaults.
+    pub locker: Locker,
+    /// Where the locks live, such as `redis at 127.0.0.1:6379` (never a password).
+    pub place: String,
+    /// What to check when the store cannot be reached.
+    pub hint: String,
+    /// Keeps the app (and so the driver's connections) alive.
+    _app: runa::App,
+}
+
+impl Store {
+    /// The failure for an error of the lock library: an unreachable store (69) or a bad key
+    /// or setting (64).
+    pub fn failure(&self, error: &Error) -> Failure {
+        match error {
+            Error::Backend { .. } => unreachable(&self.place, error, &self.hint),
+            Error::InvalidKey { .. } | Error::InvalidConfig { .. } => {
+                Failure::new(exit::USAGE, format!("{error}; see runa-lock --help"))
+            }
+            other => Failure::new(exit::SOFTWARE, other.to_string()),
+        }
+    }
+}
+
+/// Builds the app from `common`'s config file (if any) and flags, and the locker to use.
+pub async fn open(common: &Common) -> Result<Store, Failure> {
+    let file = common.config.as_deref();
+    let client = match &common.url {
+        Some(url) => Some(url_client(url)?),
+        None => None,
+    };
+    let (place, hint) = describe(file, client.as_ref());
+
+    let mut app = runa::App::new();
+    if let Some(file) = file {
+        app = app.config_file(file);
+    }
+    let mut lock = runa_lock::provider();
+    if let Some(name) = &common.locker {
+        lock = lock.register_locker(name.clone(), code_options(name));
+    }
+    let mut redis = runa_lock_redis::provider();
+    if let Some(client) = client {
+        redis = redis.client(client);
+    }
+    let installed = app
+        .install(lock)
+        .and_then(|app| app.install(redis))
+        .map(|_| ());
+    if let Err(error) = installed {
+        return Err(Failure::new(exit::SOFTWARE, error.to_string()));
+    }
+    if let Err(error) = app.freeze().await {
+        return Err(freeze_failure(&error, &place, &hint));
+    }
+
+    let (registry, driver) = match (app.get::<Registry>(), app.get::<RedisDriver>()) {
+        (Ok(registry), Ok(driver)) => (registry, driver),
+        (Err(error), _) | (_, Err(error)) => {
+            return Err(Failure::new(exit::SOFTWARE, error.to_string()));
+        }
+    };
+    let place = format!("redis at {}", driver.address());
+    let base = match (&common.locker, file) {
+        (Some(name), Some(file)) => Some(configured(&app, &registry, name, file)?),
+        _ => None,
+    };
+
+    let options = LockerOptions::new()
+        .driver(DRIVER)
+        .prefix(
+            common
+                .prefix
+                .clone()
+                .or_else(|| base.as_ref().map(|b| b.prefix.clone()))
+                .unwrap_or_default(),
+        )
+        .ttl(
+            common
+                .ttl
+                .or(base.as_ref().map(|b| b.ttl))
+                .unwrap_or(DEFAULT_TTL),
+        )
+        .wait(
+            common
+                .wait
+                .or(base.as_ref().map(|b| b.wait))
+                .unwrap_or(Duration::ZERO)
+                .max(ONE_ATTEMPT),
+        )
+        .retry_interval(
+            base.as_ref()
+                .map_or(DEFAULT_RETRY_INTERVAL, |b| b.retry_interval),
+        )
+        .auto_renew(true);
+    // Registered after the config was applied, under a name no config section tuned, so
+    // that the flags win over the file.
+    let name = match &common.locker {
+        Some(name) => format!("runa-lock:{name}"),
+        None => "runa-lock".to_owned(),
+    };
+    let driver: Arc<dyn Driver> = driver;
+    registry.register_driver(DRIVER, Logged::new(driver));
+    registry.register_locker(name.clone(), options);
+    let locker = registry
+        .of(&name)
+        .map_err(|error| Failure::new(exit::USAGE, format!("{error}; see runa-lock --help")))?;
+    Ok(Store {
+        locker,
+        place,
+        hint,
+        _app: app,
+    })
+}
+
+/// The options in code of locker `name` before the config applies: the Redis driver, and a
+/// built-in locker's own prefix.
+fn code_options(name: &str) -> LockerOptions {
+    let options = LockerOptions::new().driver("redis");
+    if [SCHEDULE, QUEUE, CACHE].contains(&name) {
+        options.prefix(format!("{name}:"))
+    } else {
+        options
+    }
+}
+
+/// Locker `name` as the config file left it.
+fn configured(
+    app: &runa::App,
+    registry: &Registry,
+    name: &str,
+    file: &Path,
+) -> Result<LockerInfo, Failure> {
+    let builtin = [DEFAULT_NAME, LOCAL, SCHEDULE, QUEUE, CACHE].contains(&name);
+    let section = format!("lock.lockers.{name}");
+    if !builtin && !app.config().contains(&section) {
+        return Err(Failure::new(
+            exit::CONFIG,
+            format!(
+                "--locker {name}: {} has no [{section}] section; add one, or name a locker it has",
+                file.display()
+            ),
+        ));
+    }
+    let info = registry
+        .of(name)
+        .map(|locker| locker.info())
+        .map_err(|error| Failure::new(exit::CONFIG, format!("{error} in {}", file.display())))?;
+    if info.driver != "redis" {
+        return Err(Failure::new(
+            exit::CONFIG,
+            format!(
+                "{section}.driver: runa-lock needs a lock store shared between processes, such as \"redis\" (got {:?}) in {}",
+                info.driver,
+                file.display()
+            ),
+        ));
+    }
+    Ok(info)
+}
+
+/// A Redis client for `url`, given with `--url` or `RUNA_LOCK_URL`; its scheme picks the
+/// driver. Errors never show the URL, which may hold a password.
+fn url_client(url: &str) -> Result<redis::Client, Failure> {
+    let usage = |problem: String| {
+        Failure::new(
+            exit::USAGE,
+            format!("--url: {problem}; set --url or RUNA_LOCK_URL to redis://host:port"),
+        )
+    };
+    match scheme(url) {
+        Some("redis" | "rediss" | "redis+unix" | "unix") => {}
+        Some("postgres" | "postgresql") => {
+            return Err(usage(
+                "postgres:// lock stores are not supported yet (no postgres driver in this build)"
+                    .into(),
+            ));
+        }
+        Some(other) => {
+            return Err(usage(format!("no lock driver for {other}:// URLs")));
+        }
+        None => return Err(usage("not a URL".into())),
+    }
+    if let Err(error) = RedisDriver::open(url) {
+        let problem = match error {
+            Error::InvalidConfig { problem, .. } => problem,
+            other => other.to_string(),
+        };
+        return Err(usage(problem));
+    }
+    redis::Client::open(url)
+        .map_err(|error| usage(format!("not a usable Redis address ({})", error.category())))
+}
+
+/// The scheme of `url` when it has a plausible one (letters, digits, `+`, `-`, `.`).
+fn scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once("://")?;
+    let plausible = !scheme.is_empty()
+        && scheme.len() <= 16
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    plausible.then_some(scheme)
+}
+
+/// Where the store is, as far as known before connecting, and what to check if it fails.
+fn describe(file: Option<&Path>, client: Option<&redis::Client>) -> (String, String) {
+    let flag_hint = "set --url or RUNA_LOCK_URL".to_owned();
+    match (client, file) {
+        (Some(client), _) => (
+            format!("redis at {}", client.get_connection_info().addr()),
+            flag_hint,
+        ),
+        (None, Some(file)) => (
+            "redis".to_owned(),
+            format!("check [lock.redis] in {}, or set --url", file.display()),
+        ),
+        (None, None) => (
+            format!("redis at {}", DEFAULT_URL.trim_start_matches("redis://")),
+            flag_hint,
+        ),
+    }
+}
+
+/// What a failed `freeze` means: a store that cannot be reached (69) or a bad config (78).
+fn freeze_failure(error: &runa::Error, place: &str, hint: &str) -> Failure {
+    if let runa::Error::Provider { source, .. } = error {
+        match source.downcast_ref::<Error>() {
+            Some(backend @ Error::Backend { .. }) => return unreachable(place, backend, hint),
+            Some(other) => {
+                return Failure::new(exit::CONFIG, format!("bad config: {other}; fix it"));
+            }
+            None => {
+                return Failure::new(exit::CONFIG, format!("bad config: {source}; fix it"));
+            }
+        }
+    }
+    Failure::new(exit::CONFIG, format!("bad config: {error}; fix it"))
+}
+
+/// The store at `place` failed: a connection refused, a timeout, bad credentials.
+pub fn unreachable(place: &str, error: &Error, hint: &str) -> Failure {
+    Failure::new(
+        exit::UNAVAILABLE,
+        format!(
+            "cannot reach {place} ({}); is the server running? {hint}",
+            cause(error)
+        ),
+    )
+}
+
+/// The innermost cause of `error`, in a few words where it is a common one.
+fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = error;
+    while let Some(source) = deepest.source() {
+        if let Some(redis) = source.downcast_ref::<redis::RedisError>() {
+            if redis.is_connection_refusal() {
+                return "connection refused".to_owned();
+            }
+            if redis.is_timeout() {
+                return "timed out".to_owned();
+            }
+        }
+        deepest = source;
+    }
+    deepest.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_pick_the_driver_and_never_echo_the_url() {
+        assert_eq!(scheme("redis://h:1"), Some("redis"));
+        assert_eq!(scheme("rediss://u:p@h"), Some("rediss"));
+        assert_eq!(scheme("h:6379"), None);
+        assert_eq!(scheme("us er:pa ss://x"), None);
+        for url in [
+            "postgres://u:s3cret@h/db",
+            "http://u:s3cret@h",
+            "u:s3cret@h",
+            "redis://u:s3cret@h:notaport",
+        ] {
+            let failure = url_client(url).unwrap_err();
+            assert_eq!(failure.code, exit::USAGE, "{url}");
+            assert!(!failure.message.contains("s3cret"), "{}", failure.message);
+        }
+        let postgres = url_client("postgres://h/db").unwrap_err();
+        assert!(
+            postgres.message.contains("not supported yet"),
+            "{}",
+            postgres.message
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! `runa-lock run` against a real redis-server: exit codes, environment, busy keys, waits,
+//! lost leases and signals.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use support::*;
+
+fn pid_of(child: &std::process::Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).expect("a pid"))
+}
+
+#[test]
+fn the_exit_status_is_passed_through_and_the_lock_released() {
+    let server = RedisServer::start();
+    let url = server.url();
+    finish(&mut runa_lock(&[
+        "run", "--url", &url, "k", "--", "sh", "-c", "exit 7",
+    ]))
+    .expect(7, false);
+    finish(&mut runa_lock(&["run", "--url", &url, "k", "--", "true"])).expect(0, false);
+    // Killed by a signal: 128 + N, as a shell says.
+    finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM $$",
+    ]))
+    .expect(143, false);
+    assert!(
+        !exists(&server, &lock_key("runa:lock:", "", "k")),
+        "released"
+    );
+}
+
+#[test]
+fn the_command_gets_the_key_fencing_number_and_token() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let script = r#"echo "$RUNA_LOCK_KEY $RUNA_LOCK_FENCING $RUNA_LOCK_TOKEN""#;
+    let first = finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "daily report",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
+    first.expect(0, false);
+    let fields: Vec<&str> = first.stdout.trim_end().rsplitn(3, ' ').collect();
+    let [token, fencing, key] = fields[..] else {
+        panic!("{first:#?}")
+    };
+    assert_eq!(key, "daily report");
+    assert_eq!(token.len(), 32, "{token}");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    let fencing: u64 = fencing.parse().expect("a fencing number");
+    assert!(fencing > 0);
+    // Nothing but the command's output on stdout.
+    assert_eq!(first.stdout.lines().count(), 1, "{first:#?}");
+
+    let second = finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "daily report",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
+    let next: u64 = second
+        .stdout
+        .split(' ')
+        .nth(2)
+        .and_then(|f| f.parse().ok())
+        .expect("fencing");
+    assert!(
+        next > fencing,
+        "fencing numbers grow: {fencing} then {next}"
+    );
+}
+
+#[test]
+fn a_busy_key_exits_75_without_running_the_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let _: () = server.command(&[
+        "SET",
+        &lock_key("runa:lock:", "", "k"),
+        "someone-else",
+        "PX",
+        "60000",
+    ]);
+
+    let busy = finish(&mut runa_lock(&[
+        "run", "--url", &url, "k", "--", "sh", "-c", &touch,
+    ]));
+    busy.expect(75, true);
+    assert!(busy.stderr.contains("\"k\""), "{busy:#?}");
+    assert_eq!(busy.stdout, "");
+    finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "--conflict-exit-code",
+        "0",
+        "-q",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ]))
+    .expect(0, false);
+    finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "--conflict-exit-code",
+        "3",
+        "--wait",
+        "200ms",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ]))
+    .expect(3, true);
+    assert!(!marker.exists(), "the command never ran");
+    assert_eq!(
+        server.command::<String>(&["GET", &lock_key("runa:lock:", "", "k")]),
+        "someone-else"
+    );
+}
+
+#[test]
+fn wait_runs_the_command_after_the_holder_releases() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let first_script = format!("sleep 1; echo first >> {}", log.display());
+    let second_script = format!("echo second >> {}", log.display());
+    let first = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &first_script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || exists(
+        &server,
+        &lock_key("runa:lock:", "", "k")
+    )));
+    let second = finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "--wait",
+        "30s",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        &second_script,
+    ]));
+    second.expect(0, false);
+    wait(first, Duration::from_secs(30)).expect(0, false);
+    assert_eq!(read(&log), "first\nsecond\n");
+}
+
+#[test]
+fn a_lease_taken_away_stops_the_command_and_exits_76() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = lock_key("runa:lock:", "", "k");
+    let child = runa_lock(&[
+        "run", "--url", &url, "--ttl", "1s", "k", "--", "sleep", "60",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || exists(
+        &server, &key
+    )));
+    let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
+    // Renewals come every third of a second: a few of them, with a generous margin.
+    let lost = wait(child, Duration::from_secs(20));
+    lost.expect(76, true);
+    assert!(lost.stderr.contains("lost the lock"), "{lost:#?}");
+    assert!(lost.stderr.contains("SIGTERM"), "{lost:#?}");
+    assert_eq!(
+        server.command::<String>(&["GET", &key]),
+        "intruder",
+        "the new holder keeps it"
+    );
+}
+
+#[test]
+fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = lock_key("runa:lock:", "", "k");
+    // The ignored SIGTERM is inherited by `sleep`.
+    let child = runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "--ttl",
+        "1s",
+        "--kill-after",
+        "1s",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; sleep 60",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || exists(
+        &server, &key
+    )));
+    let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
+    let lost = wait(child, Duration::from_secs(30));
+    lost.expect(76, true);
+    assert!(lost.stderr.contains("SIGKILL"), "{lost:#?}");
+}
+
+#[test]
+fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (started, got) = (dir.path().join("started"), dir.path().join("got"));
+    let script = format!(
+        "trap 'echo term > {got}; exit 5' TERM; touch {started}; while :; do sleep 0.1; done",
+        got = got.display(),
+        started = started.display()
+    );
+    let child = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
+    kill(pid_of(&child), Signal::SIGTERM).unwrap();
+    let ended = wait(child, Duration::from_secs(20));
+    assert_eq!(ended.code, Some(5), "{ended:#?}");
+    // sh may say that its `sleep` was terminated; runa-lock says nothing.
+    assert!(!ended.stderr.contains("runa-lock"), "{ended:#?}");
+    assert_eq!(read(&got), "term\n");
+    assert!(
+        !exists(&server, &lock_key("runa:lock:", "", "k")),
+        "released"
+    );
+
+    // A command that does not catch it ends with it: 128 + 15.
+    let child = runa_lock(&["run", "--url", &url, "k", "--", "sleep", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || exists(
+        &server,
+        &lock_key("runa:lock:", "", "k")
+    )));
+    std::thread::sleep(Duration::from_millis(200)); // past spawning `sleep`
+    kill(pid_of(&child), Signal::SIGTERM).unwrap();
+    wait(child, Duration::from_secs(20)).expect(143, false);
+    assert!(
+        !exists(&server, &lock_key("runa:lock:", "", "k")),
+        "released"
+    );
+}
+
+#[test]
+fn a_terminal_ctrl_c_reaches_the_command_once() {
+    use std::os::unix::process::CommandExt;
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (started, got, stop) = (
+        dir.path().join("started"),
+        dir.path().join("got"),
+        dir.path().join("stop"),
+    );
+    let script = format!(
+        "trap 'echo int >> {got}' INT; touch {started}; while [ ! -e {stop} ]; do sleep 0.1; done",
+        got = got.display(),
+        started = started.display(),
+        stop = stop.display()
+    );
+    // runa-lock in a group of its own, as a terminal's foreground job: Ctrl-C signals the group.
+    let child = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
+    killpg(pid_of(&child), Signal::SIGINT).unwrap();
+    assert!(eventually(Duration::from_secs(10), || !read(&got).is_empty()));
+    std::fs::write(&stop, "").unwrap();
+    wait(child, Duration::from_secs(20)).expect(0, false);
+    assert_eq!(read(&got), "int\n", "once, not twice");
+}
+
+#[test]
+fn an_unreachable_store_exits_69_naming_it_without_the_password() {
+    let port = closed_port();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let url = format!("redis://:s3cret@127.0.0.1:{port}");
+    let down = finish(&mut runa_lock(&[
+        "run", "--url", &url, "k", "--", "sh", "-c", &touch,
+    ]));
+    down.expect(69, true);
+    assert!(
+        down.stderr.starts_with(&format!(
+            "runa-lock: cannot reach redis at 127.0.0.1:{port} (connection refused)"
+        )),
+        "{down:#?}"
+    );
+    assert!(down.stderr.contains("RUNA_LOCK_URL"), "{down:#?}");
+    assert!(!down.stderr.contains("s3cret"), "{down:#?}");
+    assert!(!marker.exists(), "the command never ran");
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    for args in [
+        &["run", "--url", &url, "--ttl", "soon", "k", "--", "true"][..],
+        &["run", "--url", &url, "--ttl", "0s", "k", "--", "true"],
+        &[
+            "run",
+            "--url",
+            &url,
+            "--wait",
+            "5 parsecs",
+            "k",
+            "--",
+            "true",
+        ],
+        &["run", "--url", &url, "--kill-after", "x", "k", "--", "true"],
+        &["run", "--url", &url, "--bogus", "k", "--", "true"],
+        &["run", "--url", &url, "k"],
+        &["run", "--url", &url, "--locker", "jobs", "k", "--", "true"],
+        &[
+            "run",
+            "--url",
+            "postgres://u:s3cret@h/db",
+            "k",
+            "--",
+            "true",
+        ],
+        &["run", "--url", "http://u:s3cret@h", "k", "--", "true"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let outcome = finish(&mut runa_lock(args));
+        assert_eq!(outcome.code, Some(64), "{args:?}: {outcome:#?}");
+        assert!(!outcome.stderr.contains("s3cret"), "{args:?}: {outcome:#?}");
+        outcome.expect(64, true);
+    }
+    let ttl = finish(&mut runa_lock(&[
+        "run", "--url", &url, "--ttl", "soon", "k", "--", "true",
+    ]));
+    assert!(
+        ttl.stderr.contains("--ttl") && ttl.stderr.contains("not a duration"),
+        "{ttl:#?}"
+    );
+    let postgres = finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        "postgres://h/db",
+        "k",
+        "--",
+        "true",
+    ]));
+    assert!(postgres.stderr.contains("postgres"), "{postgres:#?}");
+}
+
+#[test]
+fn a_missing_command_exits_127_and_frees_the_lock() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let missing = finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "k",
+        "--",
+        "no-such-command-here",
+    ]));
+    missing.expect(127, true);
+    assert!(
+        missing.stderr.contains("no-such-command-here"),
+        "{missing:#?}"
+    );
+    assert!(
+        !exists(&server, &lock_key("runa:lock:", "", "k")),
+        "released"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    finish(&mut runa_lock(&[
+        "run",
+        "--url",
+        &url,
+        "k",
+        "--",
+        dir.path().to_str().unwrap(),
+    ]))
+    .expect(126, true);
+}
+
+#[test]
+fn help_and_version_exit_0_with_an_example_per_subcommand() {
+    let run = finish(&mut runa_lock(&["run", "--help"]));
+    run.expect(0, false);
+    assert!(
+        run.stdout.contains("Examples:") && run.stdout.contains("Grandchildren"),
+        "{run:#?}"
+    );
+    let status = finish(&mut runa_lock(&["status", "--help"]));
+    status.expect(0, false);
+    assert!(
+        status.stdout.contains("runa-lock status --json"),
+        "{status:#?}"
+    );
+    let version = finish(&mut runa_lock(&["--version"]));
+    version.expect(0, false);
+    assert!(version.stdout.starts_with("runa-lock "), "{version:#?}");
+}
+
+#[test]
+fn verbose_logs_acquisition_renewals_and_release_with_the_fencing_number() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let script = r#"echo "$RUNA_LOCK_FENCING"; sleep 1"#;
+    let logged = finish(&mut runa_lock(&[
+        "run", "-v", "--url", &url, "--ttl", "1s", "k", "--", "sh", "-c", script,
+    ]));
+    assert_eq!(logged.code, Some(0), "{logged:#?}");
+    let fencing = logged.stdout.trim();
+    assert!(!fencing.is_empty(), "{logged:#?}");
+    let with_fencing = format!("fencing={fencing}");
+    for event in ["acquired", "renewed", "released"] {
+        assert!(
+            logged
+                .stderr
+                .lines()
+                .any(|l| l.contains(event) && l.contains(&with_fencing)),
+            "{event} with {with_fencing}: {logged:#?}"
+        );
+    }
+}

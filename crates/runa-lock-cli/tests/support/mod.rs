@@ -1,0 +1,115 @@
+//! Running the built `runa-lock` binary against a redis-server the tests start themselves.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use runa_lock_redis::testing::RedisServer;
+
+/// `runa-lock` with `args`, without any `RUNA_*` settings of the environment running the tests.
+pub fn runa_lock(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runa-lock"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RUNA_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).stdin(Stdio::null());
+    command
+}
+
+/// The outcome of a finished `runa-lock`.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Outcome {
+    fn from(output: Output) -> Self {
+        Outcome {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Outcome {
+    /// Asserts the exit code and that stderr is one `runa-lock: ` line (or empty when
+    /// `message` is false).
+    pub fn expect(&self, code: i32, message: bool) -> &Self {
+        assert_eq!(self.code, Some(code), "{self:#?}");
+        if message {
+            assert!(self.stderr.starts_with("runa-lock: "), "{self:#?}");
+            assert_eq!(self.stderr.lines().count(), 1, "{self:#?}");
+        } else {
+            assert_eq!(self.stderr, "", "{self:#?}");
+        }
+        self
+    }
+}
+
+/// Runs `command` to the end (at most a minute).
+pub fn finish(command: &mut Command) -> Outcome {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runa-lock starts");
+    wait(child, Duration::from_secs(60))
+}
+
+/// Waits for `child` for up to `limit`; kills it and fails the test if it takes longer.
+pub fn wait(mut child: Child, limit: Duration) -> Outcome {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => return child.wait_with_output().expect("output").into(),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let outcome: Outcome = child.wait_with_output().expect("output").into();
+                panic!("runa-lock did not exit within {limit:?}: {outcome:#?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Whether `condition` became true within `limit`, checked every 20 ms.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// The Redis key of the lock on `key` with locker prefix `prefix` and driver prefix
+/// `driver` (`runa:lock:` by default); plain keys and prefixes only (no `%`, `{`, `}`).
+pub fn lock_key(driver: &str, prefix: &str, key: &str) -> String {
+    format!("{driver}{{{}:{prefix}{key}}}:l", prefix.len())
+}
+
+/// Whether `server` has the Redis key `name`.
+pub fn exists(server: &RedisServer, name: &str) -> bool {
+    server.command::<i64>(&["EXISTS", name]) == 1
+}
+
+/// A loopback port nothing listens on.
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// The text of `path`, or "" when it does not exist.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
