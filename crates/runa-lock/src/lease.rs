@@ -412,7 +412,6 @@ impl Lease {
     /// # }
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
-        self.leave_held();
         let state = &self.state;
         if state.term.is_closed() {
             // The registry's close released it already.
@@ -427,27 +426,23 @@ impl Lease {
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
         self.done = true;
         self.state.released(released)
-    }
-
-    /// Leaves the registry's held leases (once).
-    fn leave_held(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            self.state.store.held.remove(entry);
-        }
+        // Leaves the registry's held leases as it is dropped, after the store let go.
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.leave_held();
-        if self.done {
-            return;
+        if !self.done {
+            let state = &self.state;
+            let let_go = state.term.is_let_go();
+            state.release();
+            if !let_go {
+                Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
+            }
         }
-        let state = &self.state;
-        let let_go = state.term.is_let_go();
-        state.release();
-        if !let_go {
-            Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
+        // Last, so that a release wakes the next holder before this bookkeeping.
+        if let Some(entry) = self.entry.take() {
+            self.state.store.held.remove(entry);
         }
     }
 }
