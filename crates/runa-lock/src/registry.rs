@@ -387,7 +387,6 @@ impl Registry {
             .iter()
             .map(|(name, driver)| (name.clone(), Arc::clone(driver)))
             .collect();
-        let mut first = None;
         for (name, driver) in drivers {
             if let Err(error) = driver.close().await {
                 tracing::warn!(driver = %name, %error, "closing lock driver failed");

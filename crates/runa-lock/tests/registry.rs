@@ -271,6 +271,24 @@ async fn close_closes_every_driver_and_reports_the_first_failure() {
 }
 
 #[tokio::test]
+async fn close_reports_a_failed_release_and_still_closes_every_driver() {
+    let registry = Registry::new();
+    let faulty = Faulty::new();
+    registry.register_driver("faulty", Arc::clone(&faulty));
+    registry.register_locker("jobs", LockerOptions::new().driver("faulty"));
+    let lease = registry.of("jobs").unwrap().wait("k").await.unwrap();
+    *faulty.fail_release.lock().unwrap() = true;
+    let err = registry.close().await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert_eq!(
+        faulty.closes.load(Ordering::SeqCst),
+        1,
+        "closed all the same"
+    );
+    assert!(lease.handle().is_lost());
+}
+
+#[tokio::test]
 async fn debug_output_never_shows_tokens() {
     let registry = Registry::new();
     let locker = registry.of("default").unwrap();
