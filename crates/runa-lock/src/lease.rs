@@ -413,14 +413,15 @@ impl Lease {
     /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let state = &self.state;
+        // Ended before the store lets go: from then on another holder may have the key, and
+        // no handle of this lease may still say it is held.
+        state.release();
+        // Read once the lease has ended, so that a close cannot slip in between.
         if state.term.is_closed() {
             // The registry's close released it already.
             self.done = true;
             return Err(self.state.not_held());
         }
-        // Ended before the store lets go: from then on another holder may have the key, and
-        // no handle of this lease may still say it is held.
-        state.release();
         let call = state.driver().release(state.key(), state.token());
         let released = call.instrument(lease_span!(state, "release")).await;
         // Only now: if this future is dropped mid-flight, `Drop` still releases.
@@ -434,9 +435,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if !self.done {
             let state = &self.state;
-            let let_go = state.term.is_let_go();
             state.release();
-            if !let_go {
+            // Read once the lease has ended, so that a close cannot slip in between.
+            if !state.term.is_let_go() {
                 Arc::clone(&state.store.driver).release_detached(state.key(), state.token());
             }
         }
