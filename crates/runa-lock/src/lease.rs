@@ -362,6 +362,8 @@ impl Lease {
     /// - [`Error::InvalidArgument`] for a zero or over-long `ttl`; [`Error::Backend`] when
     ///   the store cannot be asked (or its answer did not come: the renewal may still be
     ///   applied, and counts as described above).
+    /// - Any other error the driver returns means renewing cannot succeed: it is returned,
+    ///   and the lease is lost.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -385,8 +387,9 @@ impl Lease {
             .instrument(lease_span!(state, "renew"))
             .await;
         match &renewed {
-            Err(Error::NotHeld { .. }) => state.report_loss(),
-            Err(error) => state.returned(error),
+            Err(error @ Error::Backend { .. }) => state.returned(error),
+            // Every other error from `renew` ended the lease.
+            Err(_) => state.report_loss(),
             Ok(()) => {}
         }
         renewed

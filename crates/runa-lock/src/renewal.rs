@@ -209,6 +209,8 @@ fn nanos(duration: Duration) -> u64 {
 ///   for the renewal before it ends at the deadline at the latest.
 /// - `Err(Backend)` when the store failed or did not answer: the renewal counts as never
 ///   answered. So does one whose future is dropped mid-flight.
+/// - Any other error of the driver's is final (see the [`Driver`](crate::Driver) contract):
+///   it is returned, and the lease is lost.
 /// - `bounded`: give up at the deadline (the lease is then lost) instead of waiting for a
 ///   hung call.
 pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> Result<(), Error> {
@@ -270,7 +272,13 @@ pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> R
             term.end(REFUSED);
             Err(lease.not_held())
         }
-        Err(error) => Err(error),
+        Err(error @ Error::Backend { .. }) => Err(error),
+        Err(error) => {
+            // Final by the `Driver` contract: renewing cannot succeed, so the lease is lost.
+            tracing::debug!(target: "runa_lock", key = lease.key().key, %error, "lease renewal impossible; the lease counts as lost");
+            term.end(EXPIRED);
+            Err(error)
+        }
     }
 }
 
@@ -301,14 +309,9 @@ pub(crate) async fn keep_alive(lease: &LeaseState, auto_renew: bool) -> LossReas
                 tracing::warn!(key = lease.key().key, %error, "lease renewal failed; retrying until the lease expires");
                 sleep_until((Instant::now() + retry_pause).min(deadline)).await;
             }
-            // The caller reports the loss (at `warn`, with the locker, the key and why).
-            Err(Error::NotHeld { .. }) => return term.loss_reason(),
-            Err(error) => {
-                // Final by the `Driver` contract: renewing cannot succeed.
-                tracing::debug!(key = lease.key().key, %error, "lease renewal impossible; the lease counts as lost");
-                term.end(EXPIRED);
-                return term.loss_reason();
-            }
+            // Any other error ended the lease; the caller reports the loss (at `warn`, with
+            // the locker, the key and why).
+            Err(_) => return term.loss_reason(),
         }
     }
 }

@@ -260,3 +260,39 @@ async fn a_lease_taken_away_by_close_is_lost_and_released_once() {
     assert_eq!(seen.gauge(&series("runa_lock_held")), 0.0);
     assert_eq!(seen.samples(&series("runa_lock_held_seconds")), [3.0]);
 }
+
+/// A renewal the driver answers with a final error (neither `Backend` nor an answer) ends
+/// the lease: lost once, and out of the gauge once released.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_final_renewal_error_loses_the_lease_once() {
+    let recorder = DebuggingRecorder::new();
+    let mut seen = Seen::new(&recorder);
+    let driver = support::Faulty::new();
+    driver.set_renew(support::RenewMode::Final);
+    let registry = Registry::new();
+    registry.register_driver("memory", driver);
+    registry.register_locker("jobs", LockerOptions::new().driver("memory"));
+    let jobs = metrics::with_local_recorder(&recorder, || registry.of("jobs").unwrap());
+    let lease = jobs.try_lock("k").await.unwrap().unwrap();
+    let err = lease.renew(None).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        lease.handle().is_lost(),
+        "a renewal that cannot succeed loses the lease"
+    );
+    seen.update();
+    assert_eq!(seen.counter(&series("runa_lock_lost_total")), 1);
+    assert_eq!(seen.gauge(&series("runa_lock_held")), 0.0);
+    drop(lease);
+    seen.update();
+    assert_eq!(
+        seen.counter(&series("runa_lock_lost_total")),
+        1,
+        "counted once"
+    );
+    assert_eq!(
+        seen.gauge(&series("runa_lock_held")),
+        0.0,
+        "left the gauge once"
+    );
+}
