@@ -39,16 +39,17 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// `renew` or `release` of a lease that this token no longer holds: it expired, or
-    /// another holder has the key.
+    /// `renew` or `release` of a lease that this token no longer holds: it expired, another
+    /// holder has the key, or the registry's [`close`](crate::Registry::close) released it.
     #[non_exhaustive]
-    #[error("lock {} is no longer held by this lease (it expired or was taken over)", Preview(.key))]
+    #[error("lock {} is no longer held by this lease (it expired, was taken over, or was released when its registry closed)", Preview(.key))]
     NotHeld {
         /// The key as the caller gave it.
         key: String,
     },
 
-    /// The lease expired or was taken over while `with` ran its closure.
+    /// The lease expired, was taken over, or was released by the registry's close while
+    /// `with` ran its closure.
     #[non_exhaustive]
     #[error("lease on lock {} was lost while the closure ran ({reason})", Preview(.key))]
     LeaseLost {
