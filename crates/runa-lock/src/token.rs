@@ -47,10 +47,9 @@ impl Token {
             pair[0] = HEX[usize::from(byte >> 4)];
             pair[1] = HEX[usize::from(byte & 0x0f)];
         }
-        // Hex digits are ASCII: this never falls back to the empty default.
-        Ok(Token(
-            ArrayString::from_byte_string(&digits).unwrap_or_default(),
-        ))
+        // Never an empty token in disguise: every lease would share it.
+        let digits = ArrayString::from_byte_string(&digits).expect("hex digits are ASCII");
+        Ok(Token(digits))
     }
 
     pub(crate) fn as_str(&self) -> &str {
