@@ -53,7 +53,7 @@ pub(crate) struct HeldSet {
 #[repr(align(128))]
 struct Shard(Mutex<Slab<Arc<LeaseState>>>);
 
-/// Where a lease sits in the set; removing it is the lease's job.
+/// Where a lease sits in the set; removing it (once, as it is dropped) is the lease's job.
 #[derive(Debug)]
 pub(crate) struct Entry {
     shard: usize,
@@ -77,19 +77,16 @@ impl HeldSet {
         Entry { shard, slot }
     }
 
-    pub(crate) fn remove(&self, entry: Entry) {
+    pub(crate) fn remove(&self, entry: &Entry) {
         // Dropped once the shard is unlocked: the last reference frees the lease's state.
         let _lease = self.shard(entry.shard).try_remove(entry.slot);
     }
 
-    /// The leases entered and not known to have ended (some may have since: callers
-    /// check).
+    /// The leases entered and not yet dropped; some may have ended (callers check).
     pub(crate) fn snapshot(&self) -> Vec<Arc<LeaseState>> {
         let mut leases = Vec::new();
         for index in 0..self.shards.len() {
-            let shard = self.shard(index);
-            let live = shard.iter().map(|(_, lease)| lease);
-            leases.extend(live.filter(|lease| !lease.has_ended()).map(Arc::clone));
+            leases.extend(self.shard(index).iter().map(|(_, lease)| Arc::clone(lease)));
         }
         leases
     }

@@ -46,8 +46,8 @@ use crate::token::Token;
 #[must_use = "a lease is released when dropped; bind it to a variable to keep the lock"]
 pub struct Lease {
     state: Arc<LeaseState>,
-    /// Its place among the registry's held leases, until it is released or dropped.
-    entry: Option<Entry>,
+    /// Its place among the registry's held leases, until it is dropped.
+    entry: Entry,
     done: bool,
 }
 
@@ -143,12 +143,6 @@ impl LeaseState {
         }
     }
 
-    /// Whether the lease has ended (released, dropped, or found lost), leaving the
-    /// registry's held leases. Reads no clock.
-    pub(crate) fn has_ended(&self) -> bool {
-        self.term.has_ended()
-    }
-
     /// What [`Registry::held`](crate::Registry::held) says of it, unless it is lost.
     pub(crate) fn held(&self) -> Option<HeldLease> {
         (!self.term.is_lost()).then(|| HeldLease {
@@ -231,7 +225,7 @@ impl Unsettled {
             token,
             fencing: AtomicU64::new(0),
             ttl,
-            term: Term::new(origin, ttl),
+            term: Term::new(origin),
         };
         Unsettled {
             state: Arc::new(state),
@@ -250,7 +244,7 @@ impl Unsettled {
         let entry = self.state.store.held.insert(Arc::clone(&self.state));
         Lease {
             state: self.state,
-            entry: Some(entry),
+            entry,
             done: false,
         }
     }
@@ -445,9 +439,7 @@ impl Drop for Lease {
             }
         }
         // Last, so that a release wakes the next holder before this bookkeeping.
-        if let Some(entry) = self.entry.take() {
-            self.state.store.held.remove(entry);
-        }
+        self.state.store.held.remove(&self.entry);
     }
 }
 

@@ -49,12 +49,12 @@ pub(crate) struct Term {
 }
 
 impl Term {
-    /// A term whose lease will be acquired after `origin`, ending `ttl` after it until
-    /// [`start`](Self::start) says when the winning attempt was sent.
-    pub(crate) fn new(origin: Instant, ttl: Duration) -> Term {
+    /// A term whose lease will be acquired after `origin`. Nothing reads it before
+    /// [`start`](Self::start) sets its deadline.
+    pub(crate) fn new(origin: Instant) -> Term {
         Term {
             origin,
-            deadline: AtomicU64::new(nanos(ttl)),
+            deadline: AtomicU64::new(0),
             phase: AtomicU8::new(HELD),
             turn: Mutex::new(None),
             changed: Notify::new(),
@@ -124,11 +124,6 @@ impl Term {
     /// it: a renewal was refused, or the registry's close took it away.
     pub(crate) fn is_let_go(&self) -> bool {
         matches!(self.phase.load(Ordering::Acquire), REFUSED | CLOSED)
-    }
-
-    /// Whether the lease has ended, as last seen (no clock is read).
-    pub(crate) fn has_ended(&self) -> bool {
-        self.phase.load(Ordering::Acquire) != HELD
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -255,8 +250,8 @@ pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> R
     match answer {
         Ok(true) => {
             *turn = answered_cap;
-            if Instant::now() >= term.deadline() || term.phase.load(Ordering::Acquire) != HELD {
-                term.end(EXPIRED);
+            // Accepted too late, or the lease ended meanwhile.
+            if term.is_lost() {
                 return Err(lease.not_held());
             }
             let kept = answered_cap.map_or(ttl_nanos, |cap| cap.min(ttl_nanos));
@@ -288,16 +283,13 @@ pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> R
 pub(crate) async fn keep_alive(lease: &LeaseState, auto_renew: bool) -> LossReason {
     let term = lease.term();
     let ttl = lease.ttl();
+    if !auto_renew {
+        term.lost().await;
+        return term.loss_reason();
+    }
     let retry_pause = (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let deadline = term.deadline();
-        if !auto_renew {
-            sleep_until(deadline).await;
-            if term.is_lost() {
-                return term.loss_reason();
-            }
-            continue;
-        }
         let renew_at = deadline
             .checked_sub(ttl * 2 / 3)
             .unwrap_or(deadline)
