@@ -16,22 +16,23 @@ use crate::{BoxFuture, Error};
 #[repr(align(128))]
 pub(crate) struct Store {
     pub(crate) driver: Arc<dyn Driver>,
-    pub(crate) prefix: Box<str>,
+    pub(crate) prefix: Arc<str>,
     /// The locker's name, for spans and events.
-    pub(crate) locker: Box<str>,
-    pub(crate) meters: Meters,
+    pub(crate) locker: Arc<str>,
+    pub(crate) meters: Arc<Meters>,
     /// The leases held through the registry this store's locker came from.
     pub(crate) held: Arc<HeldSet>,
 }
 
 impl Store {
-    /// Another handle on the same driver, prefix and metrics.
+    /// Another handle on the same driver, prefix and metrics: one allocation, nothing
+    /// copied.
     pub(crate) fn copy(&self) -> Store {
         Store {
             driver: Arc::clone(&self.driver),
-            prefix: self.prefix.clone(),
-            locker: self.locker.clone(),
-            meters: self.meters.clone(),
+            prefix: Arc::clone(&self.prefix),
+            locker: Arc::clone(&self.locker),
+            meters: Arc::clone(&self.meters),
             held: Arc::clone(&self.held),
         }
     }

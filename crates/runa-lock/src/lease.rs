@@ -577,7 +577,7 @@ mod tests {
             driver: Arc::new(MemoryDriver::new()),
             prefix: "p:".into(),
             locker: "jobs".into(),
-            meters: crate::observe::Meters::new("jobs", "memory"),
+            meters: Arc::new(crate::observe::Meters::new("jobs", "memory")),
             held: Arc::new(crate::held::HeldSet::new()),
         });
         for sent in [

@@ -102,7 +102,7 @@ impl Locker {
             driver,
             prefix: settings.prefix.as_str().into(),
             locker: name.as_str().into(),
-            meters: Meters::new(&name, &settings.driver),
+            meters: Arc::new(Meters::new(&name, &settings.driver)),
             held,
         });
         Ok(Locker::with_store(name, store, settings, true))

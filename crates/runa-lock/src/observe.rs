@@ -9,7 +9,6 @@ use metrics::{Counter, Gauge, Histogram, IntoF64, counter, gauge, histogram};
 use tokio::time::Instant;
 
 /// One locker's metric handles.
-#[derive(Clone)]
 pub(crate) struct Meters {
     acquired: Counter,
     busy: Counter,
