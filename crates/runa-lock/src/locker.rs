@@ -194,13 +194,13 @@ impl Locker {
     pub async fn try_lock(&self, key: &str) -> Result<Option<Lease>, Error> {
         let span = acquire_span!(self, "try_lock", key);
         let sent = Instant::now();
-        let token = self.token(key).map_err(|e| self.failed(key, e))?;
+        let lease = self.unsettled(key, sent).map_err(|e| self.failed(key, e))?;
         let store = &self.store;
         let lock_key = store.lock_key(key);
-        let pending = Pending::new(&store.driver, lock_key, token.as_str());
+        let pending = Pending::new(&store.driver, lock_key, lease.token());
         let call = store
             .driver
-            .acquire(lock_key, token.as_str(), self.inner.settings.ttl);
+            .acquire(lock_key, lease.token(), self.inner.settings.ttl);
         let attempt = call
             .instrument(span.clone())
             .await
@@ -210,8 +210,7 @@ impl Locker {
             Attempt::Acquired { fencing } => {
                 span.record("fencing", fencing);
                 store.meters.acquire(Acquire::Acquired, None);
-                // Built only now: a busy key costs no lease state.
-                Some(self.unsettled(key, token, sent).settle(fencing, sent))
+                Some(lease.settle(fencing, sent))
             }
             Attempt::Busy { .. } => {
                 store.meters.acquire(Acquire::Busy, None);
@@ -283,8 +282,7 @@ impl Locker {
         let now = Instant::now();
         let plan = WaitPlan::new(now + settings.wait, settings.retry_interval);
         // Built now, so that a waiter woken by a release only has to fill in the grant.
-        let token = self.token(key).map_err(|e| self.failed(key, e))?;
-        let lease = self.unsettled(key, token, now);
+        let lease = self.unsettled(key, now).map_err(|e| self.failed(key, e))?;
         let store = &self.store;
         let lock_key = store.lock_key(key);
         let pending = Pending::new(&store.driver, lock_key, lease.token());
@@ -416,16 +414,18 @@ impl Locker {
         }
     }
 
-    /// A lease's state for `key` (checked), with `token`, to be acquired after `origin`.
-    fn unsettled(&self, key: &str, token: Token, origin: Instant) -> Unsettled {
-        let store = Arc::clone(&self.store);
-        Unsettled::new(store, key, token, self.inner.settings.ttl, origin)
-    }
-
-    /// A fresh token for an attempt on `key`, once the key (and the settings) are checked.
-    fn token(&self, key: &str) -> Result<Token, Error> {
+    /// A lease's state for `key` (checked), to be acquired after `origin`.
+    fn unsettled(&self, key: &str, origin: Instant) -> Result<Unsettled, Error> {
         self.check(key)?;
-        Token::new(!self.store.driver.is_local())
+        let store = Arc::clone(&self.store);
+        let token = Token::new(!store.driver.is_local())?;
+        Ok(Unsettled::new(
+            store,
+            key,
+            token,
+            self.inner.settings.ttl,
+            origin,
+        ))
     }
 
     fn check(&self, key: &str) -> Result<(), Error> {
