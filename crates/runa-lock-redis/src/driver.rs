@@ -23,8 +23,11 @@ use crate::shared::{Outcome, Shared};
 /// - A request that may still reach Redis is never sent again as new, and cannot shorten a
 ///   lease when it lands. Releases are sent again once connections given up on have
 ///   settled, so a late acquire cannot keep a key for a released token.
-/// - [`close`](runa_lock::Driver::close) is final: connections are dropped and never
-///   reopened; waits and later calls fail with [`Error::Backend`]; held leases end by ttl.
+/// - [`close`](runa_lock::Driver::close) is final. It first lets the releases running in
+///   the background (of dropped leases and abandoned attempts, and those sent again after a
+///   connection settles) finish, for up to the connect and response timeouts together; then
+///   connections are dropped and never reopened; waits and later calls fail with
+///   [`Error::Backend`]; held leases end by ttl.
 ///
 /// ```no_run
 /// use runa_lock::{LockerOptions, Registry};
@@ -230,9 +233,20 @@ impl Driver for RedisDriver {
         })
     }
 
+    /// Spawned on the current runtime as the default is, but among the driver's background
+    /// tasks, which [`close`](Driver::close) lets finish.
+    fn release_detached(self: Arc<Self>, key: LockKey<'_>, token: &str) {
+        match self.shared.keys(key) {
+            Ok(keys) => self.shared.release_detached(keys, token.to_owned()),
+            Err(error) => {
+                tracing::debug!(key = key.key, %error, "a lock that cannot be named cannot be released; it ends by its ttl");
+            }
+        }
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            self.shared.close();
+            self.shared.close().await;
             Ok(())
         })
     }

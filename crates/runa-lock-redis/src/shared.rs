@@ -7,6 +7,7 @@ use std::time::Duration;
 use redis::{Client, RedisError};
 use runa_lock::{Error, LockKey};
 use tokio::time::timeout;
+use tokio_util::task::TaskTracker;
 
 use crate::connection::{Connection, Connections, Unavailable, settle};
 use crate::error::{Cause, Failure};
@@ -28,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) response_timeout: Duration,
     pub(crate) connections: Connections,
     pub(crate) notifier: Notifier,
+    /// The releases running in the background, and the tasks that settle connections and
+    /// send releases again: `close` lets them finish first.
+    background: TaskTracker,
 }
 
 /// The outcome of one acquire script.
@@ -62,6 +66,7 @@ impl Shared {
             prefix,
             connect_timeout,
             response_timeout,
+            background: TaskTracker::new(),
         })
     }
 
@@ -161,7 +166,7 @@ impl Shared {
         };
         let me = self.me.clone();
         let limit = self.connections.response_limit();
-        let task = runtime.spawn(async move {
+        let task = self.background.spawn_on(async move {
             settle(manager, limit, || me.strong_count() > 0).await;
             let Some(shared) = me.upgrade() else { return };
             for (keys, token) in shared.connections.settled(id) {
@@ -169,7 +174,7 @@ impl Shared {
                     tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
                 }
             }
-        });
+        }, &runtime);
         self.connections.settling_in(id, task.abort_handle());
     }
 
@@ -177,7 +182,16 @@ impl Shared {
         self.connections.is_closed()
     }
 
-    pub(crate) fn close(&self) {
+    /// Lets the background releases finish (for up to the response limit: a process about
+    /// to exit would drop them), then drops every connection for good.
+    pub(crate) async fn close(&self) {
+        self.background.close();
+        let limit = self.connections.response_limit();
+        if timeout(limit, self.background.wait()).await.is_err() {
+            tracing::debug!(
+                "background releases still running at close are given up; their locks end by their ttl"
+            );
+        }
         self.connections.close();
         self.notifier.close();
     }
@@ -256,11 +270,12 @@ impl Shared {
             tracing::debug!("no tokio runtime to release a lock; it ends by its ttl");
             return;
         };
-        runtime.spawn(async move {
+        let release = async move {
             if let Err(error) = shared.release(&keys, &token).await {
                 tracing::warn!(%error, "releasing a lock in the background failed; it ends by its ttl");
             }
-        });
+        };
+        self.background.spawn_on(release, &runtime);
     }
 
     /// The Redis names of `key`; [`Error::InvalidConfig`] for a prefix that would spread

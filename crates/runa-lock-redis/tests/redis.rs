@@ -1321,3 +1321,16 @@ async fn close_releases_held_leases_so_another_process_gets_them_at_once() {
     assert!(matches!(lease.release().await, Err(Error::NotHeld { .. })));
     assert_no_locks(&server, "after close and the handovers");
 }
+
+/// A lease dropped just before the driver closes is released in the background; `close`
+/// lets that release finish instead of dropping it with the connections (a process that
+/// closes and exits would otherwise leave the key held for the ttl).
+#[tokio::test(flavor = "current_thread")]
+async fn close_finishes_the_releases_running_in_the_background() {
+    let server = RedisServer::start();
+    let registry = process(&server);
+    let lease = registry.of("jobs").unwrap().wait("k").await.unwrap();
+    drop(lease);
+    registry.close().await.unwrap();
+    assert_no_locks(&server, "after a drop and close");
+}

@@ -487,6 +487,10 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// # Behavior
     ///
     /// - Leases still held are not released; they end by their ttl.
+    /// - Releases the driver started in the background (see
+    ///   [`release_detached`](Driver::release_detached)) should be given a bounded time to
+    ///   finish first: a process that closes its drivers and exits would otherwise leave
+    ///   those keys held until their ttl.
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
