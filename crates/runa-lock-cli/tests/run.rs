@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -156,15 +155,8 @@ fn wait_runs_the_command_after_the_holder_releases() {
     let log = dir.path().join("log");
     let first_script = format!("sleep 1; echo first >> {}", log.display());
     let second_script = format!("echo second >> {}", log.display());
-    let first = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &first_script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server,
-        &lock_key("runa:lock:", "", "k")
-    )));
+    let first = start(&["run", "--url", &url, "k", "--", "sh", "-c", &first_script]);
+    assert!(held_soon(&server, &lock_key("runa:lock:", "", "k")));
     let second = finish(&mut runa_lock(&[
         "run",
         "--url",
@@ -187,16 +179,10 @@ fn a_lease_taken_away_stops_the_command_and_exits_76() {
     let server = RedisServer::start();
     let url = server.url();
     let key = lock_key("runa:lock:", "", "k");
-    let child = runa_lock(&[
+    let child = start(&[
         "run", "--url", &url, "--ttl", "1s", "k", "--", "sleep", "60",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server, &key
-    )));
+    ]);
+    assert!(held_soon(&server, &key));
     let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
     // Renewals come every third of a second: a few of them, with a generous margin.
     let lost = wait(child, Duration::from_secs(20));
@@ -216,7 +202,7 @@ fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
     let url = server.url();
     let key = lock_key("runa:lock:", "", "k");
     // The ignored SIGTERM is inherited by `sleep`.
-    let child = runa_lock(&[
+    let child = start(&[
         "run",
         "--url",
         &url,
@@ -229,14 +215,8 @@ fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
         "sh",
         "-c",
         "trap '' TERM; sleep 60",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server, &key
-    )));
+    ]);
+    assert!(held_soon(&server, &key));
     let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
     let lost = wait(child, Duration::from_secs(30));
     lost.expect(76, true);
@@ -254,11 +234,7 @@ fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
         got = got.display(),
         started = started.display()
     );
-    let child = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start(&["run", "--url", &url, "k", "--", "sh", "-c", &script]);
     assert!(eventually(Duration::from_secs(10), || started.exists()));
     kill(pid_of(&child), Signal::SIGTERM).unwrap();
     let ended = wait(child, Duration::from_secs(20));
@@ -272,15 +248,8 @@ fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
     );
 
     // A command that does not catch it ends with it: 128 + 15.
-    let child = runa_lock(&["run", "--url", &url, "k", "--", "sleep", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server,
-        &lock_key("runa:lock:", "", "k")
-    )));
+    let child = start(&["run", "--url", &url, "k", "--", "sleep", "60"]);
+    assert!(held_soon(&server, &lock_key("runa:lock:", "", "k")));
     std::thread::sleep(Duration::from_millis(200)); // past spawning `sleep`
     kill(pid_of(&child), Signal::SIGTERM).unwrap();
     wait(child, Duration::from_secs(20)).expect(143, false);
@@ -309,12 +278,8 @@ fn a_terminal_ctrl_c_reaches_the_command_once() {
         stop = stop.display()
     );
     // runa-lock in a group of its own, as a terminal's foreground job: Ctrl-C signals the group.
-    let child = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script])
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        spawn(runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script]).process_group(0));
     assert!(eventually(Duration::from_secs(10), || started.exists()));
     killpg(pid_of(&child), Signal::SIGINT).unwrap();
     assert!(eventually(Duration::from_secs(10), || !read(&got).is_empty()));
