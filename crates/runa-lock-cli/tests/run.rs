@@ -248,15 +248,56 @@ fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
     );
 
     // A command that does not catch it ends with it: 128 + 15.
-    let child = start(&["run", "--url", &url, "k", "--", "sleep", "60"]);
-    assert!(held_soon(&server, &lock_key("runa:lock:", "", "k")));
-    std::thread::sleep(Duration::from_millis(200)); // past spawning `sleep`
+    // (A signal before the command starts ends runa-lock with 143 too, but with a message.)
+    let script = format!("touch {}; exec sleep 60", started.display());
+    std::fs::remove_file(&started).unwrap();
+    let child = start(&["run", "--url", &url, "k", "--", "sh", "-c", &script]);
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
     kill(pid_of(&child), Signal::SIGTERM).unwrap();
     wait(child, Duration::from_secs(20)).expect(143, false);
     assert!(
         !exists(&server, &lock_key("runa:lock:", "", "k")),
         "released"
     );
+}
+
+#[test]
+fn sigterm_while_waiting_ends_runa_lock_without_running_the_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = lock_key("runa:lock:", "", "k");
+    let dir = tempfile::tempdir().unwrap();
+    let (marker, stop) = (dir.path().join("ran"), dir.path().join("stop"));
+    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    let holder = start(&["run", "--url", &url, "k", "--", "sh", "-c", &hold]);
+    assert!(held_soon(&server, &key));
+    let token: String = server.command(&["GET", &key]);
+
+    let touch = format!("touch {}", marker.display());
+    let waiter = start(&[
+        "run", "--url", &url, "--wait", "30s", "k", "--", "sh", "-c", &touch,
+    ]);
+    // Waiting: subscribed to the lock's release channel, so past installing its handlers.
+    assert!(eventually(Duration::from_secs(10), || {
+        !server
+            .command::<Vec<String>>(&["PUBSUB", "CHANNELS"])
+            .is_empty()
+    }));
+    kill(pid_of(&waiter), Signal::SIGTERM).unwrap();
+    // Well before its --wait runs out.
+    let ended = wait(waiter, Duration::from_secs(15));
+    ended.expect(143, true);
+    assert!(ended.stderr.contains("SIGTERM"), "{ended:#?}");
+    assert!(!marker.exists(), "the command never ran");
+
+    assert_eq!(
+        server.command::<String>(&["GET", &key]),
+        token,
+        "the holder keeps it"
+    );
+    std::fs::write(&stop, "").unwrap();
+    wait(holder, Duration::from_secs(20)).expect(0, false);
+    assert!(!exists(&server, &key), "released");
 }
 
 #[test]
