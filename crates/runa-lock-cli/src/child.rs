@@ -8,6 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use runa_lock::LeaseHandle;
@@ -60,8 +61,9 @@ pub enum Stage {
 /// - `stage` says [`Stage::Running`] with the command's process group from its start until
 ///   it exits, then [`Stage::Exited`]: the caller passes the signals it receives meanwhile on
 ///   to the group.
-/// - When the lease is lost, the group gets SIGTERM, then SIGKILL after `kill_after`; this
-///   still waits for the command to exit.
+/// - When the lease is lost, the group gets SIGTERM, then SIGKILL after `kill_after` if the
+///   command or any other member of its group is still there; this waits for the command
+///   to exit, and for the rest of the group up to `kill_after`.
 pub async fn supervise(
     lease: LeaseHandle,
     command: &[OsString],
@@ -89,29 +91,52 @@ pub async fn supervise(
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
     stage.set(Stage::Running(group));
-    let mut kill_at: Option<Instant> = None;
-    let mut killed = false;
+    // When the group gets SIGKILL; set once the lease is lost (`seen.stopped_with`).
+    let mut kill_at = Instant::now();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            () = lease.lost(), if kill_at.is_none() => {
+            () = lease.lost(), if seen.stopped_with.is_none() => {
                 tracing::warn!(target: "runa_lock_cli", key = lease.key(), fencing = lease.fencing(), "lease lost: stopping the command with SIGTERM");
                 send(group, Signal::SIGTERM);
                 seen.stopped_with = Some(Signal::SIGTERM);
-                kill_at = Some(Instant::now() + kill_after);
+                kill_at = Instant::now() + kill_after;
             }
-            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
-                tracing::warn!(target: "runa_lock_cli", key = lease.key(), "the command outlived --kill-after: SIGKILL");
-                send(group, Signal::SIGKILL);
-                seen.stopped_with = Some(Signal::SIGKILL);
-                killed = true;
+            () = sleep_until(kill_at), if seen.stopped_with == Some(Signal::SIGTERM) => {
+                kill(group, lease.key(), seen);
             }
         }
     };
     stage.set(Stage::Exited);
+    if seen.stopped_with == Some(Signal::SIGTERM) {
+        // The command is gone, but members of its group that trapped SIGTERM may not be.
+        while alive(group) {
+            if Instant::now() >= kill_at {
+                kill(group, lease.key(), seen);
+                break;
+            }
+            sleep_until(kill_at.min(Instant::now() + GROUP_POLL)).await;
+        }
+    }
     let code = exit_code(status.map_err(RunError::Io)?);
     seen.status = Some(code);
     Ok(code)
+}
+
+/// How often the group of a command stopped for a lost lease is checked after the command
+/// itself exited.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// Ends what is left of `group` with SIGKILL, as `--kill-after` ran out after a lost lease.
+fn kill(group: Option<Pid>, key: &str, seen: &mut Seen) {
+    tracing::warn!(target: "runa_lock_cli", key, "the command's process group outlived --kill-after: SIGKILL");
+    send(group, Signal::SIGKILL);
+    seen.stopped_with = Some(Signal::SIGKILL);
+}
+
+/// Whether process group `group` still has a member (one we may not signal counts).
+fn alive(group: Option<Pid>) -> bool {
+    group.is_some_and(|group| !matches!(killpg(group, None), Err(Errno::ESRCH)))
 }
 
 /// Sends `signal` to process group `group`; one that is gone already is fine.

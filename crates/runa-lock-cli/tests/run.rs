@@ -224,6 +224,54 @@ fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
 }
 
 #[test]
+fn group_members_that_outlive_the_command_are_killed_after_kill_after() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = lock_key("runa:lock:", "", "k");
+    let dir = tempfile::tempdir().unwrap();
+    let (member, started) = (dir.path().join("member"), dir.path().join("started"));
+    // The command starts a member of its group that ignores SIGTERM, then waits; on SIGTERM
+    // the command (the group's leader) exits at once and the member stays.
+    let script = format!(
+        r#"sh -c 'trap "" TERM; echo $$ > {member}; exec sleep 60' &
+        while [ ! -s {member} ]; do sleep 0.1; done; touch {started}; sleep 60"#,
+        member = member.display(),
+        started = started.display()
+    );
+    let child = start(&[
+        "run",
+        "--url",
+        &url,
+        "--ttl",
+        "1s",
+        "--kill-after",
+        "2s",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
+    let pid: i32 = read(&member).trim().parse().expect("the member's pid");
+    let pid = Pid::from_raw(pid);
+    let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
+    let lost = wait(child, Duration::from_secs(30));
+    // Dead: gone, or a zombie not yet reaped by its new parent.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let dead = kill(pid, None).is_err()
+        || state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+    if !dead {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    assert!(dead, "the member outlived runa-lock: {state}");
+    lost.expect(76, true);
+    assert!(lost.stderr.contains("SIGKILL"), "{lost:#?}");
+}
+
+#[test]
 fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
     let server = RedisServer::start();
     let url = server.url();
