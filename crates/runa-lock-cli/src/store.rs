@@ -30,11 +30,23 @@ pub struct Store {
     pub place: String,
     /// What to check when the store cannot be reached.
     pub hint: String,
-    /// Keeps the app (and so the driver's connections) alive.
-    _app: runa::App,
+    /// The app: its driver's connections, shut down by [`shutdown`](Store::shutdown).
+    app: runa::App,
 }
 
 impl Store {
+    /// Shuts the app down: the driver is closed once the releases it runs in the background
+    /// (of an abandoned acquisition, of a dropped lease) are done. `Err` is a warning to
+    /// print: the outcome of the command stands.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        self.app.shutdown().await.map_err(|error| {
+            exit::one_line(format!(
+                "closing the connection to {} failed ({error}); a lock not released ends with its ttl",
+                self.place
+            ))
+        })
+    }
+
     /// The failure for an error of the lock library: an unreachable store (69) or a bad key
     /// or setting (64).
     pub fn failure(&self, error: &Error) -> Failure {
@@ -77,9 +89,26 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
         return Err(Failure::new(exit::SOFTWARE, error.to_string()));
     }
     if let Err(error) = app.freeze().await {
+        let _ = app.shutdown().await;
         return Err(freeze_failure(&error, &place, &hint));
     }
+    match locker(&app, common) {
+        Ok((locker, place)) => Ok(Store {
+            locker,
+            place,
+            hint,
+            app,
+        }),
+        Err(failure) => {
+            let _ = app.shutdown().await;
+            Err(failure)
+        }
+    }
+}
 
+/// The locker runa-lock uses in the frozen `app`, and where its locks live.
+fn locker(app: &runa::App, common: &Common) -> Result<(Locker, String), Failure> {
+    let file = common.config.as_deref();
     let (registry, driver) = match (app.get::<Registry>(), app.get::<RedisDriver>()) {
         (Ok(registry), Ok(driver)) => (registry, driver),
         (Err(error), _) | (_, Err(error)) => {
@@ -88,7 +117,7 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
     };
     let place = format!("redis at {}", driver.address());
     let base = match (&common.locker, file) {
-        (Some(name), Some(file)) => Some(configured(&app, &registry, name, file)?),
+        (Some(name), Some(file)) => Some(configured(app, &registry, name, file)?),
         _ => None,
     };
 
@@ -131,12 +160,7 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
     let locker = registry
         .of(&name)
         .map_err(|error| Failure::new(exit::USAGE, format!("{error}; see runa-lock --help")))?;
-    Ok(Store {
-        locker,
-        place,
-        hint,
-        _app: app,
-    })
+    Ok((locker, place))
 }
 
 /// The options in code of locker `name` before the config applies: the Redis driver, and a
