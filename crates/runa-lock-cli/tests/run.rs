@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -125,6 +125,7 @@ fn a_busy_key_exits_75_without_running_the_command() {
         &touch,
     ]))
     .expect(0, false);
+    let waiting = Instant::now();
     finish(&mut runa_lock(&[
         "run",
         "--url",
@@ -140,6 +141,11 @@ fn a_busy_key_exits_75_without_running_the_command() {
         &touch,
     ]))
     .expect(3, true);
+    let waited = waiting.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "--wait was heeded: {waited:?}"
+    );
     assert!(!marker.exists(), "the command never ran");
     assert_eq!(
         server.command::<String>(&["GET", &lock_key("runa:lock:", "", "k")]),
@@ -355,14 +361,18 @@ fn a_terminal_ctrl_c_reaches_the_command_once() {
     let server = RedisServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let (started, got, stop) = (
+    let (started, got, stop, ids) = (
         dir.path().join("started"),
         dir.path().join("got"),
         dir.path().join("stop"),
+        dir.path().join("ids"),
     );
+    // The command records its pid and its process group (field 5 of /proc/PID/stat).
     let script = format!(
-        "trap 'echo int >> {got}' INT; touch {started}; while [ ! -e {stop} ]; do sleep 0.1; done",
+        "trap 'echo int >> {got}' INT; echo $$ $(cut -d ' ' -f 5 /proc/$$/stat) > {ids}; \
+         touch {started}; while [ ! -e {stop} ]; do sleep 0.1; done",
         got = got.display(),
+        ids = ids.display(),
         started = started.display(),
         stop = stop.display()
     );
@@ -370,6 +380,12 @@ fn a_terminal_ctrl_c_reaches_the_command_once() {
     let child =
         spawn(runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script]).process_group(0));
     assert!(eventually(Duration::from_secs(10), || started.exists()));
+    let ids = read(&ids);
+    let [pid, group] = ids.split_whitespace().collect::<Vec<_>>()[..] else {
+        panic!("{ids:?}")
+    };
+    assert_eq!(group, pid, "the command leads a process group of its own");
+    assert_ne!(group, child.id().to_string(), "not runa-lock's group");
     killpg(pid_of(&child), Signal::SIGINT).unwrap();
     assert!(eventually(Duration::from_secs(10), || !read(&got).is_empty()));
     std::fs::write(&stop, "").unwrap();
