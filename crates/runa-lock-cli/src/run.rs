@@ -2,7 +2,6 @@
 
 use std::cell::Cell;
 use std::io;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use runa_lock::Error;
@@ -57,7 +56,7 @@ pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
     match error {
         RunError::Lock(Error::Timeout { .. }) => {
             let wait = store.locker.info().wait;
-            let message = if wait <= Duration::from_millis(1) {
+            let message = if wait <= store::ONE_ATTEMPT {
                 format!(
                     "lock {key:?} is held elsewhere; the command was not run (--wait to wait for it)"
                 )
@@ -99,7 +98,9 @@ pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
         RunError::Spawn(error) => Err(spawn_failure(args, &error)),
         RunError::Io(error) => Err(Failure::new(
             exit::SOFTWARE,
-            format!("running the command failed: {error}"),
+            format!(
+                "lost track of the command ({error}); it may still be running without the lock {key:?}: check for it before running it again"
+            ),
         )),
     }
 }

@@ -20,7 +20,7 @@ use crate::verbose::Logged;
 const DRIVER: &str = "runa-lock";
 
 /// The shortest wait the library accepts: with it, `wait` makes one attempt.
-const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
+pub(crate) const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
 
 /// The locker to use, and what to say when its store fails.
 pub struct Store {
@@ -90,7 +90,7 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
     }
     if let Err(error) = app.freeze().await {
         let _ = app.shutdown().await;
-        return Err(freeze_failure(&error, &place, &hint));
+        return Err(freeze_failure(&error, place.as_deref(), &hint));
     }
     match locker(&app, common) {
         Ok((locker, place)) => Ok(Store {
@@ -253,39 +253,63 @@ fn scheme(url: &str) -> Option<&str> {
     plausible.then_some(scheme)
 }
 
-/// Where the store is, as far as known before connecting, and what to check if it fails.
-fn describe(file: Option<&Path>, client: Option<&redis::Client>) -> (String, String) {
+/// Where the store is, when known before connecting (not when the config file gives it),
+/// and what to check if it fails.
+fn describe(file: Option<&Path>, client: Option<&redis::Client>) -> (Option<String>, String) {
     let flag_hint = "set --url or RUNA_LOCK_URL".to_owned();
     match (client, file) {
         (Some(client), _) => (
-            format!("redis at {}", client.get_connection_info().addr()),
+            Some(format!("redis at {}", client.get_connection_info().addr())),
             flag_hint,
         ),
         (None, Some(file)) => (
-            "redis".to_owned(),
+            None,
             format!("check [lock.redis] in {}, or set --url", file.display()),
         ),
         (None, None) => (
-            format!("redis at {}", DEFAULT_URL.trim_start_matches("redis://")),
+            Some(format!(
+                "redis at {}",
+                DEFAULT_URL.trim_start_matches("redis://")
+            )),
             flag_hint,
         ),
     }
 }
 
 /// What a failed `freeze` means: a store that cannot be reached (69) or a bad config (78).
-fn freeze_failure(error: &runa::Error, place: &str, hint: &str) -> Failure {
+/// `place` is where the store is, if known before connecting.
+fn freeze_failure(error: &runa::Error, place: Option<&str>, hint: &str) -> Failure {
+    let check = "check the setting it names";
     if let runa::Error::Provider { source, .. } = error {
-        match source.downcast_ref::<Error>() {
-            Some(backend @ Error::Backend { .. }) => return unreachable(place, backend, hint),
-            Some(other) => {
-                return Failure::new(exit::CONFIG, format!("bad config: {other}; fix it"));
-            }
-            None => {
-                return Failure::new(exit::CONFIG, format!("bad config: {source}; fix it"));
-            }
-        }
+        return match source.downcast_ref::<Error>() {
+            Some(backend @ Error::Backend { .. }) => match place {
+                Some(place) => unreachable(place, backend, hint),
+                // The driver's error names the address it tried (never a password).
+                None => Failure::new(
+                    exit::UNAVAILABLE,
+                    format!(
+                        "cannot reach redis ({}); is the server running? {hint}",
+                        own_text(backend)
+                    ),
+                ),
+            },
+            Some(other) => Failure::new(exit::CONFIG, format!("bad config: {other}; {check}")),
+            None => Failure::new(exit::CONFIG, format!("bad config: {source}; {check}")),
+        };
     }
-    Failure::new(exit::CONFIG, format!("bad config: {error}; fix it"))
+    Failure::new(
+        exit::CONFIG,
+        format!("bad config: {error}; check the --config file's path, permissions and TOML syntax"),
+    )
+}
+
+/// The text of a driver's error: that of the backend error's source, such as "ping on Redis
+/// at 127.0.0.1:6379 failed: ...".
+fn own_text(error: &Error) -> String {
+    match error {
+        Error::Backend { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The store at `place` failed: a connection refused, a timeout, bad credentials.

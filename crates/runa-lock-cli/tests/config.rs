@@ -70,12 +70,18 @@ fn flags_win_over_the_config_file() {
     wait(child, Duration::from_secs(30)).expect(0, false);
 
     // --url wins over [lock.redis] url, and [lock.redis] prefix still applies.
+    let port = closed_port();
     let (_down_dir, down_file) = config_file(&format!(
-        "[lock.redis]\nurl = \"redis://127.0.0.1:{}\"\nprefix = \"custom:\"\n",
-        closed_port()
+        "[lock.redis]\nurl = \"redis://127.0.0.1:{port}\"\nprefix = \"custom:\"\n"
     ));
     let down_file = down_file.to_str().unwrap();
-    finish(&mut runa_lock(&["--config", down_file, "status", "k"])).expect(69, true);
+    let down = finish(&mut runa_lock(&["--config", down_file, "status", "k"]));
+    down.expect(69, true);
+    // The address comes from the file: the message names it.
+    assert!(
+        down.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{down:#?}"
+    );
     let _: () = server.command(&[
         "SET",
         &lock_key("custom:", "", "k"),

@@ -110,6 +110,7 @@ fn a_busy_key_exits_75_without_running_the_command() {
     ]));
     busy.expect(75, true);
     assert!(busy.stderr.contains("\"k\""), "{busy:#?}");
+    assert!(busy.stderr.contains("--wait"), "{busy:#?}");
     assert_eq!(busy.stdout, "");
     finish(&mut runa_lock(&[
         "run",
@@ -125,6 +126,11 @@ fn a_busy_key_exits_75_without_running_the_command() {
         &touch,
     ]))
     .expect(0, false);
+    let briefly = finish(&mut runa_lock(&[
+        "run", "--url", &url, "--wait", "1ms", "k", "--", "sh", "-c", &touch,
+    ]));
+    briefly.expect(75, true);
+    assert!(briefly.stderr.contains("after waiting 1ms"), "{briefly:#?}");
     let waiting = Instant::now();
     finish(&mut runa_lock(&[
         "run",
