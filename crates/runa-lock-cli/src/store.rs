@@ -231,15 +231,13 @@ fn url_client(url: &str) -> Result<redis::Client, Failure> {
         }
         None => return Err(usage("not a URL".into())),
     }
-    if let Err(error) = RedisDriver::open(url) {
-        let problem = match error {
-            Error::InvalidConfig { problem, .. } => problem,
-            other => other.to_string(),
-        };
-        return Err(usage(problem));
-    }
-    redis::Client::open(url)
-        .map_err(|error| usage(format!("not a usable Redis address ({})", error.category())))
+    // Parsed once, here; the parser's own messages may quote the URL: only their kind is shown.
+    redis::Client::open(url).map_err(|error| {
+        usage(format!(
+            "not a valid Redis URL: expected redis://[user[:password]@]host[:port][/db] or redis+unix:///path[?db=N] ({})",
+            error.category()
+        ))
+    })
 }
 
 /// The scheme of `url` when it has a plausible one (letters, digits, `+`, `-`, `.`).
