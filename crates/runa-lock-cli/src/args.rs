@@ -28,12 +28,13 @@ Environment of the command:
 Signals and process groups:
   The command runs in a process group of its own. SIGINT, SIGTERM and SIGHUP sent to
   runa-lock are passed on to that whole group, so a terminal's Ctrl-C reaches the command
-  (and the processes it started) once, not twice. If the lease is lost, the group gets
-  SIGTERM, then SIGKILL after --kill-after, and runa-lock exits 76. Grandchildren that
-  start a process group or session of their own (setsid, daemons) are not signalled.
-  runa-lock waits for the command itself only, then releases the lock: processes the
-  command leaves behind keep running without it. A command that reads the terminal is
-  stopped (SIGTTIN), as a background job would be: give it another stdin.
+  (and the processes it started) once, not twice. One received before the command starts
+  ends runa-lock with 128+N without running it. If the lease is lost, the group gets
+  SIGTERM, then SIGKILL after --kill-after if any of it is left, and runa-lock exits 76.
+  Grandchildren that start a process group or session of their own (setsid, daemons) are
+  not signalled. Otherwise runa-lock waits for the command itself only, then releases the
+  lock: processes the command leaves behind keep running without it. A command that reads
+  the terminal is stopped (SIGTTIN), as a background job would be: give it another stdin.
 
 Exit status:
   the command's own (128+N when signal N ended it); 75 the lock was busy (see

@@ -1,12 +1,14 @@
 //! The command under the lock: started in a process group of its own, sent the signals
 //! runa-lock receives, and stopped if the lease is lost.
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use runa_lock::LeaseHandle;
@@ -20,7 +22,7 @@ pub enum RunError {
     Lock(runa_lock::Error),
     /// The command could not be started.
     Spawn(io::Error),
-    /// Signal handlers could not be installed, or waiting for the command failed.
+    /// Waiting for the command failed.
     Io(io::Error),
 }
 
@@ -39,17 +41,34 @@ pub struct Seen {
     pub stopped_with: Option<Signal>,
 }
 
+/// How far the command has come, for the signals runa-lock receives meanwhile (see
+/// [`Signals`]): the caller reads it while [`supervise`] moves it on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stage {
+    /// Not started (the lock may still be being acquired): a signal ends runa-lock without
+    /// running the command.
+    #[default]
+    NotStarted,
+    /// Running in this process group: signals are passed on to it.
+    Running(Option<Pid>),
+    /// Exited: the lock is being released.
+    Exited,
+}
+
 /// Runs `command` while `lease` holds, with the lease's key, fencing number and token in its
 /// environment; returns its exit code (128 + N for signal N).
 ///
-/// - SIGINT, SIGTERM and SIGHUP received meanwhile are sent on to the command's process
-///   group.
-/// - When the lease is lost, the group gets SIGTERM, then SIGKILL after `kill_after`; this
-///   still waits for the command to exit.
+/// - `stage` says [`Stage::Running`] with the command's process group from its start until
+///   it exits, then [`Stage::Exited`]: the caller passes the signals it receives meanwhile on
+///   to the group.
+/// - When the lease is lost, the group gets SIGTERM, then SIGKILL after `kill_after` if the
+///   command or any other member of its group is still there; this waits for the command
+///   to exit, and for the rest of the group up to `kill_after`.
 pub async fn supervise(
     lease: LeaseHandle,
     command: &[OsString],
     kill_after: Duration,
+    stage: &Cell<Stage>,
     seen: &mut Seen,
 ) -> Result<u8, RunError> {
     let Some((program, args)) = command.split_first() else {
@@ -58,8 +77,6 @@ pub async fn supervise(
             "no command given",
         )));
     };
-    // Installed before the command starts, so that no signal meant for it is missed.
-    let mut signals = Signals::new().map_err(RunError::Io)?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .env("RUNA_LOCK_KEY", lease.key())
@@ -73,36 +90,57 @@ pub async fn supervise(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
-    let mut kill_at: Option<Instant> = None;
-    let mut killed = false;
+    stage.set(Stage::Running(group));
+    // When the group gets SIGKILL; set once the lease is lost (`seen.stopped_with`).
+    let mut kill_at = Instant::now();
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status.map_err(RunError::Io)?,
-            received = signals.next() => {
-                tracing::info!(target: "runa_lock_cli", signal = %received, "passing the signal on to the command");
-                send(group, received);
-            }
-            () = lease.lost(), if kill_at.is_none() => {
+            status = child.wait() => break status,
+            () = lease.lost(), if seen.stopped_with.is_none() => {
                 tracing::warn!(target: "runa_lock_cli", key = lease.key(), fencing = lease.fencing(), "lease lost: stopping the command with SIGTERM");
                 send(group, Signal::SIGTERM);
                 seen.stopped_with = Some(Signal::SIGTERM);
-                kill_at = Some(Instant::now() + kill_after);
+                kill_at = Instant::now() + kill_after;
             }
-            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
-                tracing::warn!(target: "runa_lock_cli", key = lease.key(), "the command outlived --kill-after: SIGKILL");
-                send(group, Signal::SIGKILL);
-                seen.stopped_with = Some(Signal::SIGKILL);
-                killed = true;
+            () = sleep_until(kill_at), if seen.stopped_with == Some(Signal::SIGTERM) => {
+                kill(group, lease.key(), seen);
             }
         }
     };
-    let code = exit_code(status);
+    stage.set(Stage::Exited);
+    if seen.stopped_with == Some(Signal::SIGTERM) {
+        // The command is gone, but members of its group that trapped SIGTERM may not be.
+        while alive(group) {
+            if Instant::now() >= kill_at {
+                kill(group, lease.key(), seen);
+                break;
+            }
+            sleep_until(kill_at.min(Instant::now() + GROUP_POLL)).await;
+        }
+    }
+    let code = exit_code(status.map_err(RunError::Io)?);
     seen.status = Some(code);
     Ok(code)
 }
 
+/// How often the group of a command stopped for a lost lease is checked after the command
+/// itself exited.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// Ends what is left of `group` with SIGKILL, as `--kill-after` ran out after a lost lease.
+fn kill(group: Option<Pid>, key: &str, seen: &mut Seen) {
+    tracing::warn!(target: "runa_lock_cli", key, "the command's process group outlived --kill-after: SIGKILL");
+    send(group, Signal::SIGKILL);
+    seen.stopped_with = Some(Signal::SIGKILL);
+}
+
+/// Whether process group `group` still has a member (one we may not signal counts).
+fn alive(group: Option<Pid>) -> bool {
+    group.is_some_and(|group| !matches!(killpg(group, None), Err(Errno::ESRCH)))
+}
+
 /// Sends `signal` to process group `group`; one that is gone already is fine.
-fn send(group: Option<Pid>, signal: Signal) {
+pub fn send(group: Option<Pid>, signal: Signal) {
     if let Some(group) = group {
         let _ = killpg(group, signal);
     }
@@ -119,15 +157,18 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// The signals runa-lock passes on.
-struct Signals {
+/// The signals runa-lock handles: passed on to the command while it runs, and ending
+/// runa-lock before it starts. Once made, they no longer end runa-lock by their default
+/// action.
+pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> io::Result<Signals> {
+    /// Handles SIGINT, SIGTERM and SIGHUP from now on.
+    pub fn new() -> io::Result<Signals> {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
@@ -136,7 +177,7 @@ impl Signals {
     }
 
     /// The next signal received. Cancel safe.
-    async fn next(&mut self) -> Signal {
+    pub async fn next(&mut self) -> Signal {
         tokio::select! {
             _ = self.interrupt.recv() => Signal::SIGINT,
             _ = self.terminate.recv() => Signal::SIGTERM,

@@ -67,7 +67,7 @@ impl fmt::Display for Failure {
 }
 
 /// `text` on one line: line breaks become `; `.
-fn one_line(text: String) -> String {
+pub fn one_line(text: String) -> String {
     if !text.contains('\n') {
         return text;
     }

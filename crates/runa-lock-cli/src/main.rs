@@ -50,10 +50,15 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let store = store::open(&cli.common).await?;
-        match &cli.command {
+        let outcome = match &cli.command {
             Command::Run(args) => run::run(&store, args).await,
             Command::Status(args) => status::status(&store, args).await,
+        };
+        // Lets the releases the library runs in the background finish before exiting.
+        if let Err(warning) = store.shutdown().await {
+            eprintln!("runa-lock: {warning}");
         }
+        outcome
     });
     match outcome {
         Ok(code) => ExitCode::from(code),

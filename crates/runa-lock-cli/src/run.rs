@@ -1,25 +1,54 @@
 //! `runa-lock run`: acquire, run the command while renewing, release, exit with its status.
 
+use std::cell::Cell;
 use std::io;
-use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use runa_lock::Error;
 
 use crate::args::RunArgs;
-use crate::child::{self, RunError, Seen};
+use crate::child::{self, RunError, Seen, Signals, Stage};
 use crate::exit::{self, Failure};
 use crate::store::{self, Store};
 
 /// Runs the command of `args` under the lock; `Ok` is the command's exit code.
+///
+/// SIGINT, SIGTERM and SIGHUP are handled from before the acquisition: one received before
+/// the command starts abandons the acquisition (or releases the lock) and ends runa-lock
+/// with 128 + N without running the command; while the command runs they are passed on to
+/// its process group; after it exits they are ignored while the lock is released.
 pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
     let key = args.key.as_str();
+    let mut signals = Signals::new().map_err(|error| {
+        Failure::new(
+            exit::SOFTWARE,
+            format!("cannot handle signals: {error}; the command was not run"),
+        )
+    })?;
+    let stage = Cell::new(Stage::NotStarted);
     let mut seen = Seen::default();
-    let outcome = store
-        .locker
-        .with(key, |lease| {
-            child::supervise(lease, &args.command, args.kill_after, &mut seen)
-        })
-        .await;
+    let outcome = {
+        let work = store.locker.with(key, |lease| {
+            child::supervise(lease, &args.command, args.kill_after, &stage, &mut seen)
+        });
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut work => break outcome,
+                received = signals.next() => match stage.get() {
+                    // Returning drops `work`: the acquisition is abandoned, or the lock
+                    // released in the background (main shuts the store down before exiting).
+                    Stage::NotStarted => return Err(interrupted(key, received)),
+                    Stage::Running(group) => {
+                        tracing::info!(target: "runa_lock_cli", signal = %received, "passing the signal on to the command");
+                        child::send(group, received);
+                    }
+                    Stage::Exited => {}
+                },
+            }
+        }
+    };
     let error = match outcome {
         Ok(code) => return Ok(code),
         Err(error) => error,
@@ -27,7 +56,7 @@ pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
     match error {
         RunError::Lock(Error::Timeout { .. }) => {
             let wait = store.locker.info().wait;
-            let message = if wait <= Duration::from_millis(1) {
+            let message = if wait <= store::ONE_ATTEMPT {
                 format!(
                     "lock {key:?} is held elsewhere; the command was not run (--wait to wait for it)"
                 )
@@ -69,9 +98,20 @@ pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
         RunError::Spawn(error) => Err(spawn_failure(args, &error)),
         RunError::Io(error) => Err(Failure::new(
             exit::SOFTWARE,
-            format!("running the command failed: {error}"),
+            format!(
+                "lost track of the command ({error}); it may still be running without the lock {key:?}: check for it before running it again"
+            ),
         )),
     }
+}
+
+/// `signal` came before the command started: runa-lock ends as the command would have, 128 + N.
+fn interrupted(key: &str, signal: Signal) -> Failure {
+    let code = u8::try_from(128 + signal as i32).unwrap_or(u8::MAX);
+    Failure::new(
+        code,
+        format!("got {signal} while acquiring the lock {key:?}; the command was not run"),
+    )
 }
 
 /// The command could not be started: 127 when not found, 126 otherwise, as a shell says.

@@ -20,7 +20,7 @@ use crate::verbose::Logged;
 const DRIVER: &str = "runa-lock";
 
 /// The shortest wait the library accepts: with it, `wait` makes one attempt.
-const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
+pub(crate) const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
 
 /// The locker to use, and what to say when its store fails.
 pub struct Store {
@@ -30,11 +30,23 @@ pub struct Store {
     pub place: String,
     /// What to check when the store cannot be reached.
     pub hint: String,
-    /// Keeps the app (and so the driver's connections) alive.
-    _app: runa::App,
+    /// The app: its driver's connections, shut down by [`shutdown`](Store::shutdown).
+    app: runa::App,
 }
 
 impl Store {
+    /// Shuts the app down: the driver is closed once the releases it runs in the background
+    /// (of an abandoned acquisition, of a dropped lease) are done. `Err` is a warning to
+    /// print: the outcome of the command stands.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        self.app.shutdown().await.map_err(|error| {
+            exit::one_line(format!(
+                "closing the connection to {} failed ({error}); a lock not released ends with its ttl",
+                self.place
+            ))
+        })
+    }
+
     /// The failure for an error of the lock library: an unreachable store (69) or a bad key
     /// or setting (64).
     pub fn failure(&self, error: &Error) -> Failure {
@@ -77,9 +89,26 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
         return Err(Failure::new(exit::SOFTWARE, error.to_string()));
     }
     if let Err(error) = app.freeze().await {
-        return Err(freeze_failure(&error, &place, &hint));
+        let _ = app.shutdown().await;
+        return Err(freeze_failure(&error, place.as_deref(), &hint));
     }
+    match locker(&app, common) {
+        Ok((locker, place)) => Ok(Store {
+            locker,
+            place,
+            hint,
+            app,
+        }),
+        Err(failure) => {
+            let _ = app.shutdown().await;
+            Err(failure)
+        }
+    }
+}
 
+/// The locker runa-lock uses in the frozen `app`, and where its locks live.
+fn locker(app: &runa::App, common: &Common) -> Result<(Locker, String), Failure> {
+    let file = common.config.as_deref();
     let (registry, driver) = match (app.get::<Registry>(), app.get::<RedisDriver>()) {
         (Ok(registry), Ok(driver)) => (registry, driver),
         (Err(error), _) | (_, Err(error)) => {
@@ -88,7 +117,7 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
     };
     let place = format!("redis at {}", driver.address());
     let base = match (&common.locker, file) {
-        (Some(name), Some(file)) => Some(configured(&app, &registry, name, file)?),
+        (Some(name), Some(file)) => Some(configured(app, &registry, name, file)?),
         _ => None,
     };
 
@@ -131,12 +160,7 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
     let locker = registry
         .of(&name)
         .map_err(|error| Failure::new(exit::USAGE, format!("{error}; see runa-lock --help")))?;
-    Ok(Store {
-        locker,
-        place,
-        hint,
-        _app: app,
-    })
+    Ok((locker, place))
 }
 
 /// The options in code of locker `name` before the config applies: the Redis driver, and a
@@ -207,15 +231,13 @@ fn url_client(url: &str) -> Result<redis::Client, Failure> {
         }
         None => return Err(usage("not a URL".into())),
     }
-    if let Err(error) = RedisDriver::open(url) {
-        let problem = match error {
-            Error::InvalidConfig { problem, .. } => problem,
-            other => other.to_string(),
-        };
-        return Err(usage(problem));
-    }
-    redis::Client::open(url)
-        .map_err(|error| usage(format!("not a usable Redis address ({})", error.category())))
+    // Parsed once, here; the parser's own messages may quote the URL: only their kind is shown.
+    redis::Client::open(url).map_err(|error| {
+        usage(format!(
+            "not a valid Redis URL: expected redis://[user[:password]@]host[:port][/db] or redis+unix:///path[?db=N] ({})",
+            error.category()
+        ))
+    })
 }
 
 /// The scheme of `url` when it has a plausible one (letters, digits, `+`, `-`, `.`).
@@ -229,39 +251,63 @@ fn scheme(url: &str) -> Option<&str> {
     plausible.then_some(scheme)
 }
 
-/// Where the store is, as far as known before connecting, and what to check if it fails.
-fn describe(file: Option<&Path>, client: Option<&redis::Client>) -> (String, String) {
+/// Where the store is, when known before connecting (not when the config file gives it),
+/// and what to check if it fails.
+fn describe(file: Option<&Path>, client: Option<&redis::Client>) -> (Option<String>, String) {
     let flag_hint = "set --url or RUNA_LOCK_URL".to_owned();
     match (client, file) {
         (Some(client), _) => (
-            format!("redis at {}", client.get_connection_info().addr()),
+            Some(format!("redis at {}", client.get_connection_info().addr())),
             flag_hint,
         ),
         (None, Some(file)) => (
-            "redis".to_owned(),
+            None,
             format!("check [lock.redis] in {}, or set --url", file.display()),
         ),
         (None, None) => (
-            format!("redis at {}", DEFAULT_URL.trim_start_matches("redis://")),
+            Some(format!(
+                "redis at {}",
+                DEFAULT_URL.trim_start_matches("redis://")
+            )),
             flag_hint,
         ),
     }
 }
 
 /// What a failed `freeze` means: a store that cannot be reached (69) or a bad config (78).
-fn freeze_failure(error: &runa::Error, place: &str, hint: &str) -> Failure {
+/// `place` is where the store is, if known before connecting.
+fn freeze_failure(error: &runa::Error, place: Option<&str>, hint: &str) -> Failure {
+    let check = "check the setting it names";
     if let runa::Error::Provider { source, .. } = error {
-        match source.downcast_ref::<Error>() {
-            Some(backend @ Error::Backend { .. }) => return unreachable(place, backend, hint),
-            Some(other) => {
-                return Failure::new(exit::CONFIG, format!("bad config: {other}; fix it"));
-            }
-            None => {
-                return Failure::new(exit::CONFIG, format!("bad config: {source}; fix it"));
-            }
-        }
+        return match source.downcast_ref::<Error>() {
+            Some(backend @ Error::Backend { .. }) => match place {
+                Some(place) => unreachable(place, backend, hint),
+                // The driver's error names the address it tried (never a password).
+                None => Failure::new(
+                    exit::UNAVAILABLE,
+                    format!(
+                        "cannot reach redis ({}); is the server running? {hint}",
+                        own_text(backend)
+                    ),
+                ),
+            },
+            Some(other) => Failure::new(exit::CONFIG, format!("bad config: {other}; {check}")),
+            None => Failure::new(exit::CONFIG, format!("bad config: {source}; {check}")),
+        };
     }
-    Failure::new(exit::CONFIG, format!("bad config: {error}; fix it"))
+    Failure::new(
+        exit::CONFIG,
+        format!("bad config: {error}; check the --config file's path, permissions and TOML syntax"),
+    )
+}
+
+/// The text of a driver's error: that of the backend error's source, such as "ping on Redis
+/// at 127.0.0.1:6379 failed: ...".
+fn own_text(error: &Error) -> String {
+    match error {
+        Error::Backend { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The store at `place` failed: a connection refused, a timeout, bad credentials.

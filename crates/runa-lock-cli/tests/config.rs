@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
@@ -39,17 +38,10 @@ fn config_and_locker_apply_that_lockers_driver_prefix_and_ttl() {
     let (_dir, file) = jobs_config(&server);
     let file = file.to_str().unwrap();
     let key = lock_key("custom:", "jobs:", "k");
-    let child = runa_lock(&[
+    let child = start(&[
         "--config", file, "--locker", "jobs", "run", "k", "--", "sleep", "2",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || exists(&server, &key)),
-        "{key} is held"
-    );
+    ]);
+    assert!(held_soon(&server, &key), "{key} is held");
     let pttl: i64 = server.command(&["PTTL", &key]);
     assert!(pttl > 0 && pttl <= 7_000, "the locker's ttl: {pttl}");
     finish(&mut runa_lock(&[
@@ -68,29 +60,28 @@ fn flags_win_over_the_config_file() {
     let (_dir, file) = jobs_config(&server);
     let file = file.to_str().unwrap();
     let key = lock_key("custom:", "other:", "k");
-    let child = runa_lock(&[
+    let child = start(&[
         "--config", file, "--locker", "jobs", "run", "--prefix", "other:", "--ttl", "40s", "k",
         "--", "sleep", "2",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || exists(&server, &key)),
-        "{key} is held"
-    );
+    ]);
+    assert!(held_soon(&server, &key), "{key} is held");
     let pttl: i64 = server.command(&["PTTL", &key]);
     assert!(pttl > 7_000, "the flag's ttl: {pttl}");
     wait(child, Duration::from_secs(30)).expect(0, false);
 
     // --url wins over [lock.redis] url, and [lock.redis] prefix still applies.
+    let port = closed_port();
     let (_down_dir, down_file) = config_file(&format!(
-        "[lock.redis]\nurl = \"redis://127.0.0.1:{}\"\nprefix = \"custom:\"\n",
-        closed_port()
+        "[lock.redis]\nurl = \"redis://127.0.0.1:{port}\"\nprefix = \"custom:\"\n"
     ));
     let down_file = down_file.to_str().unwrap();
-    finish(&mut runa_lock(&["--config", down_file, "status", "k"])).expect(69, true);
+    let down = finish(&mut runa_lock(&["--config", down_file, "status", "k"]));
+    down.expect(69, true);
+    // The address comes from the file: the message names it.
+    assert!(
+        down.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{down:#?}"
+    );
     let _: () = server.command(&[
         "SET",
         &lock_key("custom:", "", "k"),

@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -111,6 +110,7 @@ fn a_busy_key_exits_75_without_running_the_command() {
     ]));
     busy.expect(75, true);
     assert!(busy.stderr.contains("\"k\""), "{busy:#?}");
+    assert!(busy.stderr.contains("--wait"), "{busy:#?}");
     assert_eq!(busy.stdout, "");
     finish(&mut runa_lock(&[
         "run",
@@ -126,6 +126,12 @@ fn a_busy_key_exits_75_without_running_the_command() {
         &touch,
     ]))
     .expect(0, false);
+    let briefly = finish(&mut runa_lock(&[
+        "run", "--url", &url, "--wait", "1ms", "k", "--", "sh", "-c", &touch,
+    ]));
+    briefly.expect(75, true);
+    assert!(briefly.stderr.contains("after waiting 1ms"), "{briefly:#?}");
+    let waiting = Instant::now();
     finish(&mut runa_lock(&[
         "run",
         "--url",
@@ -141,6 +147,11 @@ fn a_busy_key_exits_75_without_running_the_command() {
         &touch,
     ]))
     .expect(3, true);
+    let waited = waiting.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "--wait was heeded: {waited:?}"
+    );
     assert!(!marker.exists(), "the command never ran");
     assert_eq!(
         server.command::<String>(&["GET", &lock_key("runa:lock:", "", "k")]),
@@ -156,15 +167,8 @@ fn wait_runs_the_command_after_the_holder_releases() {
     let log = dir.path().join("log");
     let first_script = format!("sleep 1; echo first >> {}", log.display());
     let second_script = format!("echo second >> {}", log.display());
-    let first = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &first_script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server,
-        &lock_key("runa:lock:", "", "k")
-    )));
+    let first = start(&["run", "--url", &url, "k", "--", "sh", "-c", &first_script]);
+    assert!(held_soon(&server, &lock_key("runa:lock:", "", "k")));
     let second = finish(&mut runa_lock(&[
         "run",
         "--url",
@@ -187,16 +191,10 @@ fn a_lease_taken_away_stops_the_command_and_exits_76() {
     let server = RedisServer::start();
     let url = server.url();
     let key = lock_key("runa:lock:", "", "k");
-    let child = runa_lock(&[
+    let child = start(&[
         "run", "--url", &url, "--ttl", "1s", "k", "--", "sleep", "60",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server, &key
-    )));
+    ]);
+    assert!(held_soon(&server, &key));
     let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
     // Renewals come every third of a second: a few of them, with a generous margin.
     let lost = wait(child, Duration::from_secs(20));
@@ -216,7 +214,7 @@ fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
     let url = server.url();
     let key = lock_key("runa:lock:", "", "k");
     // The ignored SIGTERM is inherited by `sleep`.
-    let child = runa_lock(&[
+    let child = start(&[
         "run",
         "--url",
         &url,
@@ -229,16 +227,58 @@ fn a_command_that_ignores_sigterm_is_killed_after_kill_after() {
         "sh",
         "-c",
         "trap '' TERM; sleep 60",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server, &key
-    )));
+    ]);
+    assert!(held_soon(&server, &key));
     let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
     let lost = wait(child, Duration::from_secs(30));
+    lost.expect(76, true);
+    assert!(lost.stderr.contains("SIGKILL"), "{lost:#?}");
+}
+
+#[test]
+fn group_members_that_outlive_the_command_are_killed_after_kill_after() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = lock_key("runa:lock:", "", "k");
+    let dir = tempfile::tempdir().unwrap();
+    let (member, started) = (dir.path().join("member"), dir.path().join("started"));
+    // The command starts a member of its group that ignores SIGTERM, then waits; on SIGTERM
+    // the command (the group's leader) exits at once and the member stays.
+    let script = format!(
+        r#"sh -c 'trap "" TERM; echo $$ > {member}; exec sleep 60' &
+        while [ ! -s {member} ]; do sleep 0.1; done; touch {started}; sleep 60"#,
+        member = member.display(),
+        started = started.display()
+    );
+    let child = start(&[
+        "run",
+        "--url",
+        &url,
+        "--ttl",
+        "1s",
+        "--kill-after",
+        "2s",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
+    let pid: i32 = read(&member).trim().parse().expect("the member's pid");
+    let pid = Pid::from_raw(pid);
+    let _: () = server.command(&["SET", &key, "intruder", "PX", "60000"]);
+    let lost = wait(child, Duration::from_secs(30));
+    // Dead: gone, or a zombie not yet reaped by its new parent.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let dead = kill(pid, None).is_err()
+        || state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+    if !dead {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    assert!(dead, "the member outlived runa-lock: {state}");
     lost.expect(76, true);
     assert!(lost.stderr.contains("SIGKILL"), "{lost:#?}");
 }
@@ -254,11 +294,7 @@ fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
         got = got.display(),
         started = started.display()
     );
-    let child = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start(&["run", "--url", &url, "k", "--", "sh", "-c", &script]);
     assert!(eventually(Duration::from_secs(10), || started.exists()));
     kill(pid_of(&child), Signal::SIGTERM).unwrap();
     let ended = wait(child, Duration::from_secs(20));
@@ -272,16 +308,11 @@ fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
     );
 
     // A command that does not catch it ends with it: 128 + 15.
-    let child = runa_lock(&["run", "--url", &url, "k", "--", "sleep", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(10), || exists(
-        &server,
-        &lock_key("runa:lock:", "", "k")
-    )));
-    std::thread::sleep(Duration::from_millis(200)); // past spawning `sleep`
+    // (A signal before the command starts ends runa-lock with 143 too, but with a message.)
+    let script = format!("touch {}; exec sleep 60", started.display());
+    std::fs::remove_file(&started).unwrap();
+    let child = start(&["run", "--url", &url, "k", "--", "sh", "-c", &script]);
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
     kill(pid_of(&child), Signal::SIGTERM).unwrap();
     wait(child, Duration::from_secs(20)).expect(143, false);
     assert!(
@@ -291,31 +322,76 @@ fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
 }
 
 #[test]
+fn sigterm_while_waiting_ends_runa_lock_without_running_the_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let key = lock_key("runa:lock:", "", "k");
+    let dir = tempfile::tempdir().unwrap();
+    let (marker, stop) = (dir.path().join("ran"), dir.path().join("stop"));
+    let hold = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    let holder = start(&["run", "--url", &url, "k", "--", "sh", "-c", &hold]);
+    assert!(held_soon(&server, &key));
+    let token: String = server.command(&["GET", &key]);
+
+    let touch = format!("touch {}", marker.display());
+    let waiter = start(&[
+        "run", "--url", &url, "--wait", "30s", "k", "--", "sh", "-c", &touch,
+    ]);
+    // Waiting: subscribed to the lock's release channel, so past installing its handlers.
+    assert!(eventually(Duration::from_secs(10), || {
+        !server
+            .command::<Vec<String>>(&["PUBSUB", "CHANNELS"])
+            .is_empty()
+    }));
+    kill(pid_of(&waiter), Signal::SIGTERM).unwrap();
+    // Well before its --wait runs out.
+    let ended = wait(waiter, Duration::from_secs(15));
+    ended.expect(143, true);
+    assert!(ended.stderr.contains("SIGTERM"), "{ended:#?}");
+    assert!(!marker.exists(), "the command never ran");
+
+    assert_eq!(
+        server.command::<String>(&["GET", &key]),
+        token,
+        "the holder keeps it"
+    );
+    std::fs::write(&stop, "").unwrap();
+    wait(holder, Duration::from_secs(20)).expect(0, false);
+    assert!(!exists(&server, &key), "released");
+}
+
+#[test]
 fn a_terminal_ctrl_c_reaches_the_command_once() {
     use std::os::unix::process::CommandExt;
 
     let server = RedisServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let (started, got, stop) = (
+    let (started, got, stop, ids) = (
         dir.path().join("started"),
         dir.path().join("got"),
         dir.path().join("stop"),
+        dir.path().join("ids"),
     );
+    // The command records its pid and its process group (field 5 of /proc/PID/stat).
     let script = format!(
-        "trap 'echo int >> {got}' INT; touch {started}; while [ ! -e {stop} ]; do sleep 0.1; done",
+        "trap 'echo int >> {got}' INT; echo $$ $(cut -d ' ' -f 5 /proc/$$/stat) > {ids}; \
+         touch {started}; while [ ! -e {stop} ]; do sleep 0.1; done",
         got = got.display(),
+        ids = ids.display(),
         started = started.display(),
         stop = stop.display()
     );
     // runa-lock in a group of its own, as a terminal's foreground job: Ctrl-C signals the group.
-    let child = runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script])
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        spawn(runa_lock(&["run", "--url", &url, "k", "--", "sh", "-c", &script]).process_group(0));
     assert!(eventually(Duration::from_secs(10), || started.exists()));
+    let ids = read(&ids);
+    let [pid, group] = ids.split_whitespace().collect::<Vec<_>>()[..] else {
+        panic!("{ids:?}")
+    };
+    assert_eq!(group, pid, "the command leads a process group of its own");
+    assert_ne!(group, child.id().to_string(), "not runa-lock's group");
     killpg(pid_of(&child), Signal::SIGINT).unwrap();
     assert!(eventually(Duration::from_secs(10), || !read(&got).is_empty()));
     std::fs::write(&stop, "").unwrap();

@@ -468,6 +468,20 @@ impl RedisServer {
     }
 }
 
+/// The Redis key that holds the lock on `key` of a locker with prefix `locker_prefix`, for a
+/// driver with prefix `driver_prefix` ([`DEFAULT_REDIS_PREFIX`](runa_lock::DEFAULT_REDIS_PREFIX)
+/// unless set): the driver's own encoding, so that a test can read, overwrite or expire a
+/// lock behind the driver's back.
+///
+/// ```
+/// use runa_lock_redis::testing::lock_key;
+///
+/// assert_eq!(lock_key("runa:lock:", "jobs:", "daily"), "runa:lock:{5:jobs:daily}:l");
+/// ```
+pub fn lock_key(driver_prefix: &str, locker_prefix: &str, key: &str) -> String {
+    crate::keys::Keys::new(driver_prefix, runa_lock::LockKey::new(locker_prefix, key)).lock
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(child) = &self.child {

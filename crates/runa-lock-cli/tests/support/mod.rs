@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use runa_lock_redis::testing::RedisServer;
+pub use runa_lock_redis::testing::{RedisServer, lock_key};
 
 /// `runa-lock` with `args`, without any `RUNA_*` settings of the environment running the tests.
 pub fn runa_lock(args: &[&str]) -> Command {
@@ -54,14 +54,23 @@ impl Outcome {
     }
 }
 
-/// Runs `command` to the end (at most a minute).
-pub fn finish(command: &mut Command) -> Outcome {
-    let child = command
+/// Starts `runa-lock` with `args`, its stdout and stderr piped, for [`wait`] to collect.
+pub fn start(args: &[&str]) -> Child {
+    spawn(&mut runa_lock(args))
+}
+
+/// Starts `command`, its stdout and stderr piped.
+pub fn spawn(command: &mut Command) -> Child {
+    command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("runa-lock starts");
-    wait(child, Duration::from_secs(60))
+        .expect("runa-lock starts")
+}
+
+/// Runs `command` to the end (at most a minute).
+pub fn finish(command: &mut Command) -> Outcome {
+    wait(spawn(command), Duration::from_secs(60))
 }
 
 /// Waits for `child` for up to `limit`; kills it and fails the test if it takes longer.
@@ -92,15 +101,15 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     condition()
 }
 
-/// The Redis key of the lock on `key` with locker prefix `prefix` and driver prefix
-/// `driver` (`runa:lock:` by default); plain keys and prefixes only (no `%`, `{`, `}`).
-pub fn lock_key(driver: &str, prefix: &str, key: &str) -> String {
-    format!("{driver}{{{}:{prefix}{key}}}:l", prefix.len())
-}
-
 /// Whether `server` has the Redis key `name`.
 pub fn exists(server: &RedisServer, name: &str) -> bool {
     server.command::<i64>(&["EXISTS", name]) == 1
+}
+
+/// Whether `server` holds the Redis key `name` within 10 s (a `runa-lock` started meanwhile
+/// acquired its lock).
+pub fn held_soon(server: &RedisServer, name: &str) -> bool {
+    eventually(Duration::from_secs(10), || exists(server, name))
 }
 
 /// A loopback port nothing listens on.
