@@ -143,6 +143,11 @@ impl LeaseState {
         }
     }
 
+    /// The `debug` span of a renewal, whoever renews (the caller, or `with`'s auto-renew).
+    pub(crate) fn renew_span(&self) -> tracing::Span {
+        lease_span!(self, "renew")
+    }
+
     /// What [`Registry::held`](crate::Registry::held) says of it, unless it is lost.
     pub(crate) fn held(&self) -> Option<HeldLease> {
         (!self.term.is_lost()).then(|| HeldLease {
@@ -175,6 +180,8 @@ impl LeaseState {
         match answer {
             Ok(true) => {
                 meters.release(Release::Released);
+                let fencing = self.fencing.load(Ordering::Relaxed);
+                tracing::debug!(target: "runa_lock", locker = &*self.store.locker, key = self.key.as_str(), fencing, "released");
                 Ok(())
             }
             Ok(false) => {
@@ -377,9 +384,7 @@ impl Lease {
                 Some(humantime::format_duration(ttl).to_string()),
             ));
         }
-        let renewed = renewal::renew(state, ttl, false)
-            .instrument(lease_span!(state, "renew"))
-            .await;
+        let renewed = renewal::renew(state, ttl, false).await;
         match &renewed {
             Err(error @ Error::Backend { .. }) => state.returned(error),
             // Every other error from `renew` ended the lease.

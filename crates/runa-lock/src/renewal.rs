@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
 use tokio::time::{Instant, sleep_until, timeout_at};
+use tracing::Instrument;
 
 use crate::Error;
 use crate::error::LossReason;
@@ -209,6 +210,12 @@ fn nanos(duration: Duration) -> u64 {
 /// - `bounded`: give up at the deadline (the lease is then lost) instead of waiting for a
 ///   hung call.
 pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> Result<(), Error> {
+    renew_once(lease, ttl, bounded)
+        .instrument(lease.renew_span())
+        .await
+}
+
+async fn renew_once(lease: &LeaseState, ttl: Duration, bounded: bool) -> Result<(), Error> {
     let term = lease.term();
     if term.is_lost() {
         return Err(lease.not_held());
@@ -259,6 +266,7 @@ pub(crate) async fn renew(lease: &LeaseState, ttl: Duration, bounded: bool) -> R
             if term.is_lost() {
                 return Err(lease.not_held());
             }
+            tracing::debug!(target: "runa_lock", "renewed");
             Ok(())
         }
         Ok(false) => {

@@ -73,3 +73,51 @@ async fn operations_run_in_spans_and_a_lost_lease_is_a_warning() {
     assert!(text.contains(r#"locker="jobs""#), "{text}");
     assert!(fencing > 0);
 }
+
+/// `with`'s own renewals run in a `renew` span like the caller's, and acquisitions,
+/// renewals and releases are `debug` events that carry the fencing number (what a `-v` log
+/// shows).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn acquisitions_auto_renewals_and_releases_are_debug_events_with_the_fencing_number() {
+    let output = Output::default();
+    let writer = output.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let registry = Registry::new();
+    registry.register_locker(
+        "jobs",
+        LockerOptions::new()
+            .ttl(Duration::from_secs(3))
+            .auto_renew(true),
+    );
+    let jobs = registry.of("jobs").unwrap();
+    let fencing = jobs
+        .with("w", |lease| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Error>(lease.fencing())
+        })
+        .await
+        .unwrap();
+
+    let text = output.text();
+    let fields = format!(r#"locker="jobs" key="w" fencing={fencing}"#);
+    for event in ["acquired", "renewed", "released"] {
+        let line = text
+            .lines()
+            .find(|line| line.contains(&format!("runa_lock: {event}")))
+            .unwrap_or_else(|| panic!("no {event} event in\n{text}"));
+        assert!(line.contains(&fields), "{event} without {fields}: {line}");
+    }
+    assert!(
+        text.contains(&format!(
+            "with{{{fields}}}:renew{{{fields}}}: runa_lock: renewed"
+        )),
+        "an auto-renewal in its own span inside with's:\n{text}"
+    );
+}
