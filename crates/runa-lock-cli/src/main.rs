@@ -13,8 +13,8 @@
 //! - `run`: `run` under `Locker::with` (auto-renewed), its exit codes.
 //! - `child`: the command in its own process group, signals passed on, stopped on loss.
 //! - `status`: `status` and `--json`.
-//! - `verbose`: `-v` logging, and a driver wrapper that logs acquisitions, renewals and
-//!   releases with their fencing number.
+//! - `verbose`: `-v` logging: the lock library's `debug` events (acquired, renewed,
+//!   released, each with its fencing number) and runa-lock's own.
 //! - `exit`: exit codes and the one-line `runa-lock: ` messages.
 
 #![forbid(unsafe_code)]

@@ -2,22 +2,20 @@
 //! `runa::App` with the lock and Redis providers, the config file as one of its sources.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use runa_lock::{
-    CACHE, DEFAULT_NAME, DEFAULT_RETRY_INTERVAL, DEFAULT_TTL, Driver, Error, LOCAL, Locker,
-    LockerInfo, LockerOptions, QUEUE, Registry, SCHEDULE,
+    CACHE, DEFAULT_NAME, DEFAULT_RETRY_INTERVAL, DEFAULT_TTL, Error, LOCAL, Locker, LockerInfo,
+    LockerOptions, QUEUE, Registry, SCHEDULE,
 };
 use runa_lock_redis::RedisDriver;
 use runa_lock_redis::redis;
 
 use crate::args::{Common, DEFAULT_URL};
 use crate::exit::{self, Failure};
-use crate::verbose::Logged;
 
-/// The name runa-lock registers its (logged) driver under.
-const DRIVER: &str = "runa-lock";
+/// The name the Redis provider registers its driver under.
+const DRIVER: &str = "redis";
 
 /// The shortest wait the library accepts: with it, `wait` makes one attempt.
 pub(crate) const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
@@ -154,8 +152,6 @@ fn locker(app: &runa::App, common: &Common) -> Result<(Locker, String), Failure>
         Some(name) => format!("runa-lock:{name}"),
         None => "runa-lock".to_owned(),
     };
-    let driver: Arc<dyn Driver> = driver;
-    registry.register_driver(DRIVER, Logged::new(driver));
     registry.register_locker(name.clone(), options);
     let locker = registry
         .of(&name)
