@@ -39,6 +39,8 @@ pub struct Seen {
     pub status: Option<u8>,
     /// The signal the command was sent because the lease was lost.
     pub stopped_with: Option<Signal>,
+    /// The lease's fencing number, once acquired.
+    pub fencing: Option<u64>,
 }
 
 /// How far the command has come, for the signals runa-lock receives meanwhile (see
@@ -71,6 +73,8 @@ pub async fn supervise(
     stage: &Cell<Stage>,
     seen: &mut Seen,
 ) -> Result<u8, RunError> {
+    tracing::info!(target: "runa_lock_cli", key = lease.key(), fencing = lease.fencing(), "acquired");
+    seen.fencing = Some(lease.fencing());
     let Some((program, args)) = command.split_first() else {
         return Err(RunError::Spawn(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -13,8 +13,8 @@
 //! - `run`: `run` under `Locker::with` (auto-renewed), its exit codes.
 //! - `child`: the command in its own process group, signals passed on, stopped on loss.
 //! - `status`: `status` and `--json`.
-//! - `verbose`: `-v` logging: the lock library's `debug` events (acquired, renewed,
-//!   released, each with its fencing number) and runa-lock's own.
+//! - `verbose`: `-v` logging: runa-lock's events (acquired, released, signals) and the
+//!   lock library's (renewed), each with the fencing number.
 //! - `exit`: exit codes and the one-line `runa-lock: ` messages.
 
 #![forbid(unsafe_code)]

@@ -50,7 +50,10 @@ pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
         }
     };
     let error = match outcome {
-        Ok(code) => return Ok(code),
+        Ok(code) => {
+            tracing::info!(target: "runa_lock_cli", key, fencing = seen.fencing, "released");
+            return Ok(code);
+        }
         Err(error) => error,
     };
     match error {

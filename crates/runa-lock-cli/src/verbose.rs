@@ -1,6 +1,6 @@
-//! `-v`: log lines on stderr. The library's own `debug` events (target `runa_lock`) say
-//! when the lock is acquired, renewed and released, each with the lease's fencing number;
-//! runa-lock adds its own (target `runa_lock_cli`) about the command and its signals.
+//! `-v`: log lines on stderr: runa-lock's own events (target `runa_lock_cli`: acquired,
+//! released, the command's signals) and the lock library's `debug` events (target
+//! `runa_lock`: each renewal, with the lease's fencing number).
 
 use std::io::IsTerminal;
 

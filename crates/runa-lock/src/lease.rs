@@ -180,8 +180,6 @@ impl LeaseState {
         match answer {
             Ok(true) => {
                 meters.release(Release::Released);
-                let fencing = self.fencing.load(Ordering::Relaxed);
-                tracing::debug!(target: "runa_lock", locker = &*self.store.locker, key = self.key.as_str(), fencing, "released");
                 Ok(())
             }
             Ok(false) => {

@@ -209,7 +209,6 @@ impl Locker {
         Ok(match attempt {
             Attempt::Acquired { fencing } => {
                 span.record("fencing", fencing);
-                tracing::debug!(target: "runa_lock", parent: &span, "acquired");
                 store.meters.acquire(Acquire::Acquired, None);
                 Some(lease.settle(fencing, sent))
             }
@@ -298,7 +297,6 @@ impl Locker {
         match acquired {
             Some(grant) => {
                 span.record("fencing", grant.fencing);
-                tracing::debug!(target: "runa_lock", parent: &span, "acquired");
                 store.meters.acquire(Acquire::Acquired, Some(now));
                 Ok(lease.settle(grant.fencing, grant.sent))
             }
