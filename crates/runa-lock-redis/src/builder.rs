@@ -98,7 +98,7 @@ impl RedisDriverBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero timeout, or a prefix whose first `{` is followed
+    /// [`Error::InvalidConfig`] for a timeout of zero or over 365 days, or a prefix whose first `{` is followed
     /// at once by `}`: an empty hash tag would put a lock's keys in different Redis Cluster
     /// slots.
     ///
@@ -113,13 +113,9 @@ impl RedisDriverBuilder {
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
         ] {
-            if limit.is_zero() {
+            if let Some(problem) = runa_lock::duration_problem(limit) {
                 let path = format!("redis driver {name}");
-                return Err(Error::invalid_config(
-                    path,
-                    "must be greater than zero",
-                    None,
-                ));
+                return Err(Error::invalid_config(path, problem, None));
             }
         }
         Ok(self.unchecked())

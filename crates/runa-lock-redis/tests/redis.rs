@@ -997,6 +997,14 @@ fn the_builder_refuses_such_a_prefix_once_before_any_call() {
         err.to_string(),
         "redis driver connect_timeout: must be greater than zero"
     );
+    let err = RedisDriver::builder(client.clone())
+        .response_timeout(runa_lock::MAX_DURATION + Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "redis driver response_timeout: must be at most 365 days"
+    );
     let driver = RedisDriver::builder(client)
         .prefix("app{1}:")
         .response_timeout(Duration::from_millis(300))

@@ -84,7 +84,7 @@ pub use held::HeldLease;
 pub use lease::{Lease, LeaseHandle};
 pub use locker::{Locker, MAX_KEY_LEN};
 pub use memory::MemoryDriver;
-pub use options::{LockOptions, LockerOptions, MAX_DURATION, parse_duration};
+pub use options::{LockOptions, LockerOptions, MAX_DURATION, duration_problem, parse_duration};
 #[cfg(feature = "app")]
 pub use provider::{LockProvider, default, provider, try_default};
 pub use registry::{LockerInfo, Registry};

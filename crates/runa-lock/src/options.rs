@@ -338,8 +338,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     }
 }
 
-/// What is wrong with a duration setting, if anything.
-pub(crate) fn duration_problem(value: Duration) -> Option<&'static str> {
+/// What is wrong with a duration setting, if anything: every duration runa-lock takes (and
+/// its drivers' timeouts) must be greater than zero and at most [`MAX_DURATION`].
+///
+/// ```
+/// use std::time::Duration;
+/// use runa_lock::duration_problem;
+///
+/// assert_eq!(duration_problem(Duration::ZERO), Some("must be greater than zero"));
+/// assert_eq!(duration_problem(Duration::from_secs(400 * 24 * 3600)), Some("must be at most 365 days"));
+/// assert_eq!(duration_problem(Duration::from_secs(30)), None);
+/// ```
+pub fn duration_problem(value: Duration) -> Option<&'static str> {
     if value.is_zero() {
         Some("must be greater than zero")
     } else if value > MAX_DURATION {
