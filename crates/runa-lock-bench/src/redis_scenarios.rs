@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use runa_lock::{Error, Locker, LockerOptions, Registry};
+use runa_lock_bench::ops::runa_pair;
 use runa_lock_redis::RedisDriver;
 
 use crate::report::{Metric, Scenario};
@@ -28,16 +29,6 @@ pub(crate) fn locker(client: &redis::Client, options: LockerOptions) -> Locker {
     registry.of("bench").expect("the bench locker")
 }
 
-/// One lock pair on a key nobody else holds: `try_lock` + `release`.
-async fn lock_pair(locker: &Locker, key: &str) {
-    let lease = locker
-        .try_lock(key)
-        .await
-        .expect("try_lock")
-        .expect("the key is free");
-    lease.release().await.expect("release");
-}
-
 pub(crate) async fn connection(client: &redis::Client) -> ConnectionManager {
     client
         .get_connection_manager()
@@ -52,6 +43,24 @@ static COMPARE_AND_DELETE: std::sync::LazyLock<redis::Script> = std::sync::LazyL
     )
 });
 
+/// The floor's acquire: `SET key floor-token NX PX 30000`.
+fn floor_set(key: &str) -> redis::Cmd {
+    let mut set = redis::cmd("SET");
+    set.arg(key)
+        .arg("floor-token")
+        .arg("NX")
+        .arg("PX")
+        .arg(30_000);
+    set
+}
+
+/// The floor's release: the compare-and-delete of `key` for `floor-token`.
+fn floor_delete(key: &str) -> redis::ScriptInvocation<'static> {
+    let mut delete = COMPARE_AND_DELETE.key(key);
+    delete.arg("floor-token");
+    delete
+}
+
 impl Bench {
     pub fn new(client: redis::Client, quick: bool) -> Bench {
         Bench {
@@ -62,19 +71,12 @@ impl Bench {
 
     /// One floor pair over the async connection: `SET NX PX`, then the compare-and-delete.
     async fn raw_pair(&self, connection: &mut ConnectionManager) {
-        let set: Option<String> = redis::cmd("SET")
-            .arg("floor:key")
-            .arg("floor-token")
-            .arg("NX")
-            .arg("PX")
-            .arg(30_000)
+        let set: Option<String> = floor_set("floor:key")
             .query_async(connection)
             .await
             .expect("SET NX PX");
         assert!(set.is_some(), "the floor key was busy");
-        let deleted: i64 = COMPARE_AND_DELETE
-            .key("floor:key")
-            .arg("floor-token")
+        let deleted: i64 = floor_delete("floor:key")
             .invoke_async(connection)
             .await
             .expect("compare-and-delete");
@@ -86,18 +88,11 @@ impl Bench {
     /// runs meanwhile. (Alternating runs with and without these pairs between the async ones
     /// showed no effect on the async floor or S1.)
     fn sync_pair(&self, connection: &mut redis::Connection) {
-        let set: Option<String> = redis::cmd("SET")
-            .arg("floor:sync")
-            .arg("floor-token")
-            .arg("NX")
-            .arg("PX")
-            .arg(30_000)
+        let set: Option<String> = floor_set("floor:sync")
             .query(connection)
             .expect("SET NX PX");
         assert!(set.is_some(), "the sync floor key was busy");
-        let deleted: i64 = COMPARE_AND_DELETE
-            .key("floor:sync")
-            .arg("floor-token")
+        let deleted: i64 = floor_delete("floor:sync")
             .invoke(connection)
             .expect("compare-and-delete");
         assert_eq!(deleted, 1);
@@ -131,7 +126,7 @@ impl Bench {
         for _ in 0..50 {
             self.raw_pair(&mut connection).await;
             self.sync_pair(&mut blocking);
-            lock_pair(&locker, "s1").await;
+            runa_pair(&locker, "s1").await;
         }
         let (mut raw, mut sync, mut ours, mut pings) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -152,7 +147,7 @@ impl Bench {
                 sync.push(took);
                 sync_time += took;
                 let begun = Instant::now();
-                lock_pair(&locker, "s1").await;
+                runa_pair(&locker, "s1").await;
                 let took = begun.elapsed();
                 ours.push(took);
                 our_time += took;
@@ -317,7 +312,7 @@ impl Bench {
         const TASKS: usize = 64;
         let per_task = self.pairs_per_round / 4;
         let locker = locker(&self.client, LockerOptions::new());
-        lock_pair(&locker, "warm").await;
+        runa_pair(&locker, "warm").await;
         let mut rates = Vec::new();
         for _ in 0..3 {
             let started = Instant::now();
@@ -327,7 +322,7 @@ impl Bench {
                 tasks.push(tokio::spawn(async move {
                     let key = format!("s4-{t}");
                     for _ in 0..per_task {
-                        lock_pair(&locker, &key).await;
+                        runa_pair(&locker, &key).await;
                     }
                 }));
             }
