@@ -107,7 +107,8 @@ struct Attempts {
 }
 
 impl Attempts {
-    /// Notes an attempt's outcome: `None` for a failure, which is transient.
+    /// Notes an attempt's outcome; a failure (transient while the wait lasts) is kept, for
+    /// the wait to return if it ends on it, and handed back.
     fn record(&mut self, attempt: Result<Outcome, Failure>) -> Result<Outcome, &Failure> {
         match attempt {
             Ok(outcome) => {
