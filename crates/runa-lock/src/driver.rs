@@ -37,6 +37,14 @@ impl Store {
         }
     }
 
+    /// Logs `error`, about to be returned to the caller of an operation on `key`, at `warn`
+    /// when the store failed (other errors are the caller's to handle).
+    pub(crate) fn returned(&self, key: &str, error: &Error) {
+        if matches!(error, Error::Backend { .. }) {
+            tracing::warn!(target: "runa_lock", locker = &*self.locker, key, %error, "lock store failed");
+        }
+    }
+
     /// `key` under this store's prefix.
     pub(crate) fn lock_key<'a>(&'a self, key: &'a str) -> LockKey<'a> {
         LockKey::new(&self.prefix, key)

@@ -127,9 +127,7 @@ impl LeaseState {
 
     /// An error this lease's operation returns to its caller.
     pub(crate) fn returned(&self, error: &Error) {
-        if matches!(error, Error::Backend { .. }) {
-            tracing::warn!(target: "runa_lock", locker = &*self.store.locker, key = self.key.as_str(), %error, "lock store failed");
-        }
+        self.store.returned(self.key.as_str(), error);
     }
 
     /// Ends the lease as released (explicitly or by a drop). The lease stops counting as

@@ -401,9 +401,7 @@ impl Locker {
     /// failed.
     fn failed(&self, key: &str, error: Error) -> Error {
         self.store.meters.acquire(Acquire::Error, None);
-        if matches!(error, Error::Backend { .. }) {
-            tracing::warn!(target: "runa_lock", locker = self.name(), key, %error, "lock store failed");
-        }
+        self.store.returned(key, &error);
         error
     }
 

@@ -243,8 +243,9 @@ async fn renew_once(lease: &LeaseState, ttl: Duration, bounded: bool) -> Result<
             Ok(answer) => answer,
             Err(_hung) => {
                 // The loss itself is reported (at `warn`) by the lease.
+                // In the renew span, which names the locker, the key and the lease.
                 tracing::debug!(
-                    key = lease.key().key,
+                    target: "runa_lock",
                     "lease expired while its renewal was in flight"
                 );
                 term.end(EXPIRED);
@@ -278,7 +279,7 @@ async fn renew_once(lease: &LeaseState, ttl: Duration, bounded: bool) -> Result<
         Err(error @ Error::Backend { .. }) => Err(error),
         Err(error) => {
             // Final by the `Driver` contract: renewing cannot succeed, so the lease is lost.
-            tracing::debug!(target: "runa_lock", key = lease.key().key, %error, "lease renewal impossible; the lease counts as lost");
+            tracing::debug!(target: "runa_lock", %error, "lease renewal impossible; the lease counts as lost");
             term.end(EXPIRED);
             Err(error)
         }
@@ -306,7 +307,8 @@ pub(crate) async fn keep_alive(lease: &LeaseState, auto_renew: bool) -> LossReas
         match renew(lease, ttl, true).await {
             Ok(()) => {}
             Err(error @ Error::Backend { .. }) => {
-                tracing::warn!(key = lease.key().key, %error, "lease renewal failed; retrying until the lease expires");
+                // In with's span, which names the locker, the key and the lease.
+                tracing::warn!(target: "runa_lock", %error, "lease renewal failed; retrying until the lease expires");
                 sleep_until((Instant::now() + retry_pause).min(deadline)).await;
             }
             // Any other error ended the lease; the caller reports the loss (at `warn`, with
