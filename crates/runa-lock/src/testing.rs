@@ -67,7 +67,24 @@ macro_rules! suite_tests {
                 $run($crate::testing::$check).await;
             }
         )*
+
+        /// Every check at once on one driver, as the tasks of a service share one.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn every_check_at_once() {
+            $run(|driver: ::std::sync::Arc<dyn $crate::Driver>| {
+                $crate::testing::all(vec![
+                    $(::std::boxed::Box::pin($crate::testing::$check(::std::sync::Arc::clone(&driver))),)*
+                ])
+            })
+            .await;
+        }
     };
+}
+
+/// Runs `checks` at the same time; for [`suite_tests!`]'s `every_check_at_once`.
+#[doc(hidden)]
+pub async fn all(checks: Vec<crate::BoxFuture<'static, ()>>) {
+    futures_util::future::join_all(checks).await;
 }
 
 /// A fresh token, as lockers make them.
