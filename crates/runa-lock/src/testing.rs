@@ -124,6 +124,13 @@ async fn acquired(driver: &Arc<dyn Driver>, key: LockKey<'_>, token: &str, ttl: 
 
 /// `Driver::acquire` returns fencing numbers that are never 0 and strictly increase per
 /// key, whichever token acquires; `release` frees the key for the next.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::acquire_fences_in_order(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn acquire_fences_in_order(driver: Arc<dyn Driver>) {
     let name = fresh_key();
     let key = LockKey::new("", &name);
@@ -143,6 +150,13 @@ pub async fn acquire_fences_in_order(driver: Arc<dyn Driver>) {
 
 /// A second `Driver::acquire` by the holder's own token (a late duplicate) is granted again
 /// with a higher fencing number or answered `Busy`; either way the key stays the holder's.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::holder_may_acquire_again(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn holder_may_acquire_again(driver: Arc<dyn Driver>) {
     let name = fresh_key();
     let key = LockKey::new("", &name);
@@ -167,6 +181,13 @@ pub async fn holder_may_acquire_again(driver: Arc<dyn Driver>) {
 /// `Driver::inspect` sees a free key as `None` and a held one as `Some` (with no more than
 /// its ttl left, where it says), and takes nothing. A driver that cannot tell answers
 /// `Backend` every time.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::inspect_sees_the_holder(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn inspect_sees_the_holder(driver: Arc<dyn Driver>) {
     let name = fresh_key();
     let key = LockKey::new("", &name);
@@ -203,6 +224,13 @@ pub async fn inspect_sees_the_holder(driver: Arc<dyn Driver>) {
 
 /// While one token holds a key, another's `acquire` is `Busy` (with a `retry_after` no
 /// longer than the ttl, when given), and its `renew` and `release` are `Ok(false)`.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::other_tokens_are_refused(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn other_tokens_are_refused(driver: Arc<dyn Driver>) {
     let name = fresh_key();
     let key = LockKey::new("", &name);
@@ -225,6 +253,13 @@ pub async fn other_tokens_are_refused(driver: Arc<dyn Driver>) {
 
 /// 50 tasks increment a counter with a pause between read and write, each under `with`:
 /// no update is lost and no two are ever inside at once.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::exclusion(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn exclusion(driver: Arc<dyn Driver>) {
     const TASKS: u64 = 50;
     let locker = locker(&driver, LockerOptions::new().ttl(LONG).wait(PATIENCE * 3));
@@ -256,6 +291,13 @@ pub async fn exclusion(driver: Arc<dyn Driver>) {
 
 /// Fencing numbers are never 0 and strictly increase, both for successive acquisitions
 /// and in the order contending holders get in.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::fencing_increases(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn fencing_increases(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG).wait(PATIENCE));
     let mut last = 0;
@@ -295,6 +337,13 @@ pub async fn fencing_increases(driver: Arc<dyn Driver>) {
 }
 
 /// Another token can neither renew nor release the lease; tokens differ per lease.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::only_the_holder_renews_or_releases(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn only_the_holder_renews_or_releases(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG));
     let lease = locker.wait("owned").await.expect("wait");
@@ -321,6 +370,13 @@ pub async fn only_the_holder_renews_or_releases(driver: Arc<dyn Driver>) {
 /// what the lease has left, and a second acquire by the holder's own token (a late
 /// duplicate), leave the key held for its longer ttl. Both are what a request that
 /// reached the store late looks like.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::renewals_never_shorten(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn renewals_never_shorten(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG));
     let lease = locker.wait("long").await.expect("wait");
@@ -352,6 +408,13 @@ pub async fn renewals_never_shorten(driver: Arc<dyn Driver>) {
 
 /// An expired lease frees the key: another holder gets it with a higher fencing number,
 /// and the old holder's renew and release are `NotHeld` without touching the new holder.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::expired_leases_free_the_key(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn expired_leases_free_the_key(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(SHORT));
     let old = locker
@@ -375,6 +438,13 @@ pub async fn expired_leases_free_the_key(driver: Arc<dyn Driver>) {
 
 /// A waiter is woken by the release itself: with a polling interval of 30 s, it gets the
 /// key within a second of the release. For drivers that notify waiters (memory, Redis).
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::release_wakes_a_waiter(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn release_wakes_a_waiter(driver: Arc<dyn Driver>) {
     // A notifying driver's waiter polls no sooner than a sixteenth of its 30 s interval
     // (jittered backoff), so a wake-up within a second came from the release itself.
@@ -383,6 +453,13 @@ pub async fn release_wakes_a_waiter(driver: Arc<dyn Driver>) {
 
 /// A polling waiter (polling interval 20 ms) gets the key soon after a release. For
 /// drivers that keep the default [`Driver::wait`].
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::release_reaches_a_polling_waiter(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn release_reaches_a_polling_waiter(driver: Arc<dyn Driver>) {
     release_reaches_a_waiter(driver, Duration::from_millis(20), Duration::from_secs(5)).await;
 }
@@ -419,6 +496,13 @@ async fn release_reaches_a_waiter(driver: Arc<dyn Driver>, retry: Duration, limi
 
 /// A waiter gets the lock when the holder's lease expires, without a release, even with a
 /// long polling interval.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::expiry_wakes_a_waiter(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn expiry_wakes_a_waiter(driver: Arc<dyn Driver>) {
     let holder = locker(&driver, LockerOptions::new().ttl(SHORT));
     let waiter = locker_with_prefix(
@@ -451,6 +535,13 @@ pub async fn expiry_wakes_a_waiter(driver: Arc<dyn Driver>) {
 }
 
 /// `wait` gives `Timeout` after its wait duration while the key stays held.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::wait_times_out(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn wait_times_out(driver: Arc<dyn Driver>) {
     let locker = locker(
         &driver,
@@ -473,6 +564,13 @@ pub async fn wait_times_out(driver: Arc<dyn Driver>) {
 
 /// Of 20 waiters, 10 are aborted; the other 10 all get the lock in turn after the holder
 /// releases, and the key is free at the end: no aborted waiter holds it.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::cancelled_waiters_leave_nothing(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn cancelled_waiters_leave_nothing(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG).wait(PATIENCE * 2));
     let lease = locker.wait("crowd").await.expect("wait");
@@ -510,6 +608,13 @@ pub async fn cancelled_waiters_leave_nothing(driver: Arc<dyn Driver>) {
 
 /// Lockers with prefixes `"a"` and `"a:b"` do not contend on keys `"b:c"` and `"c"`, nor do
 /// `"x"` and `""` on `"xk"` and `"k"`... and the same prefix with the same key does.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::prefixes_never_collide(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn prefixes_never_collide(driver: Arc<dyn Driver>) {
     let base = format!("suite-{}", token());
     let locker =
@@ -538,6 +643,13 @@ pub async fn prefixes_never_collide(driver: Arc<dyn Driver>) {
 
 /// Keys with spaces, braces, colons, newlines, NUL and non-ASCII text, and 1 KiB keys,
 /// lock and release; an empty key is `InvalidKey`.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::keys_are_arbitrary_text(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn keys_are_arbitrary_text(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG));
     let long = "k".repeat(1024);
@@ -576,6 +688,13 @@ pub async fn keys_are_arbitrary_text(driver: Arc<dyn Driver>) {
 }
 
 /// A lease dropped without `release` is released in the background.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::dropped_lease_is_released(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn dropped_lease_is_released(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG));
     drop(locker.wait("forgotten").await.expect("wait"));
@@ -584,6 +703,13 @@ pub async fn dropped_lease_is_released(driver: Arc<dyn Driver>) {
 
 /// `with` releases when its closure returns an error (and returns that error), and when
 /// it panics (and the panic reaches the caller).
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::with_releases_on_error_and_panic(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn with_releases_on_error_and_panic(driver: Arc<dyn Driver>) {
     #[derive(Debug)]
     enum JobError {
@@ -625,6 +751,13 @@ pub async fn with_releases_on_error_and_panic(driver: Arc<dyn Driver>) {
 
 /// Without auto-renewal, a closure that outlives the ttl sees `is_lost()`, its `lost()`
 /// resolves at the ttl, and `with` returns `LeaseLost` although the closure returned `Ok`.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::with_reports_expiry(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn with_reports_expiry(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(SHORT));
     let started = Instant::now();
@@ -651,6 +784,13 @@ pub async fn with_reports_expiry(driver: Arc<dyn Driver>) {
 }
 
 /// With auto-renewal, a closure that runs for three ttls keeps the lock throughout.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::with_auto_renew_keeps_the_lease(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn with_auto_renew_keeps_the_lease(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(SHORT).auto_renew(true));
     let probe = locker.clone();
@@ -674,6 +814,13 @@ pub async fn with_auto_renew_keeps_the_lease(driver: Arc<dyn Driver>) {
 /// With auto-renewal, when the key is taken from the holder (its entry deleted and
 /// acquired by another token), the next renewal is refused, `lost()` resolves, and `with`
 /// returns `LeaseLost` with reason `Refused`.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::with_reports_refused_renewal(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn with_reports_refused_renewal(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(SHORT).auto_renew(true));
     let prefix = lease_prefix(&locker);
@@ -715,6 +862,13 @@ pub async fn with_reports_refused_renewal(driver: Arc<dyn Driver>) {
 }
 
 /// Dropping a `with` future mid-closure releases the lock.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() {
+/// runa_lock::testing::dropped_with_releases(std::sync::Arc::new(runa_lock::MemoryDriver::new())).await;
+/// # }
+/// ```
 pub async fn dropped_with_releases(driver: Arc<dyn Driver>) {
     let locker = locker(&driver, LockerOptions::new().ttl(LONG).auto_renew(true));
     let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
