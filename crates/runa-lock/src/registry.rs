@@ -361,6 +361,9 @@ impl Registry {
     /// Every release and every driver is seen to, even when one fails; the first error is
     /// returned (a lease whose release failed ends by its ttl).
     ///
+    /// A lease acquired while `close` runs (a `wait` that ends meanwhile) may miss step 1;
+    /// its driver is closing, so it ends by its ttl. Stop taking locks before closing.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), runa_lock::Error> {
