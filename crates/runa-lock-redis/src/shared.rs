@@ -4,6 +4,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::{Client, RedisError};
 use runa_lock::{Error, LockKey};
 use tokio::time::timeout;
@@ -14,6 +15,9 @@ use crate::error::{Cause, Failure};
 use crate::keys::{Keys, check_prefix, prefix_problem};
 use crate::notify::Notifier;
 use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
+
+/// How many releases are sent again at once after a connection settles.
+const RESEND_AT_ONCE: usize = 64;
 
 pub(crate) struct Shared {
     /// For the background tasks it starts, which must not keep it alive.
@@ -169,11 +173,19 @@ impl Shared {
         let task = self.background.spawn_on(async move {
             settle(manager, limit, || me.strong_count() > 0).await;
             let Some(shared) = me.upgrade() else { return };
-            for (keys, token) in shared.connections.settled(id) {
-                if let Err(error) = shared.release_on(None, &keys, &token).await {
-                    tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
-                }
-            }
+            // Pipelined on the one connection, a few at a time: a busy service may have
+            // queued many while the connection settled.
+            let again = futures_util::stream::iter(shared.connections.settled(id));
+            again
+                .for_each_concurrent(RESEND_AT_ONCE, |(keys, token)| {
+                    let shared = &shared;
+                    async move {
+                        if let Err(error) = shared.release_on(None, &keys, &token).await {
+                            tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
+                        }
+                    }
+                })
+                .await;
         }, &runtime);
         self.connections.settling_in(id, task.abort_handle());
     }
