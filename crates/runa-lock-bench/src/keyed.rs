@@ -11,12 +11,31 @@ use dashmap::DashMap;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Mutexes by key, created on first use and removed when released uncontended.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let keyed = runa_lock_bench::keyed::KeyedMutex::new();
+/// let held = keyed.lock("order-7").await;
+/// assert!(keyed.try_lock("order-7").is_none(), "busy");
+/// assert_eq!(keyed.len(), 1);
+/// drop(held);
+/// assert!(keyed.is_empty(), "released uncontended: the entry is gone");
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct KeyedMutex {
     map: DashMap<String, Arc<Mutex<()>>>,
 }
 
 /// A held key of a [`KeyedMutex`]; dropping it unlocks the key.
+///
+/// ```
+/// let keyed = runa_lock_bench::keyed::KeyedMutex::new();
+/// let guard = keyed.try_lock("k").expect("free");
+/// drop(guard);
+/// assert!(keyed.try_lock("k").is_some());
+/// ```
 #[must_use = "the key is unlocked when the guard is dropped"]
 #[derive(Debug)]
 pub struct KeyedGuard<'a> {
@@ -27,6 +46,10 @@ pub struct KeyedGuard<'a> {
 
 impl KeyedMutex {
     /// An empty map.
+    ///
+    /// ```
+    /// assert!(runa_lock_bench::keyed::KeyedMutex::new().is_empty());
+    /// ```
     pub fn new() -> KeyedMutex {
         KeyedMutex::default()
     }
@@ -41,6 +64,12 @@ impl KeyedMutex {
     }
 
     /// Locks `key` if it is free, without waiting.
+    ///
+    /// ```
+    /// let keyed = runa_lock_bench::keyed::KeyedMutex::new();
+    /// let _held = keyed.try_lock("k").expect("free");
+    /// assert!(keyed.try_lock("k").is_none());
+    /// ```
     pub fn try_lock<'a>(&'a self, key: &'a str) -> Option<KeyedGuard<'a>> {
         match self.mutex(key).try_lock_owned() {
             Ok(guard) => Some(KeyedGuard {
@@ -59,6 +88,14 @@ impl KeyedMutex {
     }
 
     /// Locks `key`, waiting (first come, first served) while someone else holds it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let keyed = runa_lock_bench::keyed::KeyedMutex::new();
+    /// let _held = keyed.lock("k").await;
+    /// # }
+    /// ```
     pub async fn lock<'a>(&'a self, key: &'a str) -> KeyedGuard<'a> {
         let guard = self.mutex(key).lock_owned().await;
         KeyedGuard {
@@ -69,11 +106,21 @@ impl KeyedMutex {
     }
 
     /// How many keys have an entry: held ones, and ones with waiters.
+    ///
+    /// ```
+    /// let keyed = runa_lock_bench::keyed::KeyedMutex::new();
+    /// let _held = keyed.try_lock("k");
+    /// assert_eq!(keyed.len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
     /// Whether no key has an entry.
+    ///
+    /// ```
+    /// assert!(runa_lock_bench::keyed::KeyedMutex::new().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

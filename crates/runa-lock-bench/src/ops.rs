@@ -11,6 +11,10 @@ use crate::keyed::KeyedMutex;
 
 /// A locker named `bench` on a registry of its own (so on a memory driver of its own), with a
 /// ttl no run outlasts.
+///
+/// ```
+/// assert_eq!(runa_lock_bench::ops::memory_locker().name(), "bench");
+/// ```
 pub fn memory_locker() -> Locker {
     let registry = Registry::new();
     registry.register_locker("bench", LockerOptions::new().ttl(Duration::from_secs(600)));
@@ -18,6 +22,12 @@ pub fn memory_locker() -> Locker {
 }
 
 /// Thread `t`'s 256 keys for the pairs-on-distinct-keys runs: no two threads share one.
+///
+/// ```
+/// use runa_lock_bench::ops::thread_keys;
+/// assert_eq!(thread_keys(0).len(), 256);
+/// assert!(thread_keys(0).iter().all(|k| !thread_keys(1).contains(k)));
+/// ```
 pub fn thread_keys(t: usize) -> Vec<String> {
     (0..256).map(|k| format!("t{t}-key-{k}")).collect()
 }
@@ -28,6 +38,10 @@ pub fn thread_keys(t: usize) -> Vec<String> {
 /// # Panics
 ///
 /// If the future is not ready at its first poll.
+///
+/// ```
+/// assert_eq!(runa_lock_bench::ops::ready(async { 7 }), 7);
+/// ```
 pub fn ready<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     match future
@@ -44,6 +58,15 @@ pub fn ready<F: Future>(future: F) -> F::Output {
 /// # Panics
 ///
 /// If the key is busy or the driver fails.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let locker = runa_lock_bench::ops::memory_locker();
+/// runa_lock_bench::ops::runa_pair(&locker, "k").await;
+/// assert!(locker.try_lock("k").await.unwrap().is_some(), "released");
+/// # }
+/// ```
 pub async fn runa_pair(locker: &Locker, key: &str) {
     let lease = locker
         .try_lock(key)
@@ -54,11 +77,22 @@ pub async fn runa_pair(locker: &Locker, key: &str) {
 }
 
 /// [`runa_pair`] without a runtime, for plain threads.
+///
+/// ```
+/// runa_lock_bench::ops::runa_pair_now(&runa_lock_bench::ops::memory_locker(), "k");
+/// ```
 pub fn runa_pair_now(locker: &Locker, key: &str) {
     ready(runa_pair(locker, key));
 }
 
 /// Uncontended lock + unlock of a `tokio::sync::Mutex`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// runa_lock_bench::ops::tokio_pair(&tokio::sync::Mutex::new(0)).await;
+/// # }
+/// ```
 pub async fn tokio_pair(mutex: &tokio::sync::Mutex<u64>) {
     *mutex.lock().await += 1;
 }
@@ -70,6 +104,15 @@ pub async fn tokio_pair(mutex: &tokio::sync::Mutex<u64>) {
 /// # Panics
 ///
 /// If the key is busy.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let keyed = runa_lock_bench::keyed::KeyedMutex::new();
+/// runa_lock_bench::ops::keyed_pair(&keyed, "k").await;
+/// assert!(keyed.is_empty());
+/// # }
+/// ```
 pub async fn keyed_pair(keyed: &KeyedMutex, key: &str) {
     let guard = keyed.try_lock(key).expect("the key is free");
     drop(guard);
@@ -81,6 +124,15 @@ pub async fn keyed_pair(keyed: &KeyedMutex, key: &str) {
 /// # Panics
 ///
 /// If the waiting task panics.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mutex = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+/// let took = runa_lock_bench::ops::tokio_handoff(&mutex).await;
+/// assert!(took < std::time::Duration::from_secs(60));
+/// # }
+/// ```
 pub async fn tokio_handoff(mutex: &Arc<tokio::sync::Mutex<()>>) -> Duration {
     let guard = Arc::clone(mutex).lock_owned().await;
     let waiter = tokio::spawn({
@@ -102,6 +154,15 @@ pub async fn tokio_handoff(mutex: &Arc<tokio::sync::Mutex<()>>) -> Duration {
 /// # Panics
 ///
 /// If the waiting task panics.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let keyed = std::sync::Arc::new(runa_lock_bench::keyed::KeyedMutex::new());
+/// let took = runa_lock_bench::ops::keyed_handoff(&keyed).await;
+/// assert!(took < std::time::Duration::from_secs(60));
+/// # }
+/// ```
 pub async fn keyed_handoff(keyed: &Arc<KeyedMutex>) -> Duration {
     let guard = keyed.lock("handoff").await;
     let waiter = tokio::spawn({
@@ -123,6 +184,15 @@ pub async fn keyed_handoff(keyed: &Arc<KeyedMutex>) -> Duration {
 /// # Panics
 ///
 /// If the driver fails or the waiting task panics.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let locker = runa_lock_bench::ops::memory_locker();
+/// let took = runa_lock_bench::ops::runa_handoff(&locker).await;
+/// assert!(took < std::time::Duration::from_secs(60));
+/// # }
+/// ```
 pub async fn runa_handoff(locker: &Locker) -> Duration {
     let lease = locker.wait("handoff").await.expect("free");
     let waiter = tokio::spawn({
