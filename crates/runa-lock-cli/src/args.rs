@@ -187,7 +187,30 @@ fn usage(error: &clap::Error) -> Failure {
         Some(tip) => format!("{message} ({tip}); see runa-lock --help"),
         None => format!("{message}; see runa-lock --help"),
     };
-    Failure::new(exit::USAGE, message)
+    Failure::new(exit::USAGE, mask_credentials(&message))
+}
+
+/// `text` with the user and password of every URL in it (`scheme://user:pass@host`) shown
+/// as `***`: clap echoes the arguments it did not expect, and one may be a store URL.
+fn mask_credentials(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (before, after) = rest.split_at(start + 3);
+        masked.push_str(before);
+        let authority = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '\'' | '"' | '`'))
+            .unwrap_or(after.len());
+        match after[..authority].rfind('@') {
+            Some(at) => {
+                masked.push_str("***");
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    masked.push_str(rest);
+    masked
 }
 
 /// A duration as runa-lock's config reads it: humantime, above zero, at most 365 days.
@@ -208,6 +231,19 @@ fn any_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn urls_in_usage_errors_lose_their_credentials() {
+        assert_eq!(
+            mask_credentials("unexpected argument 'redis://:s3cret@h:6379/0' found"),
+            "unexpected argument 'redis://***@h:6379/0' found"
+        );
+        assert_eq!(
+            mask_credentials("a rediss://user:pw@h and redis://h:1 and unix:///tmp/s"),
+            "a rediss://***@h and redis://h:1 and unix:///tmp/s"
+        );
+        assert_eq!(mask_credentials("no url here"), "no url here");
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -450,6 +450,8 @@ fn bad_usage_exits_64() {
             "true",
         ],
         &["run", "--url", "http://u:s3cret@h", "k", "--", "true"],
+        // A stray argument, which clap echoes: a URL's password must not show.
+        &["status", "k", "redis://:s3cret@h:6379"],
         &["frobnicate"],
         &[],
     ] {
