@@ -26,10 +26,11 @@ Environment of the command:
   RUNA_LOCK_TOKEN    the lease's random token
 
 Signals and process groups:
-  The command runs in a process group of its own. SIGINT, SIGTERM and SIGHUP sent to
-  runa-lock are passed on to that whole group, so a terminal's Ctrl-C reaches the command
-  (and the processes it started) once, not twice. One received before the command starts
-  ends runa-lock with 128+N without running it. If the lease is lost, the group gets
+  The command runs in a process group of its own. SIGINT, SIGTERM, SIGHUP and SIGQUIT
+  sent to runa-lock are passed on to that whole group, so a terminal's Ctrl-C reaches the
+  command (and the processes it started) once, not twice. One received before the command
+  starts ends runa-lock with 128+N without running it. SIGTSTP (Ctrl-Z) is ignored: a
+  stopped runa-lock could not renew the lock while the command ran on. If the lease is lost, the group gets
   SIGTERM, then SIGKILL after --kill-after if any of it is left, and runa-lock exits 76.
   Grandchildren that start a process group or session of their own (setsid, daemons) are
   not signalled. Otherwise runa-lock waits for the command itself only, then releases the

@@ -161,22 +161,27 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// The signals runa-lock handles: passed on to the command while it runs, and ending
-/// runa-lock before it starts. Once made, they no longer end runa-lock by their default
-/// action.
+/// The signals runa-lock handles: SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to the
+/// command while it runs, and end runa-lock before it starts; SIGTSTP (a terminal's Ctrl-Z)
+/// is ignored, since a stopped runa-lock would stop renewing while the command runs on.
+/// Once made, none of them acts by its default action any more.
 pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    stop: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    /// Handles SIGINT, SIGTERM and SIGHUP from now on.
+    /// Handles those signals from now on.
     pub fn new() -> io::Result<Signals> {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             hangup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+            stop: signal(SignalKind::from_raw(Signal::SIGTSTP as i32))?,
         })
     }
 
@@ -186,6 +191,8 @@ impl Signals {
             _ = self.interrupt.recv() => Signal::SIGINT,
             _ = self.terminate.recv() => Signal::SIGTERM,
             _ = self.hangup.recv() => Signal::SIGHUP,
+            _ = self.quit.recv() => Signal::SIGQUIT,
+            _ = self.stop.recv() => Signal::SIGTSTP,
         }
     }
 }

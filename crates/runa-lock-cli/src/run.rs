@@ -13,10 +13,11 @@ use crate::store::{self, Store};
 
 /// Runs the command of `args` under the lock; `Ok` is the command's exit code.
 ///
-/// SIGINT, SIGTERM and SIGHUP are handled from before the acquisition: one received before
-/// the command starts abandons the acquisition (or releases the lock) and ends runa-lock
-/// with 128 + N without running the command; while the command runs they are passed on to
-/// its process group; after it exits they are ignored while the lock is released.
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT are handled from before the acquisition: one
+/// received before the command starts abandons the acquisition (or releases the lock) and
+/// ends runa-lock with 128 + N without running the command; while the command runs they are
+/// passed on to its process group; after it exits they are ignored while the lock is
+/// released. SIGTSTP is always ignored (see [`Signals`]).
 pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
     let key = args.key.as_str();
     let mut signals = Signals::new().map_err(|error| {
@@ -37,6 +38,9 @@ pub async fn run(store: &Store, args: &RunArgs) -> Result<u8, Failure> {
                 biased;
                 outcome = &mut work => break outcome,
                 received = signals.next() => match stage.get() {
+                    _ if received == Signal::SIGTSTP => {
+                        tracing::info!(target: "runa_lock_cli", "ignoring SIGTSTP: a stopped runa-lock could not renew the lock");
+                    }
                     // Returning drops `work`: the acquisition is abandoned, or the lock
                     // released in the background (main shuts the store down before exiting).
                     Stage::NotStarted => return Err(interrupted(key, received)),

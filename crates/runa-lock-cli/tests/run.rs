@@ -552,3 +552,34 @@ fn verbose_logs_acquisition_renewals_and_release_with_the_fencing_number() {
         );
     }
 }
+
+/// Ctrl-Z (SIGTSTP) does not stop runa-lock, which would stop renewing while the command runs
+/// on in its own group; SIGQUIT is passed on to the command like SIGTERM.
+#[test]
+fn sigtstp_is_ignored_and_sigquit_reaches_the_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (started, got) = (dir.path().join("started"), dir.path().join("got"));
+    let script = format!(
+        "trap 'echo quit > {got}; exit 7' QUIT; touch {started}; while :; do sleep 0.1; done",
+        got = got.display(),
+        started = started.display()
+    );
+    // A ttl of 1 s: stopped for the 2 s below, runa-lock would lose the lease (exit 76).
+    let child = start(&[
+        "run", "--url", &url, "--ttl", "1s", "k", "--", "sh", "-c", &script,
+    ]);
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
+    let pid = pid_of(&child);
+    kill(pid, Signal::SIGTSTP).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    kill(pid, Signal::SIGQUIT).unwrap();
+    let ended = wait(child, Duration::from_secs(20));
+    assert_eq!(ended.code, Some(7), "{ended:#?}");
+    assert_eq!(read(&got), "quit\n");
+    assert!(
+        !exists(&server, &lock_key("runa:lock:", "", "k")),
+        "released"
+    );
+}
