@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runa_lock::{Error, LockerOptions, Registry};
+use tracing_subscriber::fmt::format::FmtSpan;
 
 /// A `fmt` subscriber's output, kept for the test to read.
 #[derive(Clone, Default)]
@@ -28,18 +29,24 @@ impl Output {
     }
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn operations_run_in_spans_and_a_lost_lease_is_a_warning() {
+/// Everything at `debug` and above, written to the returned output while the guard lives;
+/// `spans` says which span events are written too.
+fn capture(spans: FmtSpan) -> (Output, tracing::subscriber::DefaultGuard) {
     let output = Output::default();
     let writer = output.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .without_time()
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_span_events(spans)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (output, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn operations_run_in_spans_and_a_lost_lease_is_a_warning() {
+    let (output, _guard) = capture(FmtSpan::CLOSE);
 
     let registry = Registry::new();
     registry.register_locker("jobs", LockerOptions::new().ttl(Duration::from_secs(1)));
@@ -78,15 +85,7 @@ async fn operations_run_in_spans_and_a_lost_lease_is_a_warning() {
 /// event that carries the fencing number (what a `-v` log shows).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn auto_renewals_are_debug_events_in_renew_spans_with_the_fencing_number() {
-    let output = Output::default();
-    let writer = output.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .without_time()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (output, _guard) = capture(FmtSpan::NONE);
 
     let registry = Registry::new();
     registry.register_locker(
