@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -283,17 +284,25 @@ fn group_members_that_outlive_the_command_are_killed_after_kill_after() {
     assert!(lost.stderr.contains("SIGKILL"), "{lost:#?}");
 }
 
+/// A shell script that touches `started`, then loops until `signal` comes, which it writes
+/// to `got` (in lower case) before exiting with `code`; and those two paths in `dir`.
+fn trapping(dir: &tempfile::TempDir, signal: &str, code: u8) -> (String, PathBuf, PathBuf) {
+    let (started, got) = (dir.path().join("started"), dir.path().join("got"));
+    let script = format!(
+        "trap 'echo {name} > {got}; exit {code}' {signal}; touch {started}; while :; do sleep 0.1; done",
+        name = signal.to_lowercase(),
+        got = got.display(),
+        started = started.display()
+    );
+    (script, started, got)
+}
+
 #[test]
 fn sigterm_to_runa_lock_reaches_the_command_and_the_lock_is_freed() {
     let server = RedisServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let (started, got) = (dir.path().join("started"), dir.path().join("got"));
-    let script = format!(
-        "trap 'echo term > {got}; exit 5' TERM; touch {started}; while :; do sleep 0.1; done",
-        got = got.display(),
-        started = started.display()
-    );
+    let (script, started, got) = trapping(&dir, "TERM", 5);
     let child = start(&["run", "--url", &url, "k", "--", "sh", "-c", &script]);
     assert!(eventually(Duration::from_secs(10), || started.exists()));
     kill(pid_of(&child), Signal::SIGTERM).unwrap();
@@ -560,12 +569,7 @@ fn sigtstp_is_ignored_and_sigquit_reaches_the_command() {
     let server = RedisServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let (started, got) = (dir.path().join("started"), dir.path().join("got"));
-    let script = format!(
-        "trap 'echo quit > {got}; exit 7' QUIT; touch {started}; while :; do sleep 0.1; done",
-        got = got.display(),
-        started = started.display()
-    );
+    let (script, started, got) = trapping(&dir, "QUIT", 7);
     // A ttl of 1 s: stopped for the 2 s below, runa-lock would lose the lease (exit 76).
     let child = start(&[
         "run", "--url", &url, "--ttl", "1s", "k", "--", "sh", "-c", &script,
