@@ -422,10 +422,10 @@ impl Lease {
         }
         let call = state.driver().release(state.key(), state.token());
         let released = call.instrument(lease_span!(state, "release")).await;
-        // Only now: if this future is dropped mid-flight, `Drop` still releases.
+        // Only now: if this future is dropped mid-flight, `Drop` still releases. (The lease
+        // leaves the registry's held leases as it is dropped, after the store let go.)
         self.done = true;
         self.state.released(released)
-        // Leaves the registry's held leases as it is dropped, after the store let go.
     }
 }
 
