@@ -61,11 +61,11 @@ impl Store {
 /// Builds the app from `common`'s config file (if any) and flags, and the locker to use.
 pub async fn open(common: &Common) -> Result<Store, Failure> {
     let file = common.config.as_deref();
-    let client = match &common.url {
-        Some(url) => Some(url_client(url)?),
+    let driver = match &common.url {
+        Some(url) => Some(url_driver(url)?),
         None => None,
     };
-    let (place, hint) = describe(file, client.as_ref());
+    let (place, hint) = describe(file, driver.as_ref());
 
     let mut app = runa::App::new();
     if let Some(file) = file {
@@ -76,8 +76,11 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
         lock = lock.register_locker(name.clone(), code_options(name));
     }
     let mut redis = runa_lock_redis::provider();
-    if let Some(client) = client {
-        redis = redis.client(client);
+    if let Some(url) = driver.as_ref().and(common.url.as_deref()) {
+        // Checked by `url_driver` already.
+        redis = redis
+            .fixed_url(url)
+            .map_err(|error| Failure::new(exit::USAGE, format!("--url: {error}")))?;
     }
     let installed = app
         .install(lock)
@@ -205,9 +208,9 @@ fn configured(
     Ok(info)
 }
 
-/// A Redis client for `url`, given with `--url` or `RUNA_LOCK_URL`; its scheme picks the
+/// A Redis driver for `url`, given with `--url` or `RUNA_LOCK_URL`; its scheme picks the
 /// driver. Errors never show the URL, which may hold a password.
-fn url_client(url: &str) -> Result<redis::Client, Failure> {
+fn url_driver(url: &str) -> Result<RedisDriver, Failure> {
     let usage = |problem: String| {
         Failure::new(
             exit::USAGE,
@@ -215,7 +218,10 @@ fn url_client(url: &str) -> Result<redis::Client, Failure> {
         )
     };
     match scheme(url) {
-        Some("redis" | "rediss" | "redis+unix" | "unix") => {}
+        Some(
+            "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel"
+            | "redis+cluster" | "rediss+cluster",
+        ) => {}
         Some("postgres" | "postgresql") => {
             return Err(usage(
                 "postgres:// lock stores are not supported yet (no postgres driver in this build)"
@@ -227,12 +233,10 @@ fn url_client(url: &str) -> Result<redis::Client, Failure> {
         }
         None => return Err(usage("not a URL".into())),
     }
-    // Parsed once, here; the parser's own messages may quote the URL: only their kind is shown.
-    redis::Client::open(url).map_err(|error| {
-        usage(format!(
-            "not a valid Redis URL: expected redis://[user[:password]@]host[:port][/db] or redis+unix:///path[?db=N] ({})",
-            error.category()
-        ))
+    // The driver's own message names the problem, never the password.
+    RedisDriver::open(url).map_err(|error| match error {
+        Error::InvalidConfig { problem, .. } => usage(problem),
+        other => usage(other.to_string()),
     })
 }
 
@@ -249,13 +253,10 @@ fn scheme(url: &str) -> Option<&str> {
 
 /// Where the store is, when known before connecting (not when the config file gives it),
 /// and what to check if it fails.
-fn describe(file: Option<&Path>, client: Option<&redis::Client>) -> (Option<String>, String) {
+fn describe(file: Option<&Path>, driver: Option<&RedisDriver>) -> (Option<String>, String) {
     let flag_hint = "set --url or RUNA_LOCK_URL".to_owned();
-    match (client, file) {
-        (Some(client), _) => (
-            Some(format!("redis at {}", client.get_connection_info().addr())),
-            flag_hint,
-        ),
+    match (driver, file) {
+        (Some(driver), _) => (Some(format!("redis at {}", driver.address())), flag_hint),
         (None, Some(file)) => (
             None,
             format!("check [lock.redis] in {}, or set --url", file.display()),
@@ -350,11 +351,11 @@ mod tests {
             "u:s3cret@h",
             "redis://u:s3cret@h:notaport",
         ] {
-            let failure = url_client(url).unwrap_err();
+            let failure = url_driver(url).unwrap_err();
             assert_eq!(failure.code, exit::USAGE, "{url}");
             assert!(!failure.message.contains("s3cret"), "{}", failure.message);
         }
-        let postgres = url_client("postgres://h/db").unwrap_err();
+        let postgres = url_driver("postgres://h/db").unwrap_err();
         assert!(
             postgres.message.contains("not supported yet"),
             "{}",

@@ -10,12 +10,11 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use redis::Client;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout};
 
 use crate::keys::Keys;
+use crate::target::{Limits, Link, Target};
 
 /// The longest a replaced connection is waited on to settle. Past it, what it still held
 /// is taken to be lost; if it does arrive later, a key it takes for a given-up token is
@@ -24,9 +23,8 @@ pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// The driver's command connections: the current one, and those settling.
 pub(crate) struct Connections {
-    client: Client,
-    connect_timeout: Duration,
-    response_timeout: Duration,
+    target: Target,
+    limits: Limits,
     state: Mutex<State>,
 }
 
@@ -51,7 +49,7 @@ struct Settling {
 #[derive(Clone)]
 pub(crate) struct Connection {
     id: u64,
-    pub(crate) manager: ConnectionManager,
+    pub(crate) link: Link,
 }
 
 /// Why there is no connection to use.
@@ -63,15 +61,10 @@ pub(crate) enum Unavailable {
 }
 
 impl Connections {
-    pub(crate) fn new(
-        client: Client,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(target: Target, limits: Limits) -> Self {
         Connections {
-            client,
-            connect_timeout,
-            response_timeout,
+            target,
+            limits,
             state: Mutex::new(State::default()),
         }
     }
@@ -80,41 +73,46 @@ impl Connections {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The current connection, made on first use (it connects lazily, and reconnects by
-    /// itself after an error).
-    pub(crate) fn current(&self) -> Result<Connection, Unavailable> {
-        self.current_in(&mut self.lock())
+    /// The current connection, made on first use (one server's and a cluster's connect
+    /// lazily and reconnect by themselves; behind Sentinel the master is looked up first).
+    pub(crate) async fn current(&self) -> Result<Connection, Unavailable> {
+        loop {
+            if let Some(connection) = self.installed()? {
+                return Ok(connection);
+            }
+            let link = self
+                .target
+                .link(self.limits)
+                .await
+                .map_err(Unavailable::Client)?;
+            let mut state = self.lock();
+            if state.closed {
+                return Err(Unavailable::Closed);
+            }
+            // Another call may have made one meanwhile: the first installed wins.
+            if state.current.is_none() {
+                state.opened += 1;
+                state.current = Some(Connection {
+                    id: state.opened,
+                    link,
+                });
+            }
+        }
     }
 
-    fn current_in(&self, state: &mut State) -> Result<Connection, Unavailable> {
+    /// The current connection, if there is one.
+    fn installed(&self) -> Result<Option<Connection>, Unavailable> {
+        let state = self.lock();
         if state.closed {
             return Err(Unavailable::Closed);
         }
-        if let Some(connection) = &state.current {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = self
-            .client
-            .get_connection_manager_lazy(config)
-            .map_err(Unavailable::Client)?;
-        state.opened += 1;
-        let connection = Connection {
-            id: state.opened,
-            manager,
-        };
-        state.current = Some(connection.clone());
-        Ok(connection)
+        Ok(state.current.clone())
     }
 
     /// Stops using `connection` (if it is still the current one; the next call makes a new
     /// one) and returns it to settle: the caller runs [`settle`] on it, then
     /// [`settled`](Self::settled).
-    pub(crate) fn retire(&self, connection: &Connection) -> Option<(u64, ConnectionManager)> {
+    pub(crate) fn retire(&self, connection: &Connection) -> Option<(u64, Link)> {
         let mut state = self.lock();
         if state.current.as_ref().is_none_or(|c| c.id != connection.id) {
             return None;
@@ -125,7 +123,7 @@ impl Connections {
             again: Vec::new(),
             task: None,
         });
-        Some((retired.id, retired.manager))
+        Some((retired.id, retired.link))
     }
 
     /// Records the task settling connection `id`, so that `close` can stop it.
@@ -143,17 +141,23 @@ impl Connections {
     /// connection still delivers then runs either before this release or before the one
     /// sent again. One lock for both, so no connection can be retired in between (an
     /// acquire still on it would escape both).
-    pub(crate) fn current_for_release(
+    pub(crate) async fn current_for_release(
         &self,
         keys: &Keys,
         token: &str,
     ) -> Result<Connection, Unavailable> {
-        let mut state = self.lock();
-        let connection = self.current_in(&mut state)?;
-        for settling in &mut state.settling {
-            settling.again.push((keys.clone(), token.to_owned()));
+        loop {
+            self.current().await?;
+            let mut state = self.lock();
+            // Retired since: make another.
+            let Some(connection) = state.current.clone() else {
+                continue;
+            };
+            for settling in &mut state.settling {
+                settling.again.push((keys.clone(), token.to_owned()));
+            }
+            return Ok(connection);
         }
-        Ok(connection)
     }
 
     /// Connection `id` has settled: the releases to send again.
@@ -189,23 +193,20 @@ impl Connections {
     }
 
     pub(crate) fn response_limit(&self) -> Duration {
-        self.connect_timeout.saturating_add(self.response_timeout)
+        self.limits.connect.saturating_add(self.limits.response)
     }
 }
 
-/// Waits until `manager`, a replaced connection, has settled: it answered a `PING` (so
-/// everything sent on it before has run), or failed (so nothing more will), or
+/// Waits until `link`, a replaced connection, has settled: it answered a `PING` (so
+/// everything sent on it before has run; on a cluster the `PING` goes to every master), or
+/// failed (so nothing more will), or
 /// [`SETTLE_LIMIT`] passed. Each `PING` waits up to `limit`. Stops early once `wanted`
 /// says the driver is gone.
-pub(crate) async fn settle(
-    mut manager: ConnectionManager,
-    limit: Duration,
-    wanted: impl Fn() -> bool,
-) {
+pub(crate) async fn settle(mut link: Link, limit: Duration, wanted: impl Fn() -> bool) {
     let deadline = Instant::now() + SETTLE_LIMIT;
     while wanted() {
         let ping = redis::cmd("PING");
-        match timeout(limit, ping.query_async::<redis::Value>(&mut manager)).await {
+        match timeout(limit, ping.query_async::<redis::Value>(&mut link)).await {
             Ok(Ok(_)) => return,
             Ok(Err(error)) if !error.is_timeout() => return,
             _ if Instant::now() >= deadline => {
@@ -225,8 +226,12 @@ mod tests {
     use super::*;
 
     fn connections() -> Connections {
-        let client = Client::open("redis://127.0.0.1:1").unwrap();
-        Connections::new(client, Duration::from_secs(1), Duration::from_secs(1))
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let limits = Limits {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+        };
+        Connections::new(Target::Server(Box::new(client)), limits)
     }
 
     fn keys(name: &str) -> Keys {
@@ -236,13 +241,13 @@ mod tests {
     #[tokio::test]
     async fn only_the_current_connection_is_retired_and_releases_wait_for_it() {
         let connections = connections();
-        let first = connections.current().ok().unwrap();
+        let first = connections.current().await.ok().unwrap();
         assert!(connections.retire(&first).is_some());
         assert!(
             connections.retire(&first).is_none(),
             "retired twice: a second call that timed out on it"
         );
-        let second = connections.current_for_release(&keys("a"), "token-a");
+        let second = connections.current_for_release(&keys("a"), "token-a").await;
         assert_ne!(first.id, second.ok().unwrap().id);
         assert_eq!(connections.settling(), 1);
         let again = connections.settled(first.id);
@@ -251,6 +256,7 @@ mod tests {
         assert!(
             connections
                 .current_for_release(&keys("b"), "token-b")
+                .await
                 .is_ok()
         );
         assert!(
@@ -262,10 +268,10 @@ mod tests {
     #[tokio::test]
     async fn close_forgets_everything_and_opens_nothing() {
         let connections = connections();
-        let first = connections.current().ok().unwrap();
+        let first = connections.current().await.ok().unwrap();
         connections.retire(&first).unwrap();
         connections.close();
-        assert!(connections.current().is_err());
+        assert!(connections.current().await.is_err());
         assert_eq!(connections.settling(), 0);
         assert!(connections.is_closed());
     }

@@ -9,6 +9,7 @@ use runa_lock::{Attempt, BoxFuture, Driver, Error, Grant, Holder, LockKey, WaitP
 
 use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
+use crate::target::Target;
 
 /// Locks in Redis, shared by every process and host that uses the same Redis database.
 ///
@@ -76,11 +77,21 @@ impl RedisDriver {
         RedisDriverBuilder::new(client)
     }
 
-    /// A driver for a Redis URL (user, password and database included).
+    /// A driver for a store URL (user, password and database included):
+    ///
+    /// | URL | store |
+    /// |---|---|
+    /// | `redis://[user[:pass]@]host[:port][/db]`, `rediss://...` | one server (`rediss`: TLS) |
+    /// | `redis+unix:///path/redis.sock[?db=N]`, `unix://...` | one server on a unix socket |
+    /// | `redis+sentinel://[user[:pass]@]host[:port][,host[:port]...]/<master-name>[/db]` | the current master of a Sentinel-monitored group (sentinel port 26379 unless given; `?sentinel_password=...` for sentinels that need one; the credentials are the master's) |
+    /// | `redis+cluster://[user[:pass]@]host[:port][,host[:port]...]` | a Redis Cluster, given any of its nodes |
+    ///
+    /// `rediss+sentinel://` and `rediss+cluster://` use TLS. See the README's "Deployments"
+    /// for what each guarantees.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a URL that does not parse; it never shows the URL.
+    /// [`Error::InvalidConfig`] for a URL that does not parse; it never shows the password.
     ///
     /// ```
     /// use runa_lock_redis::RedisDriver;
@@ -90,10 +101,15 @@ impl RedisDriver {
     ///
     /// let err = RedisDriver::open("http://:s3cret@example.com").unwrap_err();
     /// assert!(!err.to_string().contains("s3cret"));
+    ///
+    /// let sentinel = RedisDriver::open("redis+sentinel://:s3cret@10.0.0.1,10.0.0.2:26380/orders")?;
+    /// assert_eq!(sentinel.address(), "sentinel 10.0.0.1:26379,10.0.0.2:26380/orders");
+    /// let cluster = RedisDriver::open("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")?;
+    /// assert_eq!(cluster.address(), "cluster 10.0.0.1:7000,10.0.0.2:7000");
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn open(url: &str) -> Result<RedisDriver, Error> {
-        Ok(RedisDriver::new(crate::config::client_for_url(url, "url")?))
+        Ok(RedisDriverBuilder::open(url)?.unchecked())
     }
 
     /// This driver's settings with `prefix` put before every key; connections are not
@@ -131,6 +147,24 @@ impl RedisDriver {
         self.settings().response_timeout(limit).unchecked()
     }
 
+    /// This driver's settings, with acquisitions that count only once `replicas` replicas
+    /// acknowledged them within `limit` (see [`RedisDriverBuilder::replicas`]); zero
+    /// replicas means not waiting for any. Connections are not shared.
+    ///
+    /// ```
+    /// let driver = runa_lock_redis::RedisDriver::open("redis+sentinel://10.0.0.1/orders")?
+    ///     .with_replicas(1, std::time::Duration::from_millis(200));
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn with_replicas(self, replicas: u32, limit: Duration) -> RedisDriver {
+        let settings = self.settings();
+        match replicas {
+            0 => settings.no_replicas(),
+            _ => settings.replicas(replicas, limit),
+        }
+        .unchecked()
+    }
+
     /// The prefix put before every key.
     ///
     /// ```
@@ -141,7 +175,8 @@ impl RedisDriver {
         &self.shared.prefix
     }
 
-    /// The server's `host:port` (or socket path); never the password.
+    /// The server's `host:port` (or socket path), or `sentinel <hosts>/<master-name>`, or
+    /// `cluster <hosts>`; never the password.
     ///
     /// ```
     /// let driver = runa_lock_redis::RedisDriver::open("redis://user:pw@10.0.0.5:6380/1")?;
@@ -171,10 +206,14 @@ impl RedisDriver {
 
     fn settings(&self) -> RedisDriverBuilder {
         let shared = &self.shared;
-        RedisDriver::builder(shared.client.clone())
+        let builder = RedisDriverBuilder::for_target(shared.target.clone())
             .prefix(shared.prefix.clone())
             .connect_timeout(shared.connect_timeout)
-            .response_timeout(shared.response_timeout)
+            .response_timeout(shared.response_timeout);
+        match shared.replicas {
+            Some((replicas, limit)) => builder.replicas(replicas, limit),
+            None => builder,
+        }
     }
 }
 
@@ -255,15 +294,18 @@ impl Driver for RedisDriver {
 impl fmt::Debug for RedisDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = &self.shared;
-        let settings = shared.client.get_connection_info().redis_settings();
-        f.debug_struct("RedisDriver")
-            .field("address", &shared.address)
-            .field("db", &settings.db())
-            .field("username", &settings.username())
-            .field("password", &settings.password().map(|_| "<redacted>"))
-            .field("prefix", &shared.prefix)
+        let mut f = f.debug_struct("RedisDriver");
+        f.field("address", &shared.address);
+        if let Target::Server(client) = &shared.target {
+            let settings = client.get_connection_info().redis_settings();
+            f.field("db", &settings.db())
+                .field("username", &settings.username())
+                .field("password", &settings.password().map(|_| "<redacted>"));
+        }
+        f.field("prefix", &shared.prefix)
             .field("connect_timeout", &shared.connect_timeout)
             .field("response_timeout", &shared.response_timeout)
+            .field("replicas", &shared.replicas)
             .finish()
     }
 }

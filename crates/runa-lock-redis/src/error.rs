@@ -25,6 +25,12 @@ pub(crate) enum Cause {
     Closed,
     /// A reply the script cannot give.
     Reply(String),
+    /// Fewer replicas than wanted acknowledged an acquisition in time.
+    Replicas {
+        wanted: u32,
+        acknowledged: i64,
+        limit: Duration,
+    },
 }
 
 impl Failure {
@@ -41,7 +47,7 @@ impl Failure {
         match &self.cause {
             Cause::Redis(error) => error.is_connection_refusal(),
             Cause::Closed => true,
-            Cause::NoReply(_) | Cause::Reply(_) => false,
+            Cause::NoReply(_) | Cause::Reply(_) | Cause::Replicas { .. } => false,
         }
     }
 
@@ -68,6 +74,15 @@ impl fmt::Display for Failure {
             }
             Cause::Closed => f.write_str("the driver was closed"),
             Cause::Reply(problem) => f.write_str(problem),
+            Cause::Replicas {
+                wanted,
+                acknowledged,
+                limit,
+            } => write!(
+                f,
+                "{acknowledged} of the {wanted} replicas wanted acknowledged the lock within {}; it was released",
+                humantime::format_duration(*limit)
+            ),
         }
     }
 }

@@ -49,6 +49,7 @@ mod notify;
 mod provider;
 mod scripts;
 mod shared;
+mod target;
 mod wait;
 
 #[cfg(feature = "testing")]

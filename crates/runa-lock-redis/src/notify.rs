@@ -15,11 +15,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::PubSubSink;
-use redis::{Client, RedisError};
+use redis::RedisError;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
+
+use crate::target::{Event, Limits, Subscriber, Target};
+
+/// The subscriber connection, shared: subscribe and unsubscribe go through its lock.
+type Sink = Arc<tokio::sync::Mutex<Subscriber>>;
 
 /// Release notifications for one driver.
 pub(crate) struct Notifier {
@@ -27,9 +31,8 @@ pub(crate) struct Notifier {
 }
 
 struct Shared {
-    client: Client,
-    connect_timeout: Duration,
-    response_timeout: Duration,
+    target: Target,
+    limits: Limits,
     state: Mutex<State>,
     /// Whether (and until when) Redis refuses pub/sub: waiters poll meanwhile.
     refusal: Mutex<Refusal>,
@@ -80,7 +83,7 @@ impl Retire {
 struct State {
     /// The live subscriber connection's generation and sink; subscribe and unsubscribe go
     /// through the sink's lock, one at a time, so they reach Redis in the order decided.
-    sink: Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)>,
+    sink: Option<(u64, Sink)>,
     generation: u64,
     /// The running pump and its id; a pump installs a sink only while it is the current one.
     pump: Option<(u64, AbortHandle)>,
@@ -117,16 +120,11 @@ pub(crate) struct Membership<'a> {
 }
 
 impl Notifier {
-    pub(crate) fn new(
-        client: Client,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(target: Target, limits: Limits) -> Self {
         Notifier {
             shared: Arc::new(Shared {
-                client,
-                connect_timeout,
-                response_timeout,
+                target,
+                limits,
                 state: Mutex::new(State::default()),
                 refusal: Mutex::new(Refusal::default()),
                 retire: Retire::default(),
@@ -174,7 +172,7 @@ impl Notifier {
             return true;
         }
         let limit = Instant::now()
-            .checked_add(shared.response_timeout)
+            .checked_add(shared.limits.response)
             .map_or(deadline, |limit| limit.min(deadline));
         let Ok(mut sink) = timeout_at(limit, sink.lock()).await else {
             return false;
@@ -182,7 +180,7 @@ impl Notifier {
         if wait.subscribed.load(Ordering::Acquire) == generation {
             return true;
         }
-        match timeout_at(limit, sink.subscribe(&wait.channel)).await {
+        match timeout_at(limit, sink.subscribe(&[&wait.channel])).await {
             Ok(Ok(())) => {
                 wait.subscribed.store(generation, Ordering::Release);
                 shared.accepted();
@@ -201,7 +199,7 @@ impl Notifier {
     }
 
     /// The live subscriber sink, if connected; (re)starts the pump when none is running.
-    fn live_sink(&self) -> Option<(u64, Arc<tokio::sync::Mutex<PubSubSink>>)> {
+    fn live_sink(&self) -> Option<(u64, Sink)> {
         let mut state = self.shared.lock();
         if state.closed {
             return None;
@@ -289,6 +287,29 @@ impl Shared {
         }
     }
 
+    /// What the subscriber connection reported, turned into wake-ups.
+    fn handle(&self, event: Event) {
+        let wait = |channel: &str| {
+            let state = self.lock();
+            state.keys.get(channel).map(|m| Arc::clone(&m.wait))
+        };
+        match event {
+            Event::Released(channel) => {
+                if let Some(wait) = wait(&channel) {
+                    wait.bump();
+                }
+            }
+            Event::Dropped(channel) => {
+                // Its slot moved: the next attempt subscribes again, on the new owner.
+                if let Some(wait) = wait(&channel) {
+                    wait.subscribed.store(0, Ordering::Release);
+                    wait.bump();
+                }
+            }
+            Event::Disconnected => self.bump_all(),
+        }
+    }
+
     fn bump_all(&self) {
         for member in self.lock().keys.values() {
             member.wait.bump();
@@ -362,7 +383,7 @@ impl Drop for Membership<'_> {
         };
         let channel = self.wait.channel.clone();
         let weak = Arc::downgrade(shared);
-        let limit = shared.response_timeout;
+        let limit = shared.limits.response;
         runtime.spawn(async move {
             let mut sink = sink.lock().await;
             // A waiter that came back meanwhile keeps (or renews) the subscription.
@@ -387,16 +408,15 @@ async fn pump(weak: Weak<Shared>, id: u64) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some(shared) = weak.upgrade() else { return };
-        let connecting = timeout(shared.connect_timeout, shared.client.get_async_pubsub()).await;
-        match connecting {
-            Ok(Ok(pubsub)) => {
+        // Bounded by the connect timeout (and behind Sentinel the lookup by its own).
+        match shared.target.subscriber(shared.limits).await {
+            Ok((subscriber, mut stream)) => {
                 backoff = MIN_BACKOFF;
-                let (sink, mut stream) = pubsub.split();
-                let sink = Arc::new(tokio::sync::Mutex::new(sink));
+                let sink = Arc::new(tokio::sync::Mutex::new(subscriber));
                 let Some(generation) = resubscribe(&shared, &sink, id).await else {
                     return; // closed meanwhile: this pump is no longer the current one
                 };
-                let response_timeout = shared.response_timeout;
+                let response_timeout = shared.limits.response;
                 drop(shared);
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
                 heartbeat.tick().await;
@@ -408,22 +428,15 @@ async fn pump(weak: Weak<Shared>, id: u64) {
                         }
                     };
                     tokio::select! {
-                        message = stream.next() => {
-                            let Some(message) = message else { break };
+                        event = stream.next() => {
+                            let Some(event) = event else { break };
                             let Some(shared) = weak.upgrade() else { return };
-                            let wait = shared
-                                .lock()
-                                .keys
-                                .get(message.get_channel_name())
-                                .map(|m| Arc::clone(&m.wait));
-                            if let Some(wait) = wait {
-                                wait.bump();
-                            }
+                            shared.handle(event);
                         }
                         _ = heartbeat.tick() => {
                             let alive = async {
                                 let mut sink = sink.lock().await;
-                                sink.ping::<redis::Value>().await.is_ok()
+                                sink.ping().await.is_ok()
                             };
                             if !timeout(response_timeout, alive).await.unwrap_or(false) {
                                 tracing::debug!("Redis subscriber connection stopped answering; replacing it");
@@ -446,14 +459,13 @@ async fn pump(weak: Weak<Shared>, id: u64) {
                 }
                 shared.bump_all();
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 if shared.failed(&error) {
                     // Waiters poll; the next one to subscribe after the pause starts a pump.
                     return;
                 }
                 tracing::debug!(%error, "Redis subscriber connection failed; retrying");
             }
-            Err(_) => tracing::debug!("Redis subscriber connection timed out; retrying"),
         }
         sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -463,11 +475,7 @@ async fn pump(weak: Weak<Shared>, id: u64) {
 /// Installs a fresh subscriber sink, subscribes every channel with local waiters, and bumps
 /// their epochs (releases may have been missed while disconnected). Returns its generation,
 /// or `None` when pump `id` is no longer the current one (the notifier was closed).
-async fn resubscribe(
-    shared: &Shared,
-    sink: &Arc<tokio::sync::Mutex<PubSubSink>>,
-    id: u64,
-) -> Option<u64> {
+async fn resubscribe(shared: &Shared, sink: &Sink, id: u64) -> Option<u64> {
     let mut guard = sink.lock().await;
     let (generation, waits) = {
         let mut state = shared.lock();
@@ -486,7 +494,7 @@ async fn resubscribe(
     };
     if !waits.is_empty() {
         let channels: Vec<&str> = waits.iter().map(|w| w.channel.as_str()).collect();
-        match timeout(shared.response_timeout, guard.subscribe(&channels)).await {
+        match timeout(shared.limits.response, guard.subscribe(&channels)).await {
             Ok(Ok(())) => {
                 for wait in &waits {
                     wait.subscribed.store(generation, Ordering::Release);

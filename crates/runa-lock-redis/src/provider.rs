@@ -7,20 +7,25 @@ use runa::{App, BoxError, BoxFuture, Provider};
 use runa_lock::{Driver, Error, Registry};
 use serde::Deserialize;
 
-use crate::RedisDriver;
-use crate::config::{client, connection_info};
+use crate::config::{Location, Topology};
+use crate::target::Target;
+use crate::{RedisDriver, RedisDriverBuilder};
 
 /// The default address when no URL is given anywhere.
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+/// How long replicas may take to acknowledge an acquisition, unless `replicas_timeout` says.
+const DEFAULT_REPLICAS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A [`runa::Provider`] that creates a [`RedisDriver`] and registers it in the app's lock
 /// [`Registry`]; made by [`provider`].
 ///
 /// Settings, lowest first: this builder's values, `[redis]`, then `[lock.redis]`, key by
-/// key. Keys: `url` (or `addr` = `host:port`), `username`, `password`, `db`,
-/// `connect_timeout`, `response_timeout` (see [`runa_lock::parse_duration`]), `prefix`. No
-/// URL anywhere means `redis://127.0.0.1:6379`; a [`client`](RedisProvider::client) wins
-/// over any configured address.
+/// key. Keys: `url` (or `addr` = `host:port`; any URL [`RedisDriver::open`] takes, Sentinel
+/// and Cluster included), `username`, `password`, `db` (these three over the URL's),
+/// `connect_timeout`, `response_timeout` (see [`runa_lock::parse_duration`]), `prefix`,
+/// `replicas` and `replicas_timeout` (default 1 s; see
+/// [`RedisDriverBuilder::replicas`]). No URL anywhere means `redis://127.0.0.1:6379`; a
+/// [`client`](RedisProvider::client) wins over any configured address.
 ///
 /// - `init`: builds the driver (a bad setting fails `freeze` naming its key, never a
 ///   password) and pings Redis.
@@ -54,7 +59,8 @@ const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 pub struct RedisProvider {
     name: String,
     url: Option<String>,
-    client: Option<redis::Client>,
+    /// Where the locks live, winning over config: a client or URL passed in.
+    fixed: Option<Target>,
     prefix: Option<String>,
     driver: Option<RedisDriver>,
 }
@@ -68,7 +74,7 @@ pub fn provider() -> RedisProvider {
     RedisProvider {
         name: "redis".to_owned(),
         url: None,
-        client: None,
+        fixed: None,
         prefix: None,
         driver: None,
     }
@@ -92,8 +98,25 @@ impl RedisProvider {
     /// let provider = runa_lock_redis::provider().client(client);
     /// ```
     pub fn client(mut self, client: redis::Client) -> Self {
-        self.client = Some(client);
+        self.fixed = Some(Target::Server(Box::new(client)));
         self
+    }
+
+    /// A store URL to use instead of any configured address, as [`client`](Self::client)
+    /// is (it wins over config), but any URL [`RedisDriver::open`] takes, Sentinel and
+    /// Cluster included. Checked now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a URL that does not parse; it never shows the password.
+    ///
+    /// ```
+    /// let provider = runa_lock_redis::provider().fixed_url("redis+sentinel://10.0.0.1,10.0.0.2/orders")?;
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn fixed_url(mut self, url: &str) -> Result<Self, Error> {
+        self.fixed = Some(Location::parse(url, "url")?.target("url")?);
+        Ok(self)
     }
 
     /// The key prefix when config gives none (default [`DEFAULT_REDIS_PREFIX`](runa_lock::DEFAULT_REDIS_PREFIX)).
@@ -120,13 +143,19 @@ impl RedisProvider {
     /// The driver from this builder's values and the app's config.
     fn build(&self, config: &runa::Config) -> Result<RedisDriver, Error> {
         let settings = Settings::read(config)?;
-        let client = match &self.client {
-            Some(client) => client.clone(),
+        let target = match &self.fixed {
+            Some(target) => target.clone(),
             None => settings
-                .client(self.url.as_deref())
+                .target(self.url.as_deref())
                 .map_err(|e| e.located_in(config))?,
         };
-        let mut builder = RedisDriver::builder(client);
+        let mut builder = RedisDriverBuilder::for_target(target);
+        if let Some(replicas) = settings.replicas {
+            let limit = settings
+                .replicas_timeout
+                .unwrap_or(DEFAULT_REPLICAS_TIMEOUT);
+            builder = builder.replicas(replicas, limit);
+        }
         if let Some(prefix) = settings.prefix.or_else(|| self.prefix.clone()) {
             builder = builder.prefix(prefix);
         }
@@ -183,17 +212,16 @@ impl fmt::Debug for RedisProvider {
         f.debug_struct("RedisProvider")
             .field("name", &self.name)
             .field("address", &self.url.as_deref().map(address))
-            .field("client", &self.client.as_ref().map(|_| "<given>"))
+            .field("fixed", &self.fixed.as_ref().map(Target::address))
             .field("prefix", &self.prefix)
             .field("driver", &self.driver)
             .finish()
     }
 }
 
-/// The host and port (or socket path) of `url`: all of it that may be shown.
+/// The hosts and ports (or socket path) of `url`: all of it that may be shown.
 fn address(url: &str) -> Option<String> {
-    let info = crate::config::connection_info(url, "url").ok()?;
-    Some(info.addr().to_string())
+    Some(Location::parse(url, "url").ok()?.address())
 }
 
 /// One `[redis]` or `[lock.redis]` table, as written.
@@ -208,6 +236,8 @@ struct Section {
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
     prefix: Option<String>,
+    replicas: Option<u32>,
+    replicas_timeout: Option<String>,
 }
 
 /// A password from config: a string, and never echoed back, not even in a type error.
@@ -233,6 +263,8 @@ struct Settings {
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     prefix: Option<String>,
+    replicas: Option<u32>,
+    replicas_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -282,24 +314,33 @@ impl Settings {
             }
             self.prefix = Some(prefix);
         }
+        if let Some(replicas) = section.replicas {
+            if replicas == 0 {
+                let problem = "must be 1 or more (leave it out not to wait for replicas)";
+                return Err(fail("replicas", problem, "0".to_owned()));
+            }
+            self.replicas = Some(replicas);
+        }
         let connect_timeout = duration("connect_timeout", section.connect_timeout)?;
         let response_timeout = duration("response_timeout", section.response_timeout)?;
+        let replicas_timeout = duration("replicas_timeout", section.replicas_timeout)?;
         self.connect_timeout = connect_timeout.or(self.connect_timeout);
         self.response_timeout = response_timeout.or(self.response_timeout);
+        self.replicas_timeout = replicas_timeout.or(self.replicas_timeout);
         self.username = section.username.or(self.username.take());
         self.password = section.password.map(|p| p.0).or(self.password.take());
         Ok(())
     }
 
-    /// A client for the configured URL, or `fallback`, or the local default, with the
+    /// Where the configured URL, or `fallback`, or the local default points, with the
     /// configured credentials and db over the URL's.
-    fn client(&self, fallback: Option<&str>) -> Result<redis::Client, Error> {
+    fn target(&self, fallback: Option<&str>) -> Result<Target, Error> {
         let (url, path) = match &self.url {
             Some((url, path)) => (url.as_str(), path.as_str()),
             None => (fallback.unwrap_or(DEFAULT_URL), "redis url"),
         };
-        let info = connection_info(url, path)?;
-        let mut redis = info.redis_settings().clone();
+        let mut location = Location::parse(url, path)?;
+        let mut redis = location.settings.clone();
         if let Some(username) = &self.username {
             redis = redis.set_username(username);
         }
@@ -307,9 +348,18 @@ impl Settings {
             redis = redis.set_password(password);
         }
         if let Some(db) = self.db {
+            if matches!(location.topology, Topology::Cluster) && db != 0 {
+                let problem = "a Redis Cluster has database 0 only";
+                return Err(Error::invalid_config(
+                    "redis db",
+                    problem,
+                    Some(db.to_string()),
+                ));
+            }
             redis = redis.set_db(db);
         }
-        client(info.set_redis_settings(redis), path)
+        location.settings = redis;
+        location.target(path)
     }
 }
 

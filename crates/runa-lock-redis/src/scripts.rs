@@ -94,16 +94,21 @@ return 0
     )
 });
 
-/// `KEYS`: lock. `ARGV`: token, release channel. Returns 1 or 0.
+/// `KEYS`: lock. `ARGV`: token, release channel, `PUBLISH` or `SPUBLISH` (a cluster's
+/// sharded pub/sub: the channel shares the lock's slot). Returns 1 or 0.
 ///
 /// Deletes the lock only while it holds this token, and announces the release; a refused
-/// `PUBLISH` does not fail it (waiters then poll).
+/// announcement does not fail it (waiters then poll).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.pcall('PUBLISH', ARGV[2], '1')
+  local publish = 'PUBLISH'
+  if ARGV[3] == 'SPUBLISH' then
+    publish = 'SPUBLISH'
+  end
+  redis.pcall(publish, ARGV[2], '1')
   return 1
 end
 return 0

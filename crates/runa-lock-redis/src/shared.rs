@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::{Client, RedisError};
+use redis::RedisError;
 use runa_lock::{Error, LockKey};
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
@@ -15,6 +15,7 @@ use crate::error::{Cause, Failure};
 use crate::keys::{Keys, check_prefix, prefix_problem};
 use crate::notify::Notifier;
 use crate::scripts::{ACQUIRE, FENCE_TTL_MS, RELEASE, RENEW};
+use crate::target::{Limits, Target};
 
 /// How many releases are sent again at once after a connection settles.
 const RESEND_AT_ONCE: usize = 64;
@@ -22,8 +23,9 @@ const RESEND_AT_ONCE: usize = 64;
 pub(crate) struct Shared {
     /// For the background tasks it starts, which must not keep it alive.
     me: Weak<Shared>,
-    pub(crate) client: Client,
-    /// `host:port` or socket path: never the password.
+    pub(crate) target: Target,
+    /// `host:port`, a socket path, or the sentinels' or nodes' addresses: never the
+    /// password.
     pub(crate) address: Arc<str>,
     pub(crate) prefix: String,
     /// Whether the prefix is one `build` refuses (only the unchecked `with_prefix` makes
@@ -31,6 +33,8 @@ pub(crate) struct Shared {
     prefix_refused: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    /// How many replicas must acknowledge an acquisition, and how long they may take.
+    pub(crate) replicas: Option<(u32, Duration)>,
     pub(crate) connections: Connections,
     pub(crate) notifier: Notifier,
     /// The releases running in the background, and the tasks that settle connections and
@@ -48,28 +52,31 @@ type Result<T> = std::result::Result<T, Failure>;
 
 impl Shared {
     pub(crate) fn new(
-        client: Client,
+        target: Target,
         prefix: String,
-        connect_timeout: Duration,
-        response_timeout: Duration,
+        limits: Limits,
+        replicas: Option<(u32, Duration)>,
     ) -> Arc<Shared> {
         #[cfg(feature = "tls")]
-        if matches!(
-            client.get_connection_info().addr(),
-            redis::ConnectionAddr::TcpTls { .. }
-        ) {
+        if let Target::Server(client) = &target
+            && matches!(
+                client.get_connection_info().addr(),
+                redis::ConnectionAddr::TcpTls { .. }
+            )
+        {
             crate::config::install_crypto_provider();
         }
         Arc::new_cyclic(|me| Shared {
             me: me.clone(),
-            address: client.get_connection_info().addr().to_string().into(),
-            notifier: Notifier::new(client.clone(), connect_timeout, response_timeout),
-            connections: Connections::new(client.clone(), connect_timeout, response_timeout),
-            client,
+            address: target.address().into(),
+            notifier: Notifier::new(target.clone(), limits),
+            connections: Connections::new(target.clone(), limits),
+            target,
             prefix_refused: prefix_problem(&prefix).is_some(),
             prefix,
-            connect_timeout,
-            response_timeout,
+            connect_timeout: limits.connect,
+            response_timeout: limits.response,
+            replicas,
             background: TaskTracker::new(),
         })
     }
@@ -79,9 +86,10 @@ impl Shared {
     }
 
     /// The shared command connection, created on first use; it reconnects by itself.
-    fn connection(&self, operation: &'static str) -> Result<Connection> {
+    async fn connection(&self, operation: &'static str) -> Result<Connection> {
         self.connections
             .current()
+            .await
             .map_err(|unavailable| self.unavailable(operation, unavailable))
     }
 
@@ -93,21 +101,21 @@ impl Shared {
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
-        let connection = self.connection("ping")?;
-        let mut manager = connection.manager.clone();
+        let connection = self.connection("ping").await?;
+        let mut link = connection.link.clone();
         let ping = redis::cmd("PING");
-        let call = ping.query_async::<String>(&mut manager);
+        let call = ping.query_async::<redis::Value>(&mut link);
         self.bounded(&connection, "ping", call).await.map(drop)
     }
 
     /// The lock's `PTTL`: `None` when the key is free, `Some(None)` when it is held without
     /// an expiry (no lock of ours is), `Some(Some(left))` otherwise.
     pub(crate) async fn inspect(&self, keys: &Keys) -> Result<Option<Option<Duration>>> {
-        let connection = self.connection("inspect")?;
-        let mut manager = connection.manager.clone();
+        let connection = self.connection("inspect").await?;
+        let mut link = connection.link.clone();
         let mut pttl = redis::cmd("PTTL");
         pttl.arg(&keys.lock);
-        let call = pttl.query_async::<i64>(&mut manager);
+        let call = pttl.query_async::<i64>(&mut link);
         let left = self.bounded(&connection, "inspect", call).await?;
         Ok(match u64::try_from(left) {
             Ok(millis) => Some(Some(Duration::from_millis(millis))),
@@ -121,7 +129,7 @@ impl Shared {
         operation: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        self.run_on(self.connection(operation)?, operation, invocation)
+        self.run_on(self.connection(operation).await?, operation, invocation)
             .await
     }
 
@@ -131,14 +139,15 @@ impl Shared {
         operation: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        let mut manager = connection.manager.clone();
-        let call = invocation.invoke_async(&mut manager);
+        let mut link = connection.link.clone();
+        let call = invocation.invoke_async(&mut link);
         self.bounded(&connection, operation, call).await
     }
 
     /// Runs one call on `connection`, bounded by the connect and response timeouts together.
     /// A call that times out retires the connection: one that silently died (a NAT or
-    /// firewall dropped it) never reports an error, so only a fresh one recovers.
+    /// firewall dropped it) never reports an error, so only a fresh one recovers. Behind
+    /// Sentinel so does one that broke or reached a replica ([`Target::gives_up_on`]).
     async fn bounded<T>(
         &self,
         connection: &Connection,
@@ -148,7 +157,7 @@ impl Shared {
         let limit = self.connections.response_limit();
         let (timed_out, cause) = match timeout(limit, call).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => (error.is_timeout(), Cause::Redis(error)),
+            Ok(Err(error)) => (self.target.gives_up_on(&error), Cause::Redis(error)),
             Err(_) => (true, Cause::NoReply(limit)),
         };
         if timed_out {
@@ -165,13 +174,13 @@ impl Shared {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some((id, manager)) = self.connections.retire(connection) else {
+        let Some((id, link)) = self.connections.retire(connection) else {
             return;
         };
         let me = self.me.clone();
         let limit = self.connections.response_limit();
         let task = self.background.spawn_on(async move {
-            settle(manager, limit, || me.strong_count() > 0).await;
+            settle(link, limit, || me.strong_count() > 0).await;
             let Some(shared) = me.upgrade() else { return };
             // Pipelined on the one connection, a few at a time: a busy service may have
             // queued many while the connection settled.
@@ -215,8 +224,49 @@ impl Shared {
             .arg(token)
             .arg(millis(ttl))
             .arg(fence_ttl(ttl));
-        let (acquired, value): (i64, i64) = self.run("acquire", &invocation).await?;
-        outcome(acquired, value).map_err(|problem| self.failure("acquire", Cause::Reply(problem)))
+        let connection = self.connection("acquire").await?;
+        let reply: (i64, i64) = self
+            .run_on(connection.clone(), "acquire", &invocation)
+            .await?;
+        let outcome = outcome(reply.0, reply.1)
+            .map_err(|problem| self.failure("acquire", Cause::Reply(problem)))?;
+        match (outcome, self.replicas) {
+            (Outcome::Acquired(fencing), Some((replicas, limit))) => {
+                self.replicated(connection, keys, token, replicas, limit)
+                    .await?;
+                Ok(Outcome::Acquired(fencing))
+            }
+            (outcome, _) => Ok(outcome),
+        }
+    }
+
+    /// Waits until `replicas` replicas acknowledged the acquisition just made on
+    /// `connection` (`WAIT`, up to `limit`). When fewer did, or the `WAIT` failed, the lock
+    /// is released (in the background: the caller hears of the failure at once) and the
+    /// acquisition fails: a failover might lose it.
+    async fn replicated(
+        &self,
+        connection: Connection,
+        keys: &Keys,
+        token: &str,
+        replicas: u32,
+        limit: Duration,
+    ) -> Result<()> {
+        let mut link = connection.link.clone();
+        let call = link.wait_for_replicas(&keys.lock, replicas, limit);
+        let bound = self.connections.response_limit().saturating_add(limit);
+        let cause = match timeout(bound, call).await {
+            Ok(Ok(acknowledged)) if acknowledged >= i64::from(replicas) => return Ok(()),
+            Ok(Ok(acknowledged)) => Cause::Replicas {
+                wanted: replicas,
+                acknowledged,
+                limit,
+            },
+            Ok(Err(error)) => Cause::Redis(error),
+            Err(_) => Cause::NoReply(bound),
+        };
+        self.release_detached(keys.clone(), token.to_owned());
+        Err(self.failure("acquire", cause))
     }
 
     /// Sent again only when the first certainly never reached Redis: one that got no answer
@@ -245,6 +295,7 @@ impl Shared {
         let first = self
             .connections
             .current_for_release(keys, token)
+            .await
             .map_err(|unavailable| self.unavailable("release", unavailable))?;
         match self.release_on(Some(first), keys, token).await {
             Err(failure) if failure.broken_connection() => {
@@ -265,10 +316,15 @@ impl Shared {
         token: &str,
     ) -> Result<bool> {
         let mut invocation = RELEASE.key(&keys.lock);
-        invocation.arg(token).arg(&keys.channel);
+        let publish = if self.target.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        invocation.arg(token).arg(&keys.channel).arg(publish);
         let connection = match connection {
             Some(connection) => connection,
-            None => self.connection("release")?,
+            None => self.connection("release").await?,
         };
         let released: i64 = self.run_on(connection, "release", &invocation).await?;
         Ok(released == 1)

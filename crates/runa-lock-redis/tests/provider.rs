@@ -233,7 +233,7 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
         ),
         (
             "[lock.redis]\nurl = \"http://user:s3cret@host\"",
-            "lock.redis.url: not a valid Redis URL: expected a redis://, rediss://, redis+unix:// or unix:// URL in inline TOML #1",
+            "lock.redis.url: not a valid Redis URL: expected a redis://, rediss://, redis+unix://, unix://, redis+sentinel:// or redis+cluster:// URL (rediss+ for TLS) in inline TOML #1",
         ),
         (
             "[lock.redis]\nurl = \"unix:///tmp/redis.sock?pass=s3cret&db=x\"",
