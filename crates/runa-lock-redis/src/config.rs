@@ -194,7 +194,8 @@ impl Location {
             Topology::Server => {
                 let addr = self.hosts[0].clone();
                 let info = addr.into_connection_info().map_err(unusable)?;
-                client(info.set_redis_settings(self.settings.clone()), path).map(|client| Target::Server(Box::new(client)))
+                client(info.set_redis_settings(self.settings.clone()), path)
+                    .map(|client| Target::Server(Box::new(client)))
             }
             Topology::Sentinel {
                 master,

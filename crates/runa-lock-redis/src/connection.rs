@@ -25,6 +25,9 @@ pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 pub(crate) struct Connections {
     target: Target,
     limits: Limits,
+    /// How much longer than `limits.response` a call may take on these connections (a
+    /// `WAIT` for replicas); the client's own timeout must not end it first.
+    slack: Duration,
     state: Mutex<State>,
 }
 
@@ -61,10 +64,11 @@ pub(crate) enum Unavailable {
 }
 
 impl Connections {
-    pub(crate) fn new(target: Target, limits: Limits) -> Self {
+    pub(crate) fn new(target: Target, limits: Limits, slack: Duration) -> Self {
         Connections {
             target,
             limits,
+            slack,
             state: Mutex::new(State::default()),
         }
     }
@@ -80,9 +84,13 @@ impl Connections {
             if let Some(connection) = self.installed()? {
                 return Ok(connection);
             }
+            let limits = Limits {
+                response: self.limits.response.saturating_add(self.slack),
+                ..self.limits
+            };
             let link = self
                 .target
-                .link(self.limits)
+                .link(limits)
                 .await
                 .map_err(Unavailable::Client)?;
             let mut state = self.lock();
@@ -231,7 +239,7 @@ mod tests {
             connect: Duration::from_secs(1),
             response: Duration::from_secs(1),
         };
-        Connections::new(Target::Server(Box::new(client)), limits)
+        Connections::new(Target::Server(Box::new(client)), limits, Duration::ZERO)
     }
 
     fn keys(name: &str) -> Keys {

@@ -80,7 +80,7 @@ impl fmt::Display for Failure {
                 limit,
             } => write!(
                 f,
-                "{acknowledged} of the {wanted} replicas wanted acknowledged the lock within {}; it was released",
+                "{acknowledged} replicas acknowledged the lock within {}, {wanted} wanted; it was released again",
                 humantime::format_duration(*limit)
             ),
         }

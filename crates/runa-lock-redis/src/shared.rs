@@ -70,7 +70,11 @@ impl Shared {
             me: me.clone(),
             address: target.address().into(),
             notifier: Notifier::new(target.clone(), limits),
-            connections: Connections::new(target.clone(), limits),
+            connections: Connections::new(
+                target.clone(),
+                limits,
+                replicas.map_or(Duration::ZERO, |(_, limit)| limit),
+            ),
             target,
             prefix_refused: prefix_problem(&prefix).is_some(),
             prefix,
@@ -155,12 +159,24 @@ impl Shared {
         call: impl Future<Output = std::result::Result<T, RedisError>>,
     ) -> Result<T> {
         let limit = self.connections.response_limit();
-        let (timed_out, cause) = match timeout(limit, call).await {
+        self.bounded_within(connection, operation, limit, call)
+            .await
+    }
+
+    /// [`bounded`](Self::bounded), for a call that may take up to `limit`.
+    async fn bounded_within<T>(
+        &self,
+        connection: &Connection,
+        operation: &'static str,
+        limit: Duration,
+        call: impl Future<Output = std::result::Result<T, RedisError>>,
+    ) -> Result<T> {
+        let (give_up, cause) = match timeout(limit, call).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(error)) => (self.target.gives_up_on(&error), Cause::Redis(error)),
             Err(_) => (true, Cause::NoReply(limit)),
         };
-        if timed_out {
+        if give_up {
             self.retire(connection);
         }
         Err(self.failure(operation, cause))
@@ -224,49 +240,32 @@ impl Shared {
             .arg(token)
             .arg(millis(ttl))
             .arg(fence_ttl(ttl));
-        let connection = self.connection("acquire").await?;
-        let reply: (i64, i64) = self
-            .run_on(connection.clone(), "acquire", &invocation)
-            .await?;
-        let outcome = outcome(reply.0, reply.1)
-            .map_err(|problem| self.failure("acquire", Cause::Reply(problem)))?;
-        match (outcome, self.replicas) {
-            (Outcome::Acquired(fencing), Some((replicas, limit))) => {
-                self.replicated(connection, keys, token, replicas, limit)
-                    .await?;
-                Ok(Outcome::Acquired(fencing))
-            }
-            (outcome, _) => Ok(outcome),
-        }
-    }
-
-    /// Waits until `replicas` replicas acknowledged the acquisition just made on
-    /// `connection` (`WAIT`, up to `limit`). When fewer did, or the `WAIT` failed, the lock
-    /// is released (in the background: the caller hears of the failure at once) and the
-    /// acquisition fails: a failover might lose it.
-    async fn replicated(
-        &self,
-        connection: Connection,
-        keys: &Keys,
-        token: &str,
-        replicas: u32,
-        limit: Duration,
-    ) -> Result<()> {
-        let mut link = connection.link.clone();
-        let call = link.wait_for_replicas(&keys.lock, replicas, limit);
-        let bound = self.connections.response_limit().saturating_add(limit);
-        let cause = match timeout(bound, call).await {
-            Ok(Ok(acknowledged)) if acknowledged >= i64::from(replicas) => return Ok(()),
-            Ok(Ok(acknowledged)) => Cause::Replicas {
-                wanted: replicas,
-                acknowledged,
-                limit,
-            },
-            Ok(Err(error)) => Cause::Redis(error),
-            Err(_) => Cause::NoReply(bound),
+        let Some((replicas, limit)) = self.replicas else {
+            let reply: (i64, i64) = self.run("acquire", &invocation).await?;
+            return outcome(reply.0, reply.1)
+                .map_err(|problem| self.failure("acquire", Cause::Reply(problem)));
         };
-        self.release_detached(keys.clone(), token.to_owned());
-        Err(self.failure("acquire", cause))
+        let connection = self.connection("acquire").await?;
+        let mut link = connection.link.clone();
+        let call = link.invoke_and_wait::<(i64, i64)>(&invocation, &keys.lock, replicas, limit);
+        let bound = self.connections.response_limit().saturating_add(limit);
+        let (reply, acknowledged) = self
+            .bounded_within(&connection, "acquire", bound, call)
+            .await?;
+        match outcome(reply.0, reply.1) {
+            Ok(Outcome::Acquired(_)) if acknowledged < i64::from(replicas) => {
+                // A failover now might lose it: give it back.
+                self.release_detached(keys.clone(), token.to_owned());
+                let cause = Cause::Replicas {
+                    wanted: replicas,
+                    acknowledged,
+                    limit,
+                };
+                Err(self.failure("acquire", cause))
+            }
+            Ok(outcome) => Ok(outcome),
+            Err(problem) => Err(self.failure("acquire", Cause::Reply(problem))),
+        }
     }
 
     /// Sent again only when the first certainly never reached Redis: one that got no answer

@@ -20,9 +20,12 @@ use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::SentinelClient;
-use redis::{Client, Cmd, Pipeline, PushKind, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Client, Cmd, ErrorKind, FromRedisValue, Pipeline, PushKind, RedisError, RedisFuture,
+    RedisResult, ScriptInvocation, ServerErrorKind, Value,
+};
 use tokio::time::timeout;
 
 /// Where the driver's Redis is.
@@ -169,24 +172,45 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    /// `WAIT replicas limit` on the node that owns `key`, after a write to it on this
-    /// connection: how many replicas acknowledged every write made on it so far.
-    pub(crate) async fn wait_for_replicas(
+    /// Runs `invocation` (a script whose first key is `key`) and `WAIT replicas limit`
+    /// after it, pipelined on this connection to the node that owns `key`: the script's
+    /// reply, and how many replicas acknowledged every write made on the connection so far,
+    /// the script's included. In one request, so a reconnect cannot come between them and
+    /// make `WAIT` count the writes of a fresh connection (none).
+    pub(crate) async fn invoke_and_wait<T: FromRedisValue>(
         &mut self,
+        invocation: &ScriptInvocation<'_>,
         key: &str,
         replicas: u32,
         limit: Duration,
-    ) -> RedisResult<i64> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas)
+    ) -> RedisResult<(T, i64)> {
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(replicas)
             .arg(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1));
+        match self.pipeline(&pipe, key).await {
+            // The script did not run: load it, and send the pair again.
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                invocation.load_async(self).await?;
+                self.pipeline(&pipe, key).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn pipeline<T: FromRedisValue>(
+        &mut self,
+        pipe: &Pipeline,
+        key: &str,
+    ) -> RedisResult<(T, i64)> {
         match self {
-            Link::Server(manager) => wait.query_async(manager).await,
+            Link::Server(manager) => pipe.query_async(manager).await,
             Link::Cluster(cluster) => {
                 let route = Route::with_key(key, SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let value = cluster.route_command(wait, routing).await?;
-                Ok(redis::from_redis_value(value)?)
+                let routing = SingleNodeRoutingInfo::SpecificNode(route);
+                let values = cluster.route_pipeline(pipe.clone(), 0, 2, routing).await?;
+                Ok(redis::from_redis_value(Value::Array(values))?)
             }
         }
     }

@@ -629,7 +629,9 @@ async fn an_acl_user_limited_to_the_prefix_works_with_notifications() {
         "~runa:lock:*",
         "resetchannels",
         "&runa:lock:*",
+        // What the README's "Deployments" recommends.
         "+@all",
+        "-@dangerous",
     ]);
     let url = format!("redis://locker:s3cret-pw@127.0.0.1:{}", server.port());
     let holder = locker(RedisDriver::open(&url).unwrap(), LockerOptions::new());
