@@ -1,0 +1,131 @@
+//! The driver behind a real Sentinel group (`testing::SentinelGroup`: a master, a replica
+//! and a sentinel): a failover after SIGKILL of the master, and `replicas` with a paused
+//! replica.
+
+use std::time::{Duration, Instant};
+
+use runa_lock::{Error, Locker, LockerOptions, Registry};
+use runa_lock_redis::RedisDriver;
+use runa_lock_redis::testing::SentinelGroup;
+
+/// A locker named `jobs` (prefix `jobs:`) on `driver`.
+fn locker(driver: RedisDriver, options: LockerOptions) -> Locker {
+    let registry = Registry::new();
+    registry.register_driver("redis", driver);
+    registry.register_locker("jobs", options.driver("redis").prefix("jobs:"));
+    registry.of("jobs").unwrap()
+}
+
+fn driver(group: &SentinelGroup) -> RedisDriver {
+    RedisDriver::open(&group.url())
+        .expect("a sentinel URL")
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_response_timeout(Duration::from_millis(500))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_driver_works_again_after_a_failover() {
+    let mut group = SentinelGroup::start();
+    let options = LockerOptions::new()
+        .ttl(Duration::from_secs(2))
+        .wait(Duration::from_secs(30));
+    let jobs = locker(driver(&group), options.clone());
+    let lease = jobs.try_lock("before").await.unwrap().expect("free");
+    let before = lease.fencing();
+    lease.release().await.unwrap();
+
+    // A waiter started before the kill, on another driver, polling only every 5 s: the key
+    // is held until after the failover, so the waiter rides over the errors in between and
+    // is woken by the release on the new master (its subscription moved there).
+    let holder = locker(driver(&group), LockerOptions::new().ttl(Duration::from_secs(30)));
+    let held = holder.try_lock("waited").await.unwrap().expect("free");
+    let waiter = locker(
+        driver(&group),
+        options.retry_interval(Duration::from_secs(5)),
+    );
+    let waiting = tokio::spawn(async move {
+        let lease = waiter.wait("waited").await;
+        (lease, Instant::now())
+    });
+    // Let the waiter make its first attempt, and the holder's key reach the replica.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let old = group.current_master_port();
+    group.kill_master();
+    let killed = Instant::now();
+    let mut errors = 0;
+    let after = loop {
+        match jobs.try_lock("after").await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => panic!("the key was never taken"),
+            Err(Error::Backend { .. }) => errors += 1,
+            Err(other) => panic!("not a Backend error during the failover: {other:?}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no acquisition within 30 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new = group.current_master_port();
+    assert_ne!(new, old, "the acquisition after the kill went to the old master");
+    assert!(errors > 0, "the failover went unnoticed: the test proves nothing");
+    assert!(
+        after.fencing() > before,
+        "fencing {} after the failover, {before} before",
+        after.fencing()
+    );
+    after.release().await.unwrap();
+
+    // Time for the waiter's subscriber to find the new master (its reconnect backs off up
+    // to 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!waiting.is_finished(), "the waiter got a key that was held");
+    let held_fencing = held.fencing();
+    let released = Instant::now();
+    held.release()
+        .await
+        .expect("the holder's key survived the failover and was released");
+    let (lease, woke) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiter finished")
+        .unwrap();
+    let lease = lease.expect("the waiter got the key after the failover");
+    let took = woke.duration_since(released);
+    assert!(took < Duration::from_secs(1), "woken {took:?} after the release");
+    assert!(lease.fencing() > held_fencing);
+    lease.release().await.unwrap();
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_an_unacknowledged_acquisition_fails_and_leaves_the_key_free() {
+    let group = SentinelGroup::start();
+    let limit = Duration::from_millis(300);
+    let jobs = locker(
+        driver(&group).with_replicas(1, limit),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
+    // With the replica running, WAIT confirms at once.
+    let lease = jobs.try_lock("k").await.unwrap().expect("free");
+    lease.release().await.unwrap();
+
+    group.replica().pause();
+    let started = Instant::now();
+    let err = jobs.try_lock("k").await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("0 replicas acknowledged"),
+        "{err}"
+    );
+    assert!(took >= limit, "failed after {took:?}, before the replicas timeout");
+    assert!(took < Duration::from_secs(3), "failed only after {took:?}");
+    // The lock was released again: the key is free (the release runs in the background).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while jobs.inspect("k").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the key stayed held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    group.replica().resume();
+    let lease = jobs.try_lock("k").await.unwrap().expect("free again");
+    lease.release().await.unwrap();
+}
