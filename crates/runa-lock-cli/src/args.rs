@@ -83,7 +83,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct Common {
     /// The lock store [env: RUNA_LOCK_URL] [default: redis://127.0.0.1:6379]; the scheme picks
-    /// the driver: redis://, rediss:// (TLS), redis+unix://, unix://
+    /// the driver: redis://, rediss:// (TLS), redis+unix://, unix://, redis+sentinel://hosts/master,
+    /// redis+cluster://hosts (rediss+ for TLS)
     #[arg(long, global = true, env = "RUNA_LOCK_URL", hide_env = true)]
     pub url: Option<String>,
 

@@ -60,7 +60,10 @@ async fn the_fenced_store_refuses_the_stale_holder_across_a_failover() {
     let replica = group.replica();
     let deadline = Instant::now() + Duration::from_secs(5);
     while replica.command::<i64>(&["EXISTS", &lock, &fence]) < 2 {
-        assert!(Instant::now() < deadline, "A's keys never reached the replica");
+        assert!(
+            Instant::now() < deadline,
+            "A's keys never reached the replica"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     replica.command::<String>(&["CONFIG", "SET", "replica-read-only", "no"]);
@@ -81,7 +84,10 @@ async fn the_fenced_store_refuses_the_stale_holder_across_a_failover() {
         assert!(Instant::now() < deadline, "B never got the key");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(!first.handle().is_lost(), "A should still believe it holds the lock");
+    assert!(
+        !first.handle().is_lost(),
+        "A should still believe it holds the lock"
+    );
     assert!(
         second.fencing() > first.fencing(),
         "fencing went back across the failover: {} after {}",

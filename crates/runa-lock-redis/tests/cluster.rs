@@ -86,7 +86,11 @@ async fn many_keys_over_every_shard_exclude_fence_and_wake() {
     }
     for (key, numbers) in &fencing {
         let distinct: HashSet<_> = numbers.iter().collect();
-        assert_eq!(distinct.len(), 9, "{key}: a fencing number given twice: {numbers:?}");
+        assert_eq!(
+            distinct.len(),
+            9,
+            "{key}: a fencing number given twice: {numbers:?}"
+        );
     }
 
     // Release wake-ups under a second, whichever node owns the key (a waiter on another

@@ -37,7 +37,10 @@ async fn the_same_driver_works_again_after_a_failover() {
     // A waiter started before the kill, on another driver, polling only every 5 s: the key
     // is held until after the failover, so the waiter rides over the errors in between and
     // is woken by the release on the new master (its subscription moved there).
-    let holder = locker(driver(&group), LockerOptions::new().ttl(Duration::from_secs(30)));
+    let holder = locker(
+        driver(&group),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
     let held = holder.try_lock("waited").await.unwrap().expect("free");
     let waiter = locker(
         driver(&group),
@@ -68,8 +71,14 @@ async fn the_same_driver_works_again_after_a_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let new = group.current_master_port();
-    assert_ne!(new, old, "the acquisition after the kill went to the old master");
-    assert!(errors > 0, "the failover went unnoticed: the test proves nothing");
+    assert_ne!(
+        new, old,
+        "the acquisition after the kill went to the old master"
+    );
+    assert!(
+        errors > 0,
+        "the failover went unnoticed: the test proves nothing"
+    );
     assert!(
         after.fencing() > before,
         "fencing {} after the failover, {before} before",
@@ -92,7 +101,10 @@ async fn the_same_driver_works_again_after_a_failover() {
         .unwrap();
     let lease = lease.expect("the waiter got the key after the failover");
     let took = woke.duration_since(released);
-    assert!(took < Duration::from_secs(1), "woken {took:?} after the release");
+    assert!(
+        took < Duration::from_secs(1),
+        "woken {took:?} after the release"
+    );
     assert!(lease.fencing() > held_fencing);
     lease.release().await.unwrap();
 }
@@ -113,11 +125,11 @@ async fn with_replicas_an_unacknowledged_acquisition_fails_and_leaves_the_key_fr
     let err = jobs.try_lock("k").await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(err.to_string().contains("0 replicas acknowledged"), "{err}");
     assert!(
-        err.to_string().contains("0 replicas acknowledged"),
-        "{err}"
+        took >= limit,
+        "failed after {took:?}, before the replicas timeout"
     );
-    assert!(took >= limit, "failed after {took:?}, before the replicas timeout");
     assert!(took < Duration::from_secs(3), "failed only after {took:?}");
     // The lock was released again: the key is free (the release runs in the background).
     let deadline = Instant::now() + Duration::from_secs(2);
