@@ -180,3 +180,43 @@ async fn a_slot_moved_while_a_lease_is_held_keeps_renew_release_and_wake_ups() {
         assert!(holder.inspect(key).await.unwrap().is_none());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_channel_rights_cluster_waiters_poll_and_still_get_the_key() {
+    let cluster = RedisCluster::start();
+    for node in 0..3 {
+        cluster.node(node).command::<String>(&[
+            "ACL",
+            "SETUSER",
+            "nochan",
+            "on",
+            ">pw",
+            "resetkeys",
+            "~runa:lock:*",
+            "resetchannels",
+            "+@all",
+        ]);
+    }
+    let hosts: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    let url = format!("redis+cluster://nochan:pw@{}", hosts.join(","));
+    let options = LockerOptions::new()
+        .wait(Duration::from_secs(20))
+        .retry_interval(Duration::from_millis(300));
+    let holder = locker(&url, options.clone());
+    let waiter = locker(&url, options);
+    let lease = holder.try_lock("k").await.unwrap().expect("free");
+    let task = tokio::spawn(async move { waiter.wait("k").await.map(|lease| lease.fencing()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The release's SPUBLISH is refused (NOPERM) inside the script, which still releases.
+    lease.release().await.expect("released without pub/sub");
+    let fencing = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the polling waiter got the key")
+        .unwrap()
+        .unwrap();
+    assert!(fencing > 0);
+}
