@@ -11,14 +11,20 @@ use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
 use crate::target::Target;
 
-/// Locks in Redis, shared by every process and host that uses the same Redis database.
+/// Locks in Redis, shared by every process and host that uses the same Redis database: one
+/// server, the master of a Sentinel-monitored group, or a Redis Cluster (see
+/// [`open`](RedisDriver::open) for the URLs).
 ///
 /// - Acquire, renew and release are one `EVALSHA` each. Fencing numbers come from the
 ///   acquire script: above the key's last number and never below the server clock in
 ///   microseconds, so they grow across drivers, processes and Redis restarts.
 /// - Waiters are woken by pub/sub on release (one subscriber connection per driver, one
-///   attempt per release per process), at the holder's expiry, and by polling; where Redis
-///   refuses pub/sub they poll with jittered backoff.
+///   attempt per release per process; sharded pub/sub on a cluster), at the holder's
+///   expiry, and by polling; where Redis refuses pub/sub they poll with jittered backoff.
+/// - Behind Sentinel, a connection that breaks or reaches a replica is replaced by one to
+///   the master the sentinels name then; on a cluster, redirects and topology changes are
+///   followed. With [`with_replicas`](RedisDriver::with_replicas) an acquisition counts
+///   only once replicas acknowledged it.
 /// - Every call has a timeout; failures are [`Error::Backend`], and `wait` rides over them
 ///   until its deadline.
 /// - A request that may still reach Redis is never sent again as new, and cannot shorten a

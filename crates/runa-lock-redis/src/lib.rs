@@ -20,10 +20,12 @@
 //! # Map of the crate
 //!
 //! - [`RedisDriver`]: the driver (acquire, renew, release as one Lua script each; waits
-//!   notified by pub/sub); [`RedisDriverBuilder`]: its settings, checked once.
+//!   notified by pub/sub) for one server, a Sentinel group or a Cluster;
+//!   [`RedisDriverBuilder`]: its settings, checked once.
 //! - `provider` (feature `app`, on by default): the driver as a `runa::Provider`, configured
 //!   from `[lock.redis]`/`[redis]`.
-//! - `testing` (feature `testing`): a throwaway `redis-server` for tests and benchmarks.
+//! - `testing` (feature `testing`): a throwaway `redis-server`, Redis Cluster and Sentinel
+//!   group for tests and benchmarks.
 //! - [`redis`]: the client crate, re-exported.
 //!
 //! # Keys
