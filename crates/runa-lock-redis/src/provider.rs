@@ -259,7 +259,8 @@ struct Settings {
     url: Option<(String, String)>,
     username: Option<String>,
     password: Option<String>,
-    db: Option<i64>,
+    /// The database and the key it came from.
+    db: Option<(i64, String)>,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     prefix: Option<String>,
@@ -306,7 +307,7 @@ impl Settings {
             if db < 0 {
                 return Err(fail("db", "must be 0 or more", db.to_string()));
             }
-            self.db = Some(db);
+            self.db = Some((db, format!("{path}.db")));
         }
         if let Some(prefix) = section.prefix {
             if let Some(problem) = crate::keys::prefix_problem(&prefix) {
@@ -347,16 +348,16 @@ impl Settings {
         if let Some(password) = &self.password {
             redis = redis.set_password(password);
         }
-        if let Some(db) = self.db {
-            if matches!(location.topology, Topology::Cluster) && db != 0 {
+        if let Some((db, db_path)) = &self.db {
+            if matches!(location.topology, Topology::Cluster) && *db != 0 {
                 let problem = "a Redis Cluster has database 0 only";
                 return Err(Error::invalid_config(
-                    "redis db",
+                    db_path,
                     problem,
                     Some(db.to_string()),
                 ));
             }
-            redis = redis.set_db(db);
+            redis = redis.set_db(*db);
         }
         location.settings = redis;
         location.target(path)

@@ -244,6 +244,22 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
             "redis.addr: not a valid Redis URL: ",
         ),
         (
+            "[lock.redis]\nreplicas = 0",
+            "lock.redis.replicas: must be 1 or more (leave it out not to wait for replicas) (got 0) in inline TOML #1",
+        ),
+        (
+            "[lock.redis]\nreplicas = 1\nreplicas_timeout = \"soon\"",
+            r#"lock.redis.replicas_timeout: not a duration (got "soon") in inline TOML #1"#,
+        ),
+        (
+            "[redis]\nurl = \"redis+cluster://127.0.0.1:1\"\n[lock.redis]\ndb = 2",
+            "lock.redis.db: a Redis Cluster has database 0 only (got 2) in inline TOML #1",
+        ),
+        (
+            "[redis]\nurl = \"redis+sentinel://:s3cret@127.0.0.1:1\"",
+            "redis.url: not a valid Redis URL: expected redis+sentinel://",
+        ),
+        (
             "[lock.redis]\nresponse_timeout = \"1000years\"",
             r#"lock.redis.response_timeout: must be at most 365 days (got "1000years") in inline TOML #1"#,
         ),
@@ -301,4 +317,34 @@ async fn a_named_provider_is_named_in_errors() {
             .starts_with("provider \"cache\" failed to init: "),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_url_and_replicas_come_from_config() {
+    let _serial = SERIAL.lock().await;
+    let group = runa_lock_redis::testing::SentinelGroup::start();
+    let document = format!(
+        "[redis]\nurl = \"{}\"\n[lock.redis]\nreplicas = 1\nreplicas_timeout = \"500ms\"",
+        group.url()
+    );
+    let mut app = freeze(&document, runa_lock_redis::provider())
+        .await
+        .unwrap();
+    let driver = app.get::<runa_lock_redis::RedisDriver>().unwrap();
+    assert!(
+        driver.address().starts_with("sentinel 127.0.0.1:"),
+        "{driver:?}"
+    );
+    assert!(
+        format!("{driver:?}").contains("replicas: Some((1, 500ms))"),
+        "{driver:?}"
+    );
+    let jobs = runa_lock::default().must_of("jobs");
+    jobs.wait("report").await.unwrap().release().await.unwrap();
+    // With the replica paused, acquisitions are not acknowledged and fail.
+    group.replica().pause();
+    let err = jobs.try_lock("report").await.unwrap_err();
+    group.replica().resume();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    app.shutdown().await.unwrap();
 }
