@@ -120,8 +120,10 @@ impl RedisDriverBuilder {
     }
 
     /// Makes an acquisition count only once `replicas` replicas acknowledged it, within
-    /// `limit` (Redis `WAIT`, one more round trip). When fewer do, the lock is released and
-    /// the attempt fails with [`Error::Backend`] (a `wait` tries again until its deadline).
+    /// `limit` (Redis `WAIT`, sent with the acquire script in the same round trip, on
+    /// connections of its own: `WAIT` blocks its connection). When fewer do, the attempt
+    /// fails with [`Error::Backend`] and the lock is released (a `wait` tries again until
+    /// its deadline, then releases).
     ///
     /// What it buys: behind Sentinel or in a Cluster, a failover no longer loses an
     /// acknowledged lock, as long as the promoted replica is one of those that

@@ -86,11 +86,13 @@ impl Location {
         if rest.contains('#') || query.contains('#') {
             return Err(invalid(&format!("{shape} (a fragment `#` is not allowed)")));
         }
-        let (authority, path_part) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => (Some(userinfo), hosts),
-            None => (None, authority),
+        // The credentials end at the last `@` (a password may hold `/`; a host list or a
+        // master name never holds `@`), the hosts at the next `/`.
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
         };
+        let (hosts, path_part) = rest.split_once('/').unwrap_or((rest, ""));
         let base = if tls { "rediss" } else { "redis" };
         let default_port = if topology == "sentinel" {
             SENTINEL_PORT
@@ -106,7 +108,13 @@ impl Location {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let segments: Vec<&str> = path_part.split('/').filter(|s| !s.is_empty()).collect();
+        let segments: Vec<&str> = match path_part.strip_suffix('/').unwrap_or(path_part) {
+            "" => Vec::new(),
+            path => path.split('/').collect(),
+        };
+        if segments.iter().any(|segment| segment.is_empty()) {
+            return Err(invalid(&format!("{shape} (an empty path segment)")));
+        }
         let (master, db) = match (topology, segments.as_slice()) {
             ("sentinel", [master]) => (Some(*master), None),
             ("sentinel", [master, db]) => (Some(*master), Some(*db)),
@@ -125,7 +133,8 @@ impl Location {
         // The credentials and the database, parsed by redis-rs (percent-decoding included).
         let mut parts = String::from("redis://");
         if let Some(userinfo) = userinfo {
-            parts.push_str(userinfo);
+            // Raw `/` and `@` in a password are taken as written.
+            parts.push_str(&userinfo.replace('/', "%2F").replace('@', "%40"));
             parts.push('@');
         }
         parts.push_str(first_host);
@@ -145,6 +154,11 @@ impl Location {
         let mut sentinel_password = None;
         for (index, pair) in query.split('&').filter(|pair| !pair.is_empty()).enumerate() {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if name == "sentinel_password" && !pair.contains('=') {
+                return Err(invalid(
+                    "sentinel_password needs a value (sentinel_password=...)",
+                ));
+            }
             match (topology, name) {
                 ("sentinel", "sentinel_password") => {
                     let value = percent_encoding::percent_decode_str(value)
@@ -300,6 +314,9 @@ fn host_addr(scheme: &str, host: &str, default_port: u16) -> Option<ConnectionAd
     let has_port = host.rsplit_once(':').is_some_and(|(name, port)| {
         !name.is_empty() && !port.contains(']') && (!name.contains(':') || name.ends_with(']'))
     });
+    if has_port && host.ends_with(':') {
+        return None;
+    }
     let url = if has_port {
         format!("{scheme}://{host}")
     } else {
@@ -360,7 +377,11 @@ mod tests {
     use crate::RedisDriver;
 
     /// Each holds `s3cret`, or a password with odd characters that contains it.
-    const BAD: [&str; 21] = [
+    const BAD: [&str; 25] = [
+        "redis+sentinel://ops:2024/s3cret@s1",
+        "redis+sentinel://u:s3cret@h:/m",
+        "redis+sentinel://u:s3cret@h//m",
+        "redis+sentinel://u:s3cret@h/m?sentinel_password",
         "redis+sentinel://u:s3cret@host:26379",
         "redis+sentinel://u:s3cret@host/",
         "redis+sentinel://u:s3cret@host/name/s3cret",
@@ -426,6 +447,11 @@ mod tests {
             Topology::Sentinel { master, sentinel_password: Some(password) }
                 if master == "orders" && password == "s&p"
         ));
+        let location = Location::parse("redis+sentinel://ops:2024/s3cret@s1/orders", "url")
+            .ok()
+            .unwrap();
+        assert_eq!(location.address(), "sentinel s1:26379/orders");
+        assert_eq!(location.settings.password(), Some("2024/s3cret"));
         let location = Location::parse("redis+cluster://:pw@a:7000,b", "url")
             .ok()
             .unwrap();

@@ -23,12 +23,26 @@ pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// The driver's command connections: the current one, and those settling.
 pub(crate) struct Connections {
+    pool: Pool,
     target: Target,
     limits: Limits,
     /// How much longer than `limits.response` a call may take on these connections (a
     /// `WAIT` for replicas); the client's own timeout must not end it first.
     slack: Duration,
     state: Mutex<State>,
+    /// Held while a connection is made, so that concurrent callers make one (behind
+    /// Sentinel making one asks the sentinels) and the others use it.
+    making: tokio::sync::Mutex<()>,
+}
+
+/// Which of a driver's connection sets a connection belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pool {
+    /// Every call but replicated acquisitions.
+    Commands,
+    /// Acquisitions followed by `WAIT`: it blocks its connection until the replicas answer,
+    /// so it gets connections of its own.
+    Replicated,
 }
 
 #[derive(Default)]
@@ -52,6 +66,7 @@ struct Settling {
 #[derive(Clone)]
 pub(crate) struct Connection {
     id: u64,
+    pub(crate) pool: Pool,
     pub(crate) link: Link,
 }
 
@@ -64,12 +79,14 @@ pub(crate) enum Unavailable {
 }
 
 impl Connections {
-    pub(crate) fn new(target: Target, limits: Limits, slack: Duration) -> Self {
+    pub(crate) fn new(pool: Pool, target: Target, limits: Limits, slack: Duration) -> Self {
         Connections {
+            pool,
             target,
             limits,
             slack,
             state: Mutex::new(State::default()),
+            making: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -80,32 +97,35 @@ impl Connections {
     /// The current connection, made on first use (one server's and a cluster's connect
     /// lazily and reconnect by themselves; behind Sentinel the master is looked up first).
     pub(crate) async fn current(&self) -> Result<Connection, Unavailable> {
-        loop {
-            if let Some(connection) = self.installed()? {
-                return Ok(connection);
-            }
-            let limits = Limits {
-                response: self.limits.response.saturating_add(self.slack),
-                ..self.limits
-            };
-            let link = self
-                .target
-                .link(limits)
-                .await
-                .map_err(Unavailable::Client)?;
-            let mut state = self.lock();
-            if state.closed {
-                return Err(Unavailable::Closed);
-            }
-            // Another call may have made one meanwhile: the first installed wins.
-            if state.current.is_none() {
-                state.opened += 1;
-                state.current = Some(Connection {
-                    id: state.opened,
-                    link,
-                });
-            }
+        if let Some(connection) = self.installed()? {
+            return Ok(connection);
         }
+        let _making = self.making.lock().await;
+        // Made by the caller that held the lock before.
+        if let Some(connection) = self.installed()? {
+            return Ok(connection);
+        }
+        let limits = Limits {
+            response: self.limits.response.saturating_add(self.slack),
+            ..self.limits
+        };
+        let link = self
+            .target
+            .link(limits)
+            .await
+            .map_err(Unavailable::Client)?;
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Unavailable::Closed);
+        }
+        state.opened += 1;
+        let connection = Connection {
+            id: state.opened,
+            pool: self.pool,
+            link,
+        };
+        state.current = Some(connection.clone());
+        Ok(connection)
     }
 
     /// The current connection, if there is one.
@@ -168,6 +188,14 @@ impl Connections {
         }
     }
 
+    /// Queues `token`'s release of `keys` to be sent again once every connection settling
+    /// now has settled (the release itself goes out on another set's connection).
+    pub(crate) fn queue_release(&self, keys: &Keys, token: &str) {
+        for settling in &mut self.lock().settling {
+            settling.again.push((keys.clone(), token.to_owned()));
+        }
+    }
+
     /// Connection `id` has settled: the releases to send again.
     pub(crate) fn settled(&self, id: u64) -> Vec<(Keys, String)> {
         let mut state = self.lock();
@@ -206,17 +234,22 @@ impl Connections {
 }
 
 /// Waits until `link`, a replaced connection, has settled: it answered a `PING` (so
-/// everything sent on it before has run; on a cluster the `PING` goes to every master), or
-/// failed (so nothing more will), or
+/// everything sent on it before has run), or failed (so nothing more will), or
 /// [`SETTLE_LIMIT`] passed. Each `PING` waits up to `limit`. Stops early once `wanted`
 /// says the driver is gone.
+///
+/// On a cluster the `PING` goes to every master, and fails when any one does: that says
+/// nothing of the others, so only an answer from all of them settles it (tried again every
+/// [`CLUSTER_SETTLE_PAUSE`]; a shard that failed over answers once the connection has
+/// found its new master).
 pub(crate) async fn settle(mut link: Link, limit: Duration, wanted: impl Fn() -> bool) {
     let deadline = Instant::now() + SETTLE_LIMIT;
+    let cluster = matches!(link, Link::Cluster(_));
     while wanted() {
         let ping = redis::cmd("PING");
         match timeout(limit, ping.query_async::<redis::Value>(&mut link)).await {
             Ok(Ok(_)) => return,
-            Ok(Err(error)) if !error.is_timeout() => return,
+            Ok(Err(error)) if !error.is_timeout() && !cluster => return,
             _ if Instant::now() >= deadline => {
                 tracing::warn!(
                     "a Redis connection given up on did not settle within {}; a lock request still held on it may take a key for a token that was released",
@@ -224,10 +257,14 @@ pub(crate) async fn settle(mut link: Link, limit: Duration, wanted: impl Fn() ->
                 );
                 return;
             }
+            Ok(Err(_)) if cluster => tokio::time::sleep(CLUSTER_SETTLE_PAUSE).await,
             _ => {}
         }
     }
 }
+
+/// How long a cluster connection settling waits between `PING`s that failed.
+const CLUSTER_SETTLE_PAUSE: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {
@@ -239,7 +276,12 @@ mod tests {
             connect: Duration::from_secs(1),
             response: Duration::from_secs(1),
         };
-        Connections::new(Target::Server(Box::new(client)), limits, Duration::ZERO)
+        Connections::new(
+            Pool::Commands,
+            Target::Server(Box::new(client)),
+            limits,
+            Duration::ZERO,
+        )
     }
 
     fn keys(name: &str) -> Keys {

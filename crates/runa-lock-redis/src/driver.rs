@@ -11,11 +11,16 @@ use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
 use crate::target::Target;
 
+/// The longest replicas timeout: `WAIT` takes milliseconds, and durations elsewhere stop at
+/// 365 days.
+const MAX_REPLICAS_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Locks in Redis, shared by every process and host that uses the same Redis database: one
 /// server, the master of a Sentinel-monitored group, or a Redis Cluster (see
 /// [`open`](RedisDriver::open) for the URLs).
 ///
-/// - Acquire, renew and release are one `EVALSHA` each. Fencing numbers come from the
+/// - Acquire, renew and release are one `EVALSHA` each (with replicas, the acquire is
+///   followed by a `WAIT` in the same round trip). Fencing numbers come from the
 ///   acquire script: above the key's last number and never below the server clock in
 ///   microseconds, so they grow across drivers, processes and Redis restarts.
 /// - Waiters are woken by pub/sub on release (one subscriber connection per driver, one
@@ -155,7 +160,8 @@ impl RedisDriver {
 
     /// This driver's settings, with acquisitions that count only once `replicas` replicas
     /// acknowledged them within `limit` (see [`RedisDriverBuilder::replicas`]); zero
-    /// replicas means not waiting for any. Connections are not shared.
+    /// replicas means not waiting for any, and `limit` is kept between 1 ms and 365 days.
+    /// Connections are not shared.
     ///
     /// ```
     /// let driver = runa_lock_redis::RedisDriver::open("redis+sentinel://10.0.0.1/orders")?
@@ -163,6 +169,8 @@ impl RedisDriver {
     /// # Ok::<(), runa_lock::Error>(())
     /// ```
     pub fn with_replicas(self, replicas: u32, limit: Duration) -> RedisDriver {
+        // Unchecked as the other `with_` methods are, but kept to what `WAIT` takes.
+        let limit = limit.clamp(Duration::from_millis(1), MAX_REPLICAS_TIMEOUT);
         let settings = self.settings();
         match replicas {
             0 => settings.no_replicas(),

@@ -306,7 +306,15 @@ impl Shared {
                     wait.bump();
                 }
             }
-            Event::Disconnected => self.bump_all(),
+            Event::Disconnected => {
+                // redis-rs resubscribes that node in the background: until it has, a
+                // release there goes unheard, so every waiter subscribes again (and
+                // attempts) rather than count on its subscription.
+                for member in self.lock().keys.values() {
+                    member.wait.subscribed.store(0, Ordering::Release);
+                    member.wait.bump();
+                }
+            }
         }
     }
 

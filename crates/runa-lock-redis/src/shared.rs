@@ -10,7 +10,7 @@ use runa_lock::{Error, LockKey};
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{Connection, Connections, Unavailable, settle};
+use crate::connection::{Connection, Connections, Pool, Unavailable, settle};
 use crate::error::{Cause, Failure};
 use crate::keys::{Keys, check_prefix, prefix_problem};
 use crate::notify::Notifier;
@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     /// How many replicas must acknowledge an acquisition, and how long they may take.
     pub(crate) replicas: Option<(u32, Duration)>,
     pub(crate) connections: Connections,
+    /// With `replicas`: the connections acquisitions and their `WAIT` go on, which blocks
+    /// a connection until the replicas answer; every other call goes on `connections`.
+    replicated: Option<Connections>,
     pub(crate) notifier: Notifier,
     /// The releases running in the background, and the tasks that settle connections and
     /// send releases again: `close` lets them finish first.
@@ -70,11 +73,10 @@ impl Shared {
             me: me.clone(),
             address: target.address().into(),
             notifier: Notifier::new(target.clone(), limits),
-            connections: Connections::new(
-                target.clone(),
-                limits,
-                replicas.map_or(Duration::ZERO, |(_, limit)| limit),
-            ),
+            connections: Connections::new(Pool::Commands, target.clone(), limits, Duration::ZERO),
+            replicated: replicas.map(|(_, limit)| {
+                Connections::new(Pool::Replicated, target.clone(), limits, limit)
+            }),
             target,
             prefix_refused: prefix_problem(&prefix).is_some(),
             prefix,
@@ -95,6 +97,13 @@ impl Shared {
             .current()
             .await
             .map_err(|unavailable| self.unavailable(operation, unavailable))
+    }
+
+    fn pool(&self, pool: Pool) -> &Connections {
+        match (pool, &self.replicated) {
+            (Pool::Replicated, Some(replicated)) => replicated,
+            _ => &self.connections,
+        }
     }
 
     fn unavailable(&self, operation: &'static str, unavailable: Unavailable) -> Failure {
@@ -190,17 +199,18 @@ impl Shared {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some((id, link)) = self.connections.retire(connection) else {
+        let pool = connection.pool;
+        let Some((id, link)) = self.pool(pool).retire(connection) else {
             return;
         };
         let me = self.me.clone();
-        let limit = self.connections.response_limit();
+        let limit = self.pool(pool).response_limit();
         let task = self.background.spawn_on(async move {
             settle(link, limit, || me.strong_count() > 0).await;
             let Some(shared) = me.upgrade() else { return };
             // Pipelined on the one connection, a few at a time: a busy service may have
             // queued many while the connection settled.
-            let again = futures_util::stream::iter(shared.connections.settled(id));
+            let again = futures_util::stream::iter(shared.pool(pool).settled(id));
             again
                 .for_each_concurrent(RESEND_AT_ONCE, |(keys, token)| {
                     let shared = &shared;
@@ -212,7 +222,7 @@ impl Shared {
                 })
                 .await;
         }, &runtime);
-        self.connections.settling_in(id, task.abort_handle());
+        self.pool(pool).settling_in(id, task.abort_handle());
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -230,6 +240,9 @@ impl Shared {
             );
         }
         self.connections.close();
+        if let Some(replicated) = &self.replicated {
+            replicated.close();
+        }
         self.notifier.close();
     }
 
@@ -240,22 +253,26 @@ impl Shared {
             .arg(token)
             .arg(millis(ttl))
             .arg(fence_ttl(ttl));
-        let Some((replicas, limit)) = self.replicas else {
+        let (Some((replicas, limit)), Some(replicated)) = (self.replicas, &self.replicated) else {
             let reply: (i64, i64) = self.run("acquire", &invocation).await?;
             return outcome(reply.0, reply.1)
                 .map_err(|problem| self.failure("acquire", Cause::Reply(problem)));
         };
-        let connection = self.connection("acquire").await?;
+        let connection = replicated
+            .current()
+            .await
+            .map_err(|unavailable| self.unavailable("acquire", unavailable))?;
         let mut link = connection.link.clone();
         let call = link.invoke_and_wait::<(i64, i64)>(&invocation, &keys.lock, replicas, limit);
-        let bound = self.connections.response_limit().saturating_add(limit);
+        let bound = replicated.response_limit().saturating_add(limit);
         let (reply, acknowledged) = self
             .bounded_within(&connection, "acquire", bound, call)
             .await?;
         match outcome(reply.0, reply.1) {
+            // Taken, but a failover now might lose it. Not released here: the caller
+            // releases after a failed acquisition, and a `wait` trying again re-grants the
+            // key to the same token, whose `WAIT` then covers this write too.
             Ok(Outcome::Acquired(_)) if acknowledged < i64::from(replicas) => {
-                // A failover now might lose it: give it back.
-                self.release_detached(keys.clone(), token.to_owned());
                 let cause = Cause::Replicas {
                     wanted: replicas,
                     acknowledged,
@@ -291,6 +308,11 @@ impl Shared {
     /// lost its reply): then the first call's error is returned, not a `NotHeld` that may be
     /// false.
     pub(crate) async fn release(&self, keys: &Keys, token: &str) -> Result<bool> {
+        if let Some(replicated) = &self.replicated {
+            // An acquisition still on a replicated connection given up on may take the key
+            // after this release: send it again once that connection has settled too.
+            replicated.queue_release(keys, token);
+        }
         let first = self
             .connections
             .current_for_release(keys, token)

@@ -5,8 +5,9 @@
 //!   `ConnectionManager`; a cluster gets redis-rs's cluster connection, which follows
 //!   `MOVED`/`ASK` and topology changes by itself.
 //! - [`Subscriber`]: the release notifications. `SUBSCRIBE` on a dedicated connection, or
-//!   sharded `SSUBSCRIBE` over a RESP3 cluster connection (resubscribed by redis-rs after
-//!   reconnects and slot moves), so a release reaches waiters whichever node owns the key.
+//!   sharded `SSUBSCRIBE` over a RESP3 cluster connection (redis-rs resubscribes after a
+//!   node's reconnect; after a slot moves, the server's `SUNSUBSCRIBE` makes the notifier
+//!   subscribe again), so a release reaches waiters whichever node owns the key.
 //!
 //! Sentinel is asked for the master each time a connection is made: on first use and after
 //! the driver gave up on one (see [`Target::gives_up_on`]), so a failover needs no restart.
@@ -97,9 +98,16 @@ impl Target {
             Target::Server(client) => (**client).clone(),
             Target::Sentinel(sentinel) => sentinel.master(limits).await?,
             Target::Cluster(cluster) => {
+                // redis-rs sends a request again when a node's reply times out: its timeout
+                // is set past the driver's own, which gives up first (and a request given up
+                // on is never sent again: redis-rs drops requests nobody awaits).
+                let node_timeout = limits
+                    .connect
+                    .saturating_add(limits.response)
+                    .saturating_add(Duration::from_secs(1));
                 let config = ClusterConfig::new()
                     .set_connection_timeout(limits.connect)
-                    .set_response_timeout(limits.response);
+                    .set_response_timeout(node_timeout);
                 return Ok(Link::Cluster(
                     cluster
                         .client
@@ -210,7 +218,10 @@ impl Link {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let routing = SingleNodeRoutingInfo::SpecificNode(route);
                 let values = cluster.route_pipeline(pipe.clone(), 0, 2, routing).await?;
-                Ok(redis::from_redis_value(Value::Array(values))?)
+                // The replies come back as they are, server errors (`NOSCRIPT`) included:
+                // made errors here, as the query of one server's pipeline does.
+                let values = Value::Array(values).extract_error()?;
+                Ok(redis::from_redis_value(values)?)
             }
         }
     }

@@ -220,3 +220,29 @@ async fn without_channel_rights_cluster_waiters_poll_and_still_get_the_key() {
         .unwrap();
     assert!(fencing > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_a_cluster_without_replicas_fail_cleanly_and_leave_keys_free() {
+    let cluster = RedisCluster::start();
+    let registry = Registry::new();
+    let driver = RedisDriver::open(&cluster.url())
+        .unwrap()
+        .with_replicas(1, Duration::from_millis(100));
+    registry.register_driver("redis", driver);
+    registry.register_locker("jobs", LockerOptions::new().driver("redis").prefix("jobs:"));
+    let jobs = registry.of("jobs").unwrap();
+    // Keys on every node: the first acquire there loads the script (NOSCRIPT) first.
+    for key in keys_on_every_node(&cluster, 1) {
+        let err = jobs.try_lock(&key).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("0 replicas acknowledged the lock within 100ms, 1 wanted"),
+            "{err}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while jobs.inspect(&key).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "{key} stayed held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -141,3 +141,56 @@ async fn with_replicas_an_unacknowledged_acquisition_fails_and_leaves_the_key_fr
     let lease = jobs.try_lock("k").await.unwrap().expect("free again");
     lease.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_replicated_acquisition_blocks_no_other_call() {
+    let group = SentinelGroup::start();
+    let jobs = locker(
+        driver(&group).with_replicas(1, Duration::from_millis(1500)),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
+    let held = jobs.try_lock("held").await.unwrap().expect("free");
+    group.replica().pause();
+    // WAIT blocks its connection for up to 1.5 s: a renewal and a release meanwhile go on
+    // other connections and answer at once.
+    let blocked = tokio::spawn({
+        let jobs = jobs.clone();
+        async move { jobs.try_lock("blocked").await.map(|lease| lease.is_some()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    held.renew(None).await.expect("renewed");
+    held.release().await.expect("released");
+    let took = started.elapsed();
+    let blocked = blocked.await.unwrap();
+    group.replica().resume();
+    assert!(
+        took < Duration::from_millis(700),
+        "renew and release took {took:?}"
+    );
+    assert!(matches!(blocked, Err(Error::Backend { .. })), "{blocked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_outlasts_a_replica_pause_holds_the_key_it_returns() {
+    let group = SentinelGroup::start();
+    let jobs = locker(
+        driver(&group).with_replicas(1, Duration::from_millis(300)),
+        LockerOptions::new()
+            .ttl(Duration::from_secs(30))
+            .wait(Duration::from_secs(10))
+            .retry_interval(Duration::from_millis(100)),
+    );
+    let resumed = group.replica().pause_for(Duration::from_millis(700));
+    let lease = jobs
+        .wait("k")
+        .await
+        .expect("acquired once the replica is back");
+    resumed.join().unwrap();
+    // No release of an earlier, unacknowledged attempt of the same token lands after the
+    // grant: the lease still holds its key a while later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lease.renew(None).await.expect("still held");
+    assert!(jobs.inspect("k").await.unwrap().is_some());
+    lease.release().await.expect("released by its holder");
+}
