@@ -1,6 +1,6 @@
-//! Percentiles of latency samples.
+//! Percentiles of latency samples, and the series an interleaved loop collects them in.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Latencies(Vec<Duration>);
 
@@ -45,4 +45,41 @@ impl Latencies {
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One kind of operation in a loop that interleaves several kinds (so that load drifting on
+/// a shared machine lands on all alike): every duration, and per round the operations per
+/// second over this kind's own time.
+#[derive(Default)]
+pub struct Series {
+    samples: Vec<Duration>,
+    rates: Vec<f64>,
+    round_time: Duration,
+    round_count: usize,
+}
+
+impl Series {
+    /// Times `operation` (from its first poll to its output) into this round.
+    pub async fn time<T>(&mut self, operation: impl Future<Output = T>) -> T {
+        let begun = Instant::now();
+        let output = operation.await;
+        let took = begun.elapsed();
+        self.samples.push(took);
+        self.round_time += took;
+        self.round_count += 1;
+        output
+    }
+
+    /// Ends a round: its rate is the operations timed in it over the time they took.
+    pub fn end_round(&mut self) {
+        self.rates
+            .push(self.round_count as f64 / self.round_time.as_secs_f64());
+        self.round_time = Duration::ZERO;
+        self.round_count = 0;
+    }
+
+    /// The durations, and the median of the rounds' rates.
+    pub fn finish(self) -> (Latencies, f64) {
+        (Latencies::new(self.samples), median(self.rates))
+    }
 }
