@@ -1,4 +1,5 @@
-//! Percentiles of latency samples, and the series an interleaved loop collects them in.
+//! Percentiles of latency samples, the series an interleaved loop collects them in, and the
+//! fixed-seed generator that orders such a loop.
 
 use std::time::{Duration, Instant};
 
@@ -81,5 +82,31 @@ impl Series {
     /// The durations, and the median of the rounds' rates.
     pub fn finish(self) -> (Latencies, f64) {
         (Latencies::new(self.samples), median(self.rates))
+    }
+}
+
+/// xorshift64 from a fixed seed: the same sequence every run.
+pub struct Xorshift(u64);
+
+impl Default for Xorshift {
+    fn default() -> Xorshift {
+        Xorshift(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl Xorshift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Puts `items` in a new order (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
     }
 }

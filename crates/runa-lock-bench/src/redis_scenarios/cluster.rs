@@ -13,7 +13,7 @@ use runa_lock_redis::RedisDriver;
 use super::floor::Floor;
 use super::{Bench, ROUNDS, Store, lock_tag};
 use crate::report::{Metric, Scenario};
-use crate::stats::Series;
+use crate::stats::{Series, Xorshift};
 
 /// A Redis Cluster to bench against.
 pub struct ClusterStore {
@@ -85,6 +85,31 @@ fn node_urls(url: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The kinds of pair `S1-cluster` interleaves.
+#[derive(Clone, Copy)]
+enum Pair {
+    /// runa-lock's pair on the cluster.
+    Ours,
+    /// The floor pair on a RESP3 cluster connection (the driver's protocol there).
+    Raw,
+    /// The floor pair on a RESP2 cluster connection (`ClusterClient::new`'s default).
+    RawResp2,
+    /// runa-lock's pair on the one server.
+    ServerOurs,
+    /// The floor pair on the one server's `ConnectionManager`.
+    ServerRaw,
+}
+
+impl Pair {
+    const ALL: [Pair; 5] = [
+        Pair::ServerRaw,
+        Pair::ServerOurs,
+        Pair::Raw,
+        Pair::RawResp2,
+        Pair::Ours,
+    ];
+}
+
 impl Bench {
     /// S1 on this cluster's bench: sequential `try_lock` + `release` on one key, interleaved
     /// pair by pair with the cluster floor (RESP3, as the driver's connection, and RESP2, as
@@ -92,6 +117,10 @@ impl Bench {
     /// with `server`, with S1's pair and the raw pair on that one server, so that "what the
     /// cluster costs" is read against numbers taken under the same load. `s1_p50` is the S1
     /// scenario's pair p50 (ms) from the same run.
+    ///
+    /// The pairs run in a new order each time (shuffled with a fixed seed). In a fixed order
+    /// the position mattered: swapping the two cluster floors moved their ratio from 0.94x to
+    /// 1.01x (medians of a few runs), as large as some of the differences measured here.
     ///
     /// # Panics
     ///
@@ -124,15 +153,25 @@ impl Bench {
         let (mut raw, mut raw_resp2, mut ours) =
             (Series::default(), Series::default(), Series::default());
         let (mut server_raw, mut server_ours) = (Series::default(), Series::default());
+        let mut order = Pair::ALL;
+        let mut random = Xorshift::default();
         for _ in 0..ROUNDS {
             for _ in 0..self.pairs_per_round {
-                if let Some((connection, locker)) = &mut server {
-                    server_raw.time(connection.pair("floor:key")).await;
-                    server_ours.time(runa_pair(locker, "s1")).await;
+                random.shuffle(&mut order);
+                for pair in order {
+                    match (pair, &mut server) {
+                        (Pair::Ours, _) => ours.time(runa_pair(&locker, "s1")).await,
+                        (Pair::Raw, _) => raw.time(floor.pair(&key)).await,
+                        (Pair::RawResp2, _) => raw_resp2.time(resp2.pair(&resp2_key)).await,
+                        (Pair::ServerOurs, Some((_, server_locker))) => {
+                            server_ours.time(runa_pair(server_locker, "s1")).await
+                        }
+                        (Pair::ServerRaw, Some((connection, _))) => {
+                            server_raw.time(connection.pair("floor:key")).await
+                        }
+                        (Pair::ServerOurs | Pair::ServerRaw, None) => {}
+                    }
                 }
-                raw.time(floor.pair(&key)).await;
-                raw_resp2.time(resp2.pair(&resp2_key)).await;
-                ours.time(runa_pair(&locker, "s1")).await;
             }
             raw.end_round();
             raw_resp2.end_round();
