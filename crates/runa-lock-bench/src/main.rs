@@ -2,12 +2,15 @@
 //! footprint, each next to a baseline measured in the same run.
 //!
 //! ```text
-//! runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only S1,S2,...] [--runa-lock PATH]
+//! runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--json] [--quick] [--only S1,S2,...] [--runa-lock PATH]
 //! ```
 //!
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete, over the async
 //! and the blocking connection), `S1` (sequential
-//! pairs), `S2` (handoff), `S3` (8 workers, one key), `S4` (64 keys, one driver),
+//! pairs), `S2` (handoff), `S1-cluster` and `S2-cluster` (S1 and S2 on a Redis Cluster: the
+//! one of `--cluster URL`, or with `--spawn-redis` one of three masters started for them;
+//! read against the cluster floor and against S1 and S2 on the one server of the same run),
+//! `S3` (8 workers, one key), `S4` (64 keys, one driver),
 //! `scriptcost` (what a script costs against `SET NX PX`), `mempair` (memory driver pairs
 //! against a hand-written keyed mutex and `tokio::sync::Mutex`), `memmetrics` (the pair on a
 //! locker made with an in-memory metrics recorder against one made without, and against the
@@ -28,12 +31,25 @@ mod stats;
 
 use std::process::ExitCode;
 
-use redis_scenarios::Bench;
+use redis_scenarios::{Bench, ClusterStore, Store};
 use report::Scenario;
-use runa_lock_redis::testing::RedisServer;
+use runa_lock_redis::testing::{RedisCluster, RedisServer};
+
+/// The Redis scenarios run against one server.
+const SERVER_SCENARIOS: [&str; 6] = ["floor", "s1", "s2", "s3", "s4", "scriptcost"];
+
+/// The Redis scenarios run against a cluster (and compared with the one server's).
+const CLUSTER_SCENARIOS: [&str; 2] = ["s1-cluster", "s2-cluster"];
+
+const USAGE: &str = "usage: runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--json] [--quick] [--only floor,S1,S2,S1-cluster,S2-cluster,S3,S4,scriptcost,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]
+
+  --spawn-redis   start a throwaway redis-server, and a 3-master Redis Cluster (about 3 s)
+                  when S1-cluster or S2-cluster is wanted and no --cluster is given
+  --cluster URL   the Redis Cluster (redis+cluster://host:port,...) for S1-cluster and S2-cluster";
 
 struct Args {
     redis: Option<String>,
+    cluster: Option<String>,
     spawn: bool,
     json: bool,
     quick: bool,
@@ -44,6 +60,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut args = Args {
         redis: None,
+        cluster: None,
         spawn: false,
         json: false,
         quick: false,
@@ -54,6 +71,7 @@ fn parse() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--redis" => args.redis = Some(it.next().ok_or("--redis needs a URL")?),
+            "--cluster" => args.cluster = Some(it.next().ok_or("--cluster needs a URL")?),
             "--spawn-redis" => args.spawn = true,
             "--json" => args.json = true,
             "--runa-lock" => {
@@ -69,7 +87,7 @@ fn parse() -> Result<Args, String> {
                 );
             }
             "-h" | "--help" => {
-                return Err("usage: runa-lock-bench [--redis URL | --spawn-redis] [--json] [--quick] [--only floor,S1,S2,S3,S4,scriptcost,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]".into());
+                return Err(USAGE.into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -105,52 +123,26 @@ async fn main() -> ExitCode {
         scenarios.push(scenario);
     };
 
-    let redis_wanted = ["floor", "s1", "s2", "s3", "s4", "scriptcost"]
-        .iter()
-        .any(|s| args.wants(s));
+    let server_wanted = SERVER_SCENARIOS.iter().any(|s| args.wants(s));
+    let cluster_wanted = CLUSTER_SCENARIOS.iter().any(|s| args.wants(s));
+    let redis_wanted = server_wanted || cluster_wanted;
     let server = (args.spawn && (redis_wanted || args.wants("cli"))).then(RedisServer::start);
+    let cluster =
+        (args.spawn && args.cluster.is_none() && cluster_wanted).then(RedisCluster::start);
     let url = args
         .redis
         .clone()
         .or_else(|| server.as_ref().map(RedisServer::url));
-    match (&url, redis_wanted) {
-        (Some(url), true) => {
-            let client = match redis::Client::open(url.as_str()) {
-                Ok(client) => client,
-                Err(error) => {
-                    eprintln!("bad --redis URL: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            let bench = Bench::new(client.clone(), args.quick);
-            let (s1, floor, s1_rate) = bench.s1_and_floor().await;
-            if args.wants("floor") {
-                emit(floor, args.json);
-            }
-            if args.wants("s1") {
-                emit(s1, args.json);
-            }
-            if args.wants("s2") {
-                emit(bench.s2(if args.quick { 50 } else { 100 }).await, args.json);
-            }
-            if args.wants("s3") {
-                emit(
-                    bench.s3(if args.quick { 500 } else { 2000 }, s1_rate).await,
-                    args.json,
-                );
-            }
-            if args.wants("s4") {
-                emit(bench.s4(s1_rate).await, args.json);
-            }
-            if args.wants("scriptcost") {
-                let rounds = if args.quick { 500 } else { 5000 };
-                emit(script_cost::script_cost(&client, rounds).await, args.json);
-            }
+    let cluster_url = args
+        .cluster
+        .clone()
+        .or_else(|| cluster.as_ref().map(RedisCluster::url));
+    if redis_wanted {
+        let ran = redis(&args, url.as_deref(), cluster_url.as_deref(), &mut emit).await;
+        if let Err(message) = ran {
+            eprintln!("{message}");
+            return ExitCode::from(2);
         }
-        (None, true) => {
-            eprintln!("skipping the Redis scenarios: give --redis URL or --spawn-redis")
-        }
-        _ => {}
     }
     if args.wants("mempair") {
         emit(
@@ -199,4 +191,76 @@ async fn main() -> ExitCode {
         print!("{}", report::table(&scenarios));
     }
     ExitCode::SUCCESS
+}
+
+/// The Redis scenarios: those of one server (at `url`) first, then those of the cluster (at
+/// `cluster_url`), which read their numbers against the server's of this run. S1 and the
+/// floor run whenever the server is used (S3 and S4 are read against S1, and the cluster
+/// scenarios against S1 and S2), and are emitted only when wanted.
+async fn redis(
+    args: &Args,
+    url: Option<&str>,
+    cluster_url: Option<&str>,
+    emit: &mut impl FnMut(Scenario, bool),
+) -> Result<(), String> {
+    let client = url
+        .map(redis::Client::open)
+        .transpose()
+        .map_err(|error| format!("bad --redis URL: {error}"))?;
+    let cluster = cluster_url
+        .map(ClusterStore::new)
+        .transpose()
+        .map_err(|error| format!("bad --cluster URL: {error}"))?;
+    let cluster_wanted = CLUSTER_SCENARIOS.iter().any(|s| args.wants(s));
+    if client.is_none() && SERVER_SCENARIOS.iter().any(|s| args.wants(s)) {
+        eprintln!("skipping the Redis scenarios: give --redis URL or --spawn-redis");
+    }
+    if cluster.is_none() && cluster_wanted {
+        eprintln!("skipping S1-cluster and S2-cluster: give --cluster URL or --spawn-redis");
+    }
+    let handoffs = if args.quick { 50 } else { 100 };
+    let server = client
+        .clone()
+        .map(|client| Bench::new(Store::Server(client), args.quick));
+    let (mut s1_p50, mut s2_p50) = (None, None);
+    if let (Some(bench), Some(client)) = (&server, &client) {
+        let (s1, floor, s1_rate) = bench.s1_and_floor().await;
+        s1_p50 = s1.value("pair_p50");
+        if args.wants("floor") {
+            emit(floor, args.json);
+        }
+        if args.wants("s1") {
+            emit(s1, args.json);
+        }
+        if args.wants("s2") || args.wants("s2-cluster") {
+            let s2 = bench.s2(handoffs, None).await;
+            s2_p50 = s2.value("handoff_p50");
+            if args.wants("s2") {
+                emit(s2, args.json);
+            }
+        }
+        if args.wants("s3") {
+            emit(
+                bench.s3(if args.quick { 500 } else { 2000 }, s1_rate).await,
+                args.json,
+            );
+        }
+        if args.wants("s4") {
+            emit(bench.s4(s1_rate).await, args.json);
+        }
+        if args.wants("scriptcost") {
+            let rounds = if args.quick { 500 } else { 5000 };
+            emit(script_cost::script_cost(client, rounds).await, args.json);
+        }
+    }
+    if let Some(cluster) = cluster.filter(|_| cluster_wanted) {
+        let bench = Bench::new(Store::Cluster(cluster), args.quick);
+        if args.wants("s1-cluster") {
+            emit(bench.s1_cluster(server.as_ref(), s1_p50).await, args.json);
+        }
+        if args.wants("s2-cluster") {
+            emit(bench.s2(handoffs, s2_p50).await, args.json);
+        }
+    }
+    Ok(())
 }

@@ -21,6 +21,16 @@ pub struct Scenario {
     pub metrics: Vec<Metric>,
 }
 
+impl Scenario {
+    /// The value of the metric named `name`, if the scenario has one.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
+    }
+}
+
 impl Metric {
     pub fn plain(name: &'static str, value: f64, unit: &'static str) -> Metric {
         Metric {
@@ -57,7 +67,7 @@ pub fn table(scenarios: &[Scenario]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<26} {:>14} {:<6} {:>10} {:<24} {:<12}",
+        "{:<10} {:<26} {:>14} {:<6} {:>10} {:<24} {:<12}",
         "scenario", "metric", "value", "unit", "ratio", "baseline", "target"
     );
     for scenario in scenarios {
@@ -74,7 +84,7 @@ pub fn table(scenarios: &[Scenario]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<8} {:<26} {:>14} {:<6} {:>10} {:<24} {}",
+                "{:<10} {:<26} {:>14} {:<6} {:>10} {:<24} {}",
                 scenario.name,
                 m.name,
                 number(m.value),

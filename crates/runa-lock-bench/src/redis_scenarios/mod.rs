@@ -1,5 +1,12 @@
 //! The Redis scenarios S1-S4 and their floor: the same operations as raw `redis` commands,
-//! measured in the same run against the same server.
+//! measured in the same run against the same store. S1 and S2 also run against a Redis
+//! Cluster (`S1-cluster`, `S2-cluster`, in [`cluster`]), on the same code.
+//!
+//! - [`floor`]: the raw pair and `PING`, over one server's or a cluster's connection.
+//! - [`cluster`]: the cluster's store (its URL and nodes) and `S1-cluster`.
+
+mod cluster;
+mod floor;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,21 +18,40 @@ use runa_lock::{Error, Locker, LockerOptions, Registry};
 use runa_lock_bench::ops::runa_pair;
 use runa_lock_redis::RedisDriver;
 
+pub use cluster::ClusterStore;
+use floor::Floor;
+
 use crate::report::{Metric, Scenario};
-use crate::stats::{Latencies, median};
+use crate::stats::{Latencies, Series, median};
 
 const ROUNDS: usize = 5;
 
+/// The locker prefix of every bench locker.
+const PREFIX: &str = "bench:";
+
+/// Where a bench's locks live.
+pub enum Store {
+    /// One server.
+    Server(redis::Client),
+    /// A Redis Cluster.
+    Cluster(ClusterStore),
+}
+
 pub struct Bench {
-    client: redis::Client,
+    store: Store,
     pairs_per_round: usize,
 }
 
 /// A locker named `bench` on its own driver (its own connections: a separate "process").
 pub(crate) fn locker(client: &redis::Client, options: LockerOptions) -> Locker {
+    driver_locker(RedisDriver::new(client.clone()), options)
+}
+
+/// A locker named `bench` (prefix `bench:`) on `driver`, alone in a registry of its own.
+fn driver_locker(driver: RedisDriver, options: LockerOptions) -> Locker {
     let registry = Registry::new();
-    registry.register_driver("redis", RedisDriver::new(client.clone()));
-    registry.register_locker("bench", options.driver("redis").prefix("bench:"));
+    registry.register_driver("redis", driver);
+    registry.register_locker("bench", options.driver("redis").prefix(PREFIX));
     registry.of("bench").expect("the bench locker")
 }
 
@@ -36,142 +62,86 @@ pub(crate) async fn connection(client: &redis::Client) -> ConnectionManager {
         .expect("a connection to the bench redis-server")
 }
 
-/// The floor for a lock pair: `SET key token NX PX` then an `EVALSHA` compare-and-delete.
-static COMPARE_AND_DELETE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    )
-});
-
-/// The floor's acquire: `SET key floor-token NX PX 30000`.
-fn floor_set(key: &str) -> redis::Cmd {
-    let mut set = redis::cmd("SET");
-    set.arg(key)
-        .arg("floor-token")
-        .arg("NX")
-        .arg("PX")
-        .arg(30_000);
-    set
-}
-
-/// The floor's release: the compare-and-delete of `key` for `floor-token`.
-fn floor_delete(key: &str) -> redis::ScriptInvocation<'static> {
-    let mut delete = COMPARE_AND_DELETE.key(key);
-    delete.arg("floor-token");
-    delete
+/// The Redis Cluster hash tag of bench key `key` (no braces or `%` in it): the driver puts
+/// every name of a lock in the slot of `{<prefix length>:<prefix><key>}` (see
+/// `runa_lock_redis`'s "Keys"), so a floor key with this tag lives on the same node.
+fn lock_tag(key: &str) -> String {
+    format!("{{{}:{PREFIX}{key}}}", PREFIX.len())
 }
 
 impl Bench {
-    pub fn new(client: redis::Client, quick: bool) -> Bench {
+    pub fn new(store: Store, quick: bool) -> Bench {
         Bench {
-            client,
+            store,
             pairs_per_round: if quick { 300 } else { 2000 },
         }
     }
 
-    /// One floor pair over the async connection: `SET NX PX`, then the compare-and-delete.
-    async fn raw_pair(&self, connection: &mut ConnectionManager) {
-        let set: Option<String> = floor_set("floor:key")
-            .query_async(connection)
-            .await
-            .expect("SET NX PX");
-        assert!(set.is_some(), "the floor key was busy");
-        let deleted: i64 = floor_delete("floor:key")
-            .invoke_async(connection)
-            .await
-            .expect("compare-and-delete");
-        assert_eq!(deleted, 1);
-    }
-
-    /// The same floor pair over the blocking connection (`Client::get_connection`), on a key
-    /// of its own. It blocks the calling thread for one pair; nothing else of the scenario
-    /// runs meanwhile. (Alternating runs with and without these pairs between the async ones
-    /// showed no effect on the async floor or S1.)
-    fn sync_pair(&self, connection: &mut redis::Connection) {
-        let set: Option<String> = floor_set("floor:sync")
-            .query(connection)
-            .expect("SET NX PX");
-        assert!(set.is_some(), "the sync floor key was busy");
-        let deleted: i64 = floor_delete("floor:sync")
-            .invoke(connection)
-            .expect("compare-and-delete");
-        assert_eq!(deleted, 1);
-    }
-
-    async fn pings(&self, connection: &mut ConnectionManager, count: usize) -> Vec<Duration> {
-        let mut samples = Vec::with_capacity(count);
-        for _ in 0..count {
-            let begun = Instant::now();
-            let _: String = redis::cmd("PING")
-                .query_async(connection)
-                .await
-                .expect("PING");
-            samples.push(begun.elapsed());
+    /// A locker named `bench` on a driver of its own, for this bench's store.
+    fn locker(&self, options: LockerOptions) -> Locker {
+        match &self.store {
+            Store::Server(client) => locker(client, options),
+            Store::Cluster(cluster) => driver_locker(cluster.driver(), options),
         }
-        samples
+    }
+
+    /// A new floor connection to this bench's store (RESP3 on a cluster, as the driver's).
+    async fn floor(&self) -> Floor {
+        match &self.store {
+            Store::Server(client) => Floor::Server(connection(client).await),
+            Store::Cluster(cluster) => cluster.floor(redis::ProtocolVersion::RESP3).await,
+        }
     }
 
     /// The floors (PING, the raw pair over the async connection and over the blocking one)
     /// and S1, interleaved pair by pair so that all see the same machine load (on a shared
     /// VM the load drifts within seconds). Pairs per second are counted over each kind's own
     /// time. Returns (S1 scenario, floor scenario, S1 pairs/s).
+    ///
+    /// # Panics
+    ///
+    /// On a cluster's bench: the blocking floor is one server's (see `s1_cluster`).
     pub async fn s1_and_floor(&self) -> (Scenario, Scenario, f64) {
-        let mut connection = connection(&self.client).await;
-        let mut blocking = self
-            .client
+        let Store::Server(client) = &self.store else {
+            panic!("S1 and the floor run against one server; a cluster's is S1-cluster")
+        };
+        let mut connection = self.floor().await;
+        let mut blocking = client
             .get_connection()
             .expect("a blocking connection to the bench redis-server");
-        let locker = locker(&self.client, LockerOptions::new());
+        let locker = self.locker(LockerOptions::new());
         // Warm up: connections open, scripts loaded.
         for _ in 0..50 {
-            self.raw_pair(&mut connection).await;
-            self.sync_pair(&mut blocking);
+            connection.pair("floor:key").await;
+            floor::sync_pair(&mut blocking, "floor:sync");
             runa_pair(&locker, "s1").await;
         }
-        let (mut raw, mut sync, mut ours, mut pings) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut raw_rates, mut sync_rates, mut our_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut sync, mut ours) =
+            (Series::default(), Series::default(), Series::default());
+        let mut pings = Vec::new();
         let n = self.pairs_per_round;
         for _ in 0..ROUNDS {
-            let (mut raw_time, mut sync_time, mut our_time) =
-                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             for _ in 0..n {
-                let begun = Instant::now();
-                self.raw_pair(&mut connection).await;
-                let took = begun.elapsed();
-                raw.push(took);
-                raw_time += took;
-                let begun = Instant::now();
-                self.sync_pair(&mut blocking);
-                let took = begun.elapsed();
-                sync.push(took);
-                sync_time += took;
-                let begun = Instant::now();
-                runa_pair(&locker, "s1").await;
-                let took = begun.elapsed();
-                ours.push(took);
-                our_time += took;
+                raw.time(connection.pair("floor:key")).await;
+                sync.time(async { floor::sync_pair(&mut blocking, "floor:sync") })
+                    .await;
+                ours.time(runa_pair(&locker, "s1")).await;
             }
-            raw_rates.push(n as f64 / raw_time.as_secs_f64());
-            sync_rates.push(n as f64 / sync_time.as_secs_f64());
-            our_rates.push(n as f64 / our_time.as_secs_f64());
-            pings.extend(self.pings(&mut connection, n).await);
+            raw.end_round();
+            sync.end_round();
+            ours.end_round();
+            pings.extend(connection.pings(n, "floor:key").await);
         }
-        let (raw, sync, ours, pings) = (
-            Latencies::new(raw),
-            Latencies::new(sync),
-            Latencies::new(ours),
-            Latencies::new(pings),
-        );
+        let ((raw, raw_rate), (sync, sync_rate), (ours, s1_rate)) =
+            (raw.finish(), sync.finish(), ours.finish());
+        let pings = Latencies::new(pings);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let s1_rate = median(our_rates);
         let ratio = ms(ours.p50()) / ms(raw.p50());
         let s1 = Scenario {
             name: "S1",
             what: "one client, sequential try_lock + release on one key",
             metrics: vec![
-                Metric::plain("pairs_per_sec", s1_rate, "1/s")
-                    .against("raw pairs/s", median(raw_rates.clone())),
+                Metric::plain("pairs_per_sec", s1_rate, "1/s").against("raw pairs/s", raw_rate),
                 Metric::millis("pair_p50", ours.p50())
                     .against("raw pair p50", ms(raw.p50()))
                     .target("<= 1.20x raw", ratio <= 1.20),
@@ -190,26 +160,26 @@ impl Bench {
                 Metric::millis("raw_pair_p50", raw.p50())
                     .against("2 x ping p50", 2.0 * ms(pings.p50())),
                 Metric::millis("raw_pair_p99", raw.p99()),
-                Metric::plain("raw_pairs_per_sec", median(raw_rates), "1/s"),
+                Metric::plain("raw_pairs_per_sec", raw_rate, "1/s"),
                 Metric::millis("sync_pair_p50", sync.p50())
                     .against("async raw pair p50", ms(raw.p50())),
                 Metric::millis("sync_pair_p99", sync.p99()),
-                Metric::plain("sync_pairs_per_sec", median(sync_rates), "1/s"),
+                Metric::plain("sync_pairs_per_sec", sync_rate, "1/s"),
             ],
         };
         (s1, floor, s1_rate)
     }
 
-    /// S2: A holds the key, B (another driver) waits; A releases at t0 after a random 20-120
-    /// ms hold; B's wait returns at t1. Reports t1 - t0.
-    pub async fn s2(&self, handoffs: usize) -> Scenario {
-        let a = locker(&self.client, LockerOptions::new());
-        let b = locker(
-            &self.client,
-            LockerOptions::new().wait(Duration::from_secs(10)),
-        );
-        let mut connection = connection(&self.client).await;
-        let pings = Latencies::new(self.pings(&mut connection, 200).await);
+    /// S2 (`S2-cluster` on a cluster): A holds the key, B (another driver) waits; A releases
+    /// at t0 after a random 20-120 ms hold; B's wait returns at t1. Reports t1 - t0, and
+    /// with `s2_p50` (S2's handoff p50 in ms, from one server in the same run) the ratio to
+    /// it. On a cluster B is woken by sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH` on the node
+    /// serving the key's slot), as the driver does by itself there.
+    pub async fn s2(&self, handoffs: usize, s2_p50: Option<f64>) -> Scenario {
+        let a = self.locker(LockerOptions::new());
+        let b = self.locker(LockerOptions::new().wait(Duration::from_secs(10)));
+        let mut connection = self.floor().await;
+        let pings = Latencies::new(connection.pings(200, &lock_tag("s2")).await);
         let mut random = 0x9E37_79B9_7F4A_7C15_u64;
         let mut samples = Vec::with_capacity(handoffs);
         for _ in 0..handoffs {
@@ -234,19 +204,36 @@ impl Bench {
         }
         let handoff = Latencies::new(samples);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (name, what) = match self.store {
+            Store::Server(_) => (
+                "S2",
+                "handoff: release at t0 to the waiter's wait returning at t1 (default 100 ms retry)",
+            ),
+            Store::Cluster(_) => (
+                "S2-cluster",
+                "S2 on a Redis Cluster: the waiter woken by sharded pub/sub; pings go to the key's node",
+            ),
+        };
+        let mut metrics = vec![
+            Metric::millis("handoff_p50", handoff.p50())
+                .against("ping p50", ms(pings.p50()))
+                .target("< 1 ms", handoff.p50() < Duration::from_millis(1)),
+            Metric::millis("handoff_p99", handoff.p99())
+                .against("ping p99", ms(pings.p99()))
+                .target("< 5 ms", handoff.p99() < Duration::from_millis(5)),
+            Metric::millis("handoff_max", handoff.max()),
+            Metric::plain("handoffs", handoff.len() as f64, ""),
+        ];
+        if let Some(s2_p50) = s2_p50 {
+            metrics.push(
+                Metric::millis("handoff_p50_vs_s2", handoff.p50())
+                    .against("S2 handoff p50", s2_p50),
+            );
+        }
         Scenario {
-            name: "S2",
-            what: "handoff: release at t0 to the waiter's wait returning at t1 (default 100 ms retry)",
-            metrics: vec![
-                Metric::millis("handoff_p50", handoff.p50())
-                    .against("ping p50", ms(pings.p50()))
-                    .target("< 1 ms", handoff.p50() < Duration::from_millis(1)),
-                Metric::millis("handoff_p99", handoff.p99())
-                    .against("ping p99", ms(pings.p99()))
-                    .target("< 5 ms", handoff.p99() < Duration::from_millis(5)),
-                Metric::millis("handoff_max", handoff.max()),
-                Metric::plain("handoffs", handoff.len() as f64, ""),
-            ],
+            name,
+            what,
+            metrics,
         }
     }
 
@@ -254,17 +241,14 @@ impl Bench {
     /// SET a counter (not atomic: only the lock keeps it right), release.
     pub async fn s3(&self, acquisitions: u64, s1_rate: f64) -> Scenario {
         const WORKERS: usize = 8;
-        let mut setup = connection(&self.client).await;
+        let mut setup = self.floor().await;
         let _: () = setup.set("s3:counter", 0).await.expect("reset the counter");
         let claimed = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..WORKERS {
-            let locker = locker(
-                &self.client,
-                LockerOptions::new().wait(Duration::from_secs(60)),
-            );
-            let mut counter = connection(&self.client).await;
+            let locker = self.locker(LockerOptions::new().wait(Duration::from_secs(60)));
+            let mut counter = self.floor().await;
             let claimed = Arc::clone(&claimed);
             tasks.push(tokio::spawn(async move {
                 let mut mine = 0u64;
@@ -311,7 +295,7 @@ impl Bench {
     pub async fn s4(&self, s1_rate: f64) -> Scenario {
         const TASKS: usize = 64;
         let per_task = self.pairs_per_round / 4;
-        let locker = locker(&self.client, LockerOptions::new());
+        let locker = self.locker(LockerOptions::new());
         runa_pair(&locker, "warm").await;
         let mut rates = Vec::new();
         for _ in 0..3 {
