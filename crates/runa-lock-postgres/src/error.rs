@@ -1,0 +1,81 @@
+//! What a failed call to PostgreSQL reports: the operation, the address (never the
+//! password), and the cause, kept as the error's source.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One failed call.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    operation: &'static str,
+    address: Arc<str>,
+    cause: Cause,
+}
+
+#[derive(Debug)]
+pub(crate) enum Cause {
+    /// PostgreSQL, or the connection to it, failed.
+    Postgres(tokio_postgres::Error),
+    /// No connection could be had from the pool in time.
+    Pool(String),
+    /// No reply in time: the statement may still run.
+    NoReply(Duration),
+    /// The driver was closed: nothing was sent.
+    Closed,
+    /// A reply the statement cannot give.
+    Reply(String),
+}
+
+impl Failure {
+    pub(crate) fn new(operation: &'static str, address: &Arc<str>, cause: Cause) -> Failure {
+        Failure {
+            operation,
+            address: Arc::clone(address),
+            cause,
+        }
+    }
+
+    /// The statement certainly never reached PostgreSQL, so it may be sent again as new.
+    pub(crate) fn unsent(&self) -> bool {
+        matches!(self.cause, Cause::Pool(_) | Cause::Closed)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on PostgreSQL at {} failed: ",
+            self.operation, self.address
+        )?;
+        match &self.cause {
+            Cause::Postgres(error) => match error.as_db_error() {
+                // The server's own words: code and message, no detail (which may quote data).
+                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+                None => error.fmt(f),
+            },
+            Cause::Pool(problem) => f.write_str(problem),
+            Cause::NoReply(limit) => {
+                write!(f, "no reply within {}", humantime::format_duration(*limit))
+            }
+            Cause::Closed => f.write_str("the driver was closed"),
+            Cause::Reply(problem) => f.write_str(problem),
+        }
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.cause {
+            Cause::Postgres(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<Failure> for runa_lock::Error {
+    fn from(failure: Failure) -> Self {
+        runa_lock::Error::backend("postgres", failure)
+    }
+}
