@@ -1,1 +1,0 @@
-//! A throwaway PostgreSQL server for tests and benchmarks (feature `testing`).
