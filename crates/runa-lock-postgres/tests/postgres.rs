@@ -1,0 +1,288 @@
+//! The driver against a real PostgreSQL server (`testing::PostgresServer`): exclusion
+//! across drivers, fencing across a restart, NOTIFY wake-ups, the database's clock, stale
+//! tokens, renewals, contention, bad URLs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use runa_lock::{Error, Locker, LockerOptions, Registry};
+use runa_lock_postgres::PostgresDriver;
+use runa_lock_postgres::testing::PostgresServer;
+
+/// A locker named `jobs` (prefix `jobs:`) on its own driver: a separate "process".
+fn locker(driver: PostgresDriver, options: LockerOptions) -> Locker {
+    let registry = Registry::new();
+    registry.register_driver("postgres", driver);
+    registry.register_locker("jobs", options.driver("postgres").prefix("jobs:"));
+    registry.of("jobs").unwrap()
+}
+
+fn driver(server: &PostgresServer) -> PostgresDriver {
+    PostgresDriver::open(&server.url()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drivers_exclude_each_other_and_fencing_grows_across_them() {
+    let server = PostgresServer::start();
+    let a = locker(driver(&server), LockerOptions::new());
+    let b = locker(driver(&server), LockerOptions::new());
+    let mut last = 0;
+    for round in 0..10 {
+        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let lease = first.try_lock("k").await.unwrap().expect("free");
+        assert!(
+            second.try_lock("k").await.unwrap().is_none(),
+            "not exclusive"
+        );
+        assert!(lease.fencing() > last, "{} after {last}", lease.fencing());
+        last = lease.fencing();
+        lease.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_grows_across_a_restart_and_the_driver_reconnects_by_itself() {
+    let mut server = PostgresServer::start();
+    let options = LockerOptions::new().ttl(Duration::from_secs(30));
+    let jobs = locker(
+        PostgresDriver::builder(&server.url())
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap(),
+        options,
+    );
+    let before = jobs.try_lock("k").await.unwrap().expect("free");
+    let before_fencing = before.fencing();
+    before.release().await.unwrap();
+    // A lease held across the restart: its row survives, so the key stays held.
+    let held = jobs.try_lock("held").await.unwrap().expect("free");
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut errors = 0;
+    let after = loop {
+        match jobs.try_lock("k").await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => panic!("the key was never taken"),
+            Err(Error::Backend { .. }) => errors += 1,
+            Err(other) => panic!("not a Backend error after the restart: {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no acquisition after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        after.fencing() > before_fencing,
+        "fencing {} after the restart, {before_fencing} before ({errors} errors between)",
+        after.fencing()
+    );
+    after.release().await.unwrap();
+    assert!(
+        jobs.try_lock("held").await.unwrap().is_none(),
+        "a lease lost its row"
+    );
+    held.release()
+        .await
+        .expect("the lease held across the restart is still held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_another_driver_is_woken_by_notify() {
+    let server = PostgresServer::start();
+    // Polling only every 5 s: a release must wake it.
+    let options = LockerOptions::new()
+        .ttl(Duration::from_secs(30))
+        .wait(Duration::from_secs(20))
+        .retry_interval(Duration::from_secs(5));
+    let holder = locker(driver(&server), options.clone());
+    let waiter = locker(driver(&server), options);
+    for round in 0..3 {
+        let lease = holder.try_lock("k").await.unwrap().expect("free");
+        let before = lease.fencing();
+        let task = tokio::spawn({
+            let waiter = waiter.clone();
+            async move {
+                let lease = waiter.wait("k").await.expect("woken");
+                let woke = Instant::now();
+                let fencing = lease.fencing();
+                lease.release().await.unwrap();
+                (woke, fencing)
+            }
+        });
+        // The waiter's first attempt finds the key busy (and its notifier listens).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let released = Instant::now();
+        lease.release().await.unwrap();
+        let (woke, after) = task.await.unwrap();
+        let took = woke.duration_since(released);
+        assert!(
+            took < Duration::from_millis(500),
+            "round {round}: woken {took:?} after the release"
+        );
+        assert!(after > before);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_judged_by_the_database_clock_and_stale_tokens_are_refused() {
+    let server = PostgresServer::start();
+    let short = LockerOptions::new().ttl(Duration::from_millis(300));
+    let a = locker(driver(&server), short.clone());
+    let b = locker(driver(&server), short);
+    let stale = a.try_lock("k").await.unwrap().expect("free");
+    // The row's expiry is the database's clock plus the ttl.
+    let left: i64 = server.query_one(
+        "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint FROM runa_locks",
+    );
+    assert!((1..=300).contains(&left), "{left} ms left");
+    assert!(b.try_lock("k").await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let fresh = b
+        .try_lock("k")
+        .await
+        .unwrap()
+        .expect("expired by the database's clock");
+    assert!(fresh.fencing() > stale.fencing());
+    // The stale holder can neither renew nor release the new holder's lock.
+    assert!(matches!(
+        stale.renew(None).await,
+        Err(Error::NotHeld { .. })
+    ));
+    assert!(matches!(stale.release().await, Err(Error::NotHeld { .. })));
+    assert!(
+        a.try_lock("k").await.unwrap().is_none(),
+        "the new holder lost its lock"
+    );
+    fresh.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_and_auto_renew_hold_over_several_ttls() {
+    let server = PostgresServer::start();
+    let options = LockerOptions::new()
+        .ttl(Duration::from_millis(600))
+        .auto_renew(true);
+    let a = locker(driver(&server), options.clone());
+    let b = locker(driver(&server), options);
+    let fencing = a
+        .with("long", |lease| {
+            let b = b.clone();
+            async move {
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    assert!(!lease.is_lost(), "lost while renewing");
+                    assert!(b.try_lock("long").await?.is_none(), "taken while held");
+                }
+                Ok::<_, Error>(lease.fencing())
+            }
+        })
+        .await
+        .unwrap();
+    assert!(fencing > 0);
+    assert!(
+        a.inspect("long").await.unwrap().is_none(),
+        "released after with"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_drivers_times_twenty_five_with_on_one_key_never_overlap() {
+    let server = PostgresServer::start();
+    let options = LockerOptions::new()
+        .ttl(Duration::from_secs(10))
+        .wait(Duration::from_secs(60));
+    let holding = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let jobs = locker(driver(&server), options.clone());
+        let holding = Arc::clone(&holding);
+        tasks.push(tokio::spawn(async move {
+            let mut numbers = Vec::new();
+            for _ in 0..25 {
+                let holding = Arc::clone(&holding);
+                let fencing = jobs
+                    .with("shared", |lease| async move {
+                        assert!(!holding.swap(true, Ordering::SeqCst), "two holders at once");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        holding.store(false, Ordering::SeqCst);
+                        Ok::<_, Error>(lease.fencing())
+                    })
+                    .await
+                    .unwrap();
+                numbers.push(fencing);
+            }
+            numbers
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let numbers = task.await.unwrap();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+        all.extend(numbers);
+    }
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 200, "a fencing number was given twice");
+}
+
+#[tokio::test]
+async fn a_bad_url_is_invalid_config_without_its_password() {
+    for url in [
+        "postgres://app:s3cret@host:notaport/db",
+        "mysql://app:s3cret@host/db",
+        "postgres://app:s3cret@host/db?sslmode=sometimes",
+    ] {
+        let err = PostgresDriver::open(url).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
+    }
+    // A wrong password is a Backend error that does not show it either.
+    let server = PostgresServer::start();
+    server.create_role("app", "right-pw");
+    let wrong = PostgresDriver::open(&server.url_for("app", "s3cret-wrong")).unwrap();
+    let err = locker(wrong, LockerOptions::new())
+        .try_lock("k")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_schema_qualified_table_is_created_on_first_use() {
+    let server = PostgresServer::start();
+    server.execute("CREATE SCHEMA ops");
+    let jobs = locker(
+        PostgresDriver::builder(&server.url())
+            .unwrap()
+            .table("ops.job_locks")
+            .build()
+            .unwrap(),
+        LockerOptions::new(),
+    );
+    // Two drivers making the table at once do not trip over each other.
+    let other = locker(
+        driver(&server).with_table("ops.job_locks"),
+        LockerOptions::new(),
+    );
+    let (first, second) = tokio::join!(jobs.try_lock("a"), other.try_lock("b"));
+    let (first, second) = (first.unwrap().unwrap(), second.unwrap().unwrap());
+    assert_eq!(
+        server.query_one::<i64>("SELECT count(*) FROM ops.job_locks WHERE token <> ''"),
+        2
+    );
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+    assert_eq!(
+        server.query_one::<i64>("SELECT count(*) FROM ops.job_locks WHERE token <> ''"),
+        0
+    );
+    // The DDL schema() returns is what the driver ran: running it again changes nothing.
+    server.execute(&runa_lock_postgres::schema("ops.job_locks"));
+}
