@@ -161,7 +161,7 @@ impl Shared {
         };
         let exists = async {
             let row = client
-                .query_one(&statements.exists, &[&table.display()])
+                .query_one(&statements.exists, &[&table.sql_name()])
                 .await?;
             Ok::<bool, tokio_postgres::Error>(row.get(0))
         };

@@ -80,6 +80,11 @@ impl Table {
         }
     }
 
+    /// The quoted name, as SQL (and `to_regclass`) reads it: case kept.
+    pub(crate) fn sql_name(&self) -> String {
+        self.quoted("")
+    }
+
     /// `"schema"."name<suffix>"`, or `"name<suffix>"`.
     fn quoted(&self, suffix: &str) -> String {
         let name = format!("\"{}{suffix}\"", self.name);

@@ -286,3 +286,25 @@ async fn a_custom_schema_qualified_table_is_created_on_first_use() {
     // The DDL schema() returns is what the driver ran: running it again changes nothing.
     server.execute(&runa_lock_postgres::schema("ops.job_locks"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_mixed_case_table_is_found_not_created_again() {
+    let server = PostgresServer::start();
+    server.execute("CREATE SCHEMA ops");
+    server.execute(&runa_lock_postgres::schema("ops.Job_Locks"));
+    // A role that may use the table but not create anything: the driver must find it.
+    server.create_role("app", "pw");
+    server.execute(
+        r#"GRANT USAGE ON SCHEMA ops TO app;
+           GRANT SELECT, INSERT, UPDATE, DELETE ON ops."Job_Locks" TO app;
+           GRANT USAGE ON SEQUENCE ops."Job_Locks_fencing" TO app"#,
+    );
+    let jobs = locker(
+        PostgresDriver::open(&server.url_for("app", "pw"))
+            .unwrap()
+            .with_table("ops.Job_Locks"),
+        LockerOptions::new(),
+    );
+    let lease = jobs.try_lock("k").await.unwrap().expect("free");
+    lease.release().await.unwrap();
+}
