@@ -8,11 +8,17 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// The longest any statement of the driver may run on the server: a statement the driver
+/// gave up on (it may still be waiting for a row's lock) ends by then, committed or not.
+/// Set on each pooled connection when it is made (`SET`, which a pooler in transaction
+/// mode does not keep: there it is the server's own setting that bounds it).
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pool of up to `size` connections; getting one waits up to `connect_timeout`.
 pub(crate) fn pool(
@@ -29,8 +35,20 @@ pub(crate) fn pool(
         Some(tls) => Manager::from_config(config.clone(), tls, manager_config),
         _ => Manager::from_config(config.clone(), NoTls, manager_config),
     };
+    let set = format!("SET statement_timeout = {}", STATEMENT_TIMEOUT.as_millis());
+    let bounded = Hook::async_fn(move |client, _| {
+        let set = set.clone();
+        Box::pin(async move {
+            client
+                .simple_query(&set)
+                .await
+                .map(drop)
+                .map_err(HookError::Backend)
+        })
+    });
     Pool::builder(manager)
         .max_size(size)
+        .post_create(bounded)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(connect_timeout))
         .create_timeout(Some(connect_timeout))

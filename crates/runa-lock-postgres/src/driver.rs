@@ -43,9 +43,11 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// - The table is created on first use when missing ([`schema`](crate::schema) gives the
 ///   DDL); released rows are kept an hour for their fencing number, then swept.
 /// - Every call has a timeout; failures are [`Error::Backend`], and `wait` rides over them
-///   until its deadline. A statement that got no reply in time is never sent again as new;
-///   its connection leaves the pool until it has settled, and releases made meanwhile are
-///   sent again then.
+///   until its deadline. A statement that got no reply (it timed out, its connection broke,
+///   or its caller dropped it) is never sent again as new; its connection is kept out of
+///   use (still counting against the pool) until it has settled, and an acquisition on it
+///   whose token was released meanwhile is released again then. Each pooled connection
+///   sets `statement_timeout` to 30 s, so a statement the server still runs ends by then.
 ///
 /// ```no_run
 /// use runa_lock::{LockerOptions, Registry};

@@ -1,32 +1,35 @@
 //! What every clone of a driver shares: the pool, the table's statements, the notifier;
 //! and the operations, one statement each.
 //!
-//! A statement that gets no reply in time may still run. Its connection is taken out of
-//! the pool and kept until a later `SELECT 1` on it answers (PostgreSQL runs a connection's
-//! statements in order) or fails, or [`SETTLE_LIMIT`] passes; releases made meanwhile are
-//! sent again then, so a late acquire cannot keep a key for a token that was released.
+//! A statement that got no reply (it timed out, its connection broke, or its caller
+//! dropped the call) may still run. Its connection is kept out of use, still counting
+//! against the pool's size, until it has *settled*: a later `SELECT 1` on it answered
+//! (PostgreSQL runs a connection's statements in order), or it broke and the server's
+//! statement timeout ([`STATEMENT_TIMEOUT`]) has passed since, or [`SETTLE_LIMIT`] passed.
+//! An acquisition on it whose token was released meanwhile is released again then, so a
+//! late acquire cannot keep a key for a token that was released.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
-use futures_util::StreamExt;
 use runa_lock::Error;
 use tokio::sync::OnceCell;
 use tokio::time::{Instant, timeout};
 use tokio_util::task::TaskTracker;
 
+use crate::connect::STATEMENT_TIMEOUT;
 use crate::error::{Cause, Failure};
 use crate::keys::Row;
 use crate::notify::Notifier;
-use crate::table::{CHANNEL, Statements, Table};
+use crate::table::{CHANNEL, SWEEP_BATCH, Statements, Table};
 
 /// The longest a connection given up on is waited on to settle.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
-/// How many releases are sent again at once after a connection settles.
-const RESEND_AT_ONCE: usize = 16;
 /// How often, at most, expired rows are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How many batches one sweep deletes at most.
+const SWEEP_BATCHES: u64 = 10;
 
 pub(crate) struct Shared {
     me: Weak<Shared>,
@@ -41,8 +44,9 @@ pub(crate) struct Shared {
     pub(crate) response_timeout: Duration,
     pub(crate) pool_size: usize,
     pool: Pool,
-    /// Set once the table is known to exist.
-    ready: OnceCell<()>,
+    /// Set once the table is known to exist: its name as the catalog has it, which release
+    /// announcements carry.
+    ready: OnceCell<String>,
     pub(crate) notifier: Notifier,
     settling: Mutex<Settling>,
     last_sweep: Mutex<Option<Instant>>,
@@ -50,12 +54,19 @@ pub(crate) struct Shared {
     background: TaskTracker,
 }
 
-/// Connections given up on that have not settled yet, and the releases to send again once
-/// each has.
+/// Connections given up on that have not settled yet.
 #[derive(Default)]
 struct Settling {
     next: u64,
-    open: Vec<(u64, Vec<(Row, String)>)>,
+    open: Vec<Unsettled>,
+}
+
+/// A connection given up on: the acquisition that was on it, if one was, and whether its
+/// token has been released since (then it is released again once the connection settles).
+struct Unsettled {
+    id: u64,
+    acquire: Option<(Row, String)>,
+    released: bool,
 }
 
 /// What an acquisition came to.
@@ -153,106 +164,132 @@ impl Shared {
         Ok(client)
     }
 
-    /// Creates the table when it is missing, one driver at a time (an advisory lock keyed
-    /// by the table's name), so that concurrent first uses do not race on the catalog.
-    async fn create_table(&self, client: &Object, operation: &'static str) -> Result<()> {
+    /// The table's name as the catalog has it (for release announcements), once known;
+    /// else the name as written.
+    pub(crate) fn announced_name(&self) -> String {
+        match (self.ready.get(), &self.table) {
+            (Some(name), _) => name.clone(),
+            (None, Ok(table)) => table.display(),
+            (None, Err(_)) => self.table_name.clone(),
+        }
+    }
+
+    /// Makes sure of the table (connecting if needed); its announced name.
+    pub(crate) async fn ready_name(&self) -> Result<String> {
+        if let Some(name) = self.ready.get() {
+            return Ok(name.clone());
+        }
+        drop(self.connection("acquire").await?);
+        Ok(self.announced_name())
+    }
+
+    /// Creates the table when it is missing (one driver at a time, see [`Table::create`]);
+    /// its name as the catalog has it.
+    async fn create_table(&self, client: &Object, operation: &'static str) -> Result<String> {
         let (Ok(table), Ok(statements)) = (&self.table, self.statements()) else {
-            return Ok(());
+            return Ok(self.table_name.clone());
         };
-        let exists = async {
-            let row = client
-                .query_one(&statements.exists, &[&table.sql_name()])
-                .await?;
-            Ok::<bool, tokio_postgres::Error>(row.get(0))
-        };
+        let name = table.sql_name();
         let create = async {
-            if exists.await? {
-                return Ok(());
+            let exists: bool = client
+                .query_one(&statements.exists, &[&name])
+                .await?
+                .try_get(0)?;
+            if !exists {
+                // One implicit transaction: rolled back whole on an error, so the
+                // connection is left clean.
+                client.batch_execute(&table.create()).await?;
             }
-            let ddl = format!(
-                "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('runa-lock ' || '{}'));\n{}COMMIT;",
-                table.display(),
-                table.schema()
-            );
-            client.batch_execute(&ddl).await
+            client
+                .query_one(&statements.canonical, &[&name])
+                .await?
+                .try_get::<_, String>(0)
         };
         match timeout(self.response_limit(), create).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(canonical)) => Ok(canonical),
             Ok(Err(error)) => Err(self.failure(operation, Cause::Postgres(error))),
             Err(_) => Err(self.failure(operation, Cause::NoReply(self.response_limit()))),
         }
     }
 
-    /// Runs `call` on `client`, bounded by the response timeout. A call that times out
-    /// takes its connection out of the pool to settle (see the module docs).
+    /// Runs `call` on `client`, bounded by the response timeout. Unless it gets an answer
+    /// (a result or the server's error), its connection is given up on and settles (see
+    /// the module docs): when it times out, when the connection breaks, and when the caller
+    /// drops the call. `acquire` names the acquisition it is, if it is one.
     async fn bounded<T>(
         &self,
         client: Object,
         operation: &'static str,
+        acquire: Option<(&Row, &str)>,
         call: impl AsyncFnOnce(&Object) -> std::result::Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
         let limit = self.response_timeout;
-        match timeout(limit, call(&client)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(self.failure(operation, Cause::Postgres(error))),
-            Err(_) => {
-                self.retire(client);
-                Err(self.failure(operation, Cause::NoReply(limit)))
-            }
+        let in_flight = InFlight {
+            shared: self,
+            client: Some(client),
+            acquire: acquire.map(|(row, token)| (row.clone(), token.to_owned())),
+        };
+        let Some(client) = in_flight.client.as_ref() else {
+            return Err(self.failure(operation, Cause::Closed));
+        };
+        let (answered, outcome) = match timeout(limit, call(client)).await {
+            Ok(Ok(value)) => (true, Ok(value)),
+            Ok(Err(error)) => (error.as_db_error().is_some(), Err(Cause::Postgres(error))),
+            Err(_) => (false, Err(Cause::NoReply(limit))),
+        };
+        if answered {
+            in_flight.answered();
+        } else {
+            // Its connection settles.
+            drop(in_flight);
         }
+        let cause = match outcome {
+            Ok(value) => return Ok(value),
+            Err(cause) => cause,
+        };
+        Err(self.failure(operation, cause))
     }
 
-    /// Keeps `client`, given up on, out of the pool until it settles; then sends again the
-    /// releases made meanwhile.
-    fn retire(&self, client: Object) {
+    /// Keeps `client`, given up on, out of use until it settles; then releases again the
+    /// acquisition that was on it if its token was released meanwhile.
+    fn retire(&self, client: Object, acquire: Option<(Row, String)>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let client = Object::take(client);
         let id = {
             let mut settling = self.settling.lock().unwrap_or_else(PoisonError::into_inner);
             settling.next += 1;
             let id = settling.next;
-            settling.open.push((id, Vec::new()));
+            settling.open.push(Unsettled {
+                id,
+                acquire,
+                released: false,
+            });
             id
         };
         let me = self.me.clone();
         let limit = self.response_limit();
         self.background.spawn_on(
             async move {
-                let deadline = Instant::now() + SETTLE_LIMIT;
-                loop {
-                    match timeout(limit, client.simple_query("SELECT 1")).await {
-                        Ok(_) => break,
-                        Err(_) if Instant::now() >= deadline => {
-                            tracing::warn!(
-                                "a PostgreSQL connection given up on did not settle within {}; a lock request still held on it may take a key for a token that was released",
-                                humantime::format_duration(SETTLE_LIMIT)
-                            );
-                            break;
-                        }
-                        Err(_) if me.strong_count() == 0 => return,
-                        Err(_) => {}
-                    }
-                }
+                settle(&client, limit, || me.strong_count() > 0).await;
+                // Back to the pool (a broken one is dropped by it).
                 drop(client);
                 let Some(shared) = me.upgrade() else { return };
-                let again = {
+                let unsettled = {
                     let mut settling =
                         shared.settling.lock().unwrap_or_else(PoisonError::into_inner);
-                    let index = settling.open.iter().position(|(open, _)| *open == id);
-                    index.map(|index| settling.open.swap_remove(index).1)
+                    let index = settling.open.iter().position(|open| open.id == id);
+                    index.map(|index| settling.open.swap_remove(index))
                 };
-                futures_util::stream::iter(again.unwrap_or_default())
-                    .for_each_concurrent(RESEND_AT_ONCE, |(row, token)| {
-                        let shared = &shared;
-                        async move {
-                            if let Err(error) = shared.release_once(&row, &token).await {
-                                tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
-                            }
-                        }
-                    })
-                    .await;
+                if let Some(Unsettled {
+                    acquire: Some((row, token)),
+                    released: true,
+                    ..
+                }) = unsettled
+                    && let Err(error) = shared.release_once(&row, &token).await
+                {
+                    tracing::debug!(%error, "releasing again after a connection settled failed; the lock ends by its ttl");
+                }
             },
             &runtime,
         );
@@ -262,17 +299,19 @@ impl Shared {
         let statements = self.statements_for("acquire")?;
         let client = self.connection("acquire").await?;
         let ttl_ms = millis(ttl);
-        let reply = self
-            .bounded(client, "acquire", async |client| {
+        let (fencing, left) = self
+            .bounded(client, "acquire", Some((row, token)), async |client| {
                 let statement = client.prepare_cached(&statements.acquire).await?;
-                client
+                let reply = client
                     .query_one(&statement, &[&row.id, &row.key, &token, &ttl_ms])
-                    .await
+                    .await?;
+                Ok((
+                    reply.try_get::<_, Option<i64>>(0)?,
+                    reply.try_get::<_, Option<i64>>(1)?,
+                ))
             })
             .await?;
         self.maybe_sweep();
-        let fencing: Option<i64> = reply.get(0);
-        let left: Option<i64> = reply.get(1);
         match fencing {
             Some(fencing) => match u64::try_from(fencing) {
                 Ok(fencing) if fencing > 0 => Ok(Outcome::Acquired(fencing)),
@@ -304,7 +343,7 @@ impl Shared {
         let client = self.connection("renew").await?;
         let ttl_ms = millis(ttl);
         let renewed = self
-            .bounded(client, "renew", async |client| {
+            .bounded(client, "renew", None, async |client| {
                 let statement = client.prepare_cached(&statements.renew).await?;
                 client
                     .execute(&statement, &[&row.id, &token, &ttl_ms])
@@ -314,13 +353,19 @@ impl Shared {
         Ok(renewed == 1)
     }
 
-    /// Frees `token`'s hold on `row` and announces it. Queued to be sent again once the
-    /// connections given up on now have settled.
+    /// Frees `token`'s hold on `row` and announces it. An acquisition of that token still
+    /// on a connection given up on is released again once that connection settles.
     pub(crate) async fn release(&self, row: &Row, token: &str) -> Result<bool> {
         {
             let mut settling = self.settling.lock().unwrap_or_else(PoisonError::into_inner);
-            for (_, again) in &mut settling.open {
-                again.push((row.clone(), token.to_owned()));
+            for open in &mut settling.open {
+                if open
+                    .acquire
+                    .as_ref()
+                    .is_some_and(|(acquired, by)| acquired.id == row.id && by == token)
+                {
+                    open.released = true;
+                }
             }
         }
         self.release_once(row, token).await
@@ -328,16 +373,15 @@ impl Shared {
 
     async fn release_once(&self, row: &Row, token: &str) -> Result<bool> {
         let statements = self.statements_for("release")?;
-        let table = self.table.as_ref().map(Table::display).unwrap_or_default();
-        let payload = row.payload(&table);
         let client = self.connection("release").await?;
+        let payload = row.payload(&self.announced_name());
         let released: i64 = self
-            .bounded(client, "release", async |client| {
+            .bounded(client, "release", None, async |client| {
                 let statement = client.prepare_cached(&statements.release).await?;
-                let reply = client
+                client
                     .query_one(&statement, &[&row.id, &token, &CHANNEL, &payload])
-                    .await?;
-                Ok(reply.get(0))
+                    .await?
+                    .try_get(0)
             })
             .await?;
         Ok(released == 1)
@@ -348,21 +392,21 @@ impl Shared {
         let statements = self.statements_for("inspect")?;
         let client = self.connection("inspect").await?;
         let left = self
-            .bounded(client, "inspect", async |client| {
+            .bounded(client, "inspect", None, async |client| {
                 let statement = client.prepare_cached(&statements.inspect).await?;
-                client.query_opt(&statement, &[&row.id]).await
+                match client.query_opt(&statement, &[&row.id]).await? {
+                    Some(reply) => reply.try_get::<_, i64>(0).map(Some),
+                    None => Ok(None),
+                }
             })
             .await?;
-        Ok(left.map(|row| {
-            let ms: i64 = row.get(0);
-            Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-        }))
+        Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
     }
 
     /// `SELECT 1`, with the table made sure of.
     pub(crate) async fn ping(&self) -> Result<()> {
         let client = self.connection("ping").await?;
-        self.bounded(client, "ping", async |client| {
+        self.bounded(client, "ping", None, async |client| {
             client.simple_query("SELECT 1").await.map(drop)
         })
         .await
@@ -414,14 +458,24 @@ impl Shared {
         );
     }
 
-    /// Deletes up to a thousand rows free for over an hour; how many.
+    /// Deletes the rows free for over an hour, a batch at a time, up to
+    /// [`SWEEP_BATCHES`] batches; how many.
     pub(crate) async fn sweep(&self) -> Result<u64> {
         let statements = self.statements_for("sweep")?;
-        let client = self.connection("sweep").await?;
-        self.bounded(client, "sweep", async |client| {
-            client.execute(&statements.sweep, &[]).await
-        })
-        .await
+        let mut swept = 0;
+        for _ in 0..SWEEP_BATCHES {
+            let client = self.connection("sweep").await?;
+            let batch = self
+                .bounded(client, "sweep", None, async |client| {
+                    client.execute(&statements.sweep, &[]).await
+                })
+                .await?;
+            swept += batch;
+            if batch < SWEEP_BATCH {
+                break;
+            }
+        }
+        Ok(swept)
     }
 
     fn statements_for(&self, operation: &'static str) -> Result<&Statements> {
@@ -444,6 +498,55 @@ impl Shared {
         }
         self.pool.close();
         self.notifier.close();
+    }
+}
+
+/// A call on a pooled connection, until it is answered: dropped unanswered, it gives its
+/// connection up to settle.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    client: Option<Object>,
+    acquire: Option<(Row, String)>,
+}
+
+impl InFlight<'_> {
+    /// The call got an answer: its connection goes back to the pool.
+    fn answered(mut self) {
+        self.client = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.shared.retire(client, self.acquire.take());
+        }
+    }
+}
+
+/// Waits until `client`, given up on, has settled: a `SELECT 1` on it answered (so
+/// everything sent before has run), or it broke and [`STATEMENT_TIMEOUT`] has passed (a
+/// statement the server still runs ends by then), or [`SETTLE_LIMIT`] passed. Each try
+/// waits up to `limit`; stops early once `wanted` says the driver is gone.
+async fn settle(client: &Object, limit: Duration, wanted: impl Fn() -> bool) {
+    let retired = Instant::now();
+    let deadline = retired + SETTLE_LIMIT;
+    while wanted() {
+        match timeout(limit, client.simple_query("SELECT 1")).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(retired + STATEMENT_TIMEOUT).await;
+                return;
+            }
+            Err(_) if Instant::now() >= deadline => {
+                tracing::warn!(
+                    "a PostgreSQL connection given up on did not settle within {}; a lock request still held on it may take a key for a token that was released",
+                    humantime::format_duration(SETTLE_LIMIT)
+                );
+                return;
+            }
+            Err(_) => {}
+        }
     }
 }
 

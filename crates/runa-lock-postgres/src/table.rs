@@ -80,6 +80,22 @@ impl Table {
         }
     }
 
+    /// The DDL run when the table is missing, as one implicit transaction (it all rolls
+    /// back on an error), under an advisory lock keyed by the table's schema (the current
+    /// one when the name has none) and name, so that drivers creating it at once wait for
+    /// each other.
+    pub(crate) fn create(&self) -> String {
+        let schema = match &self.schema {
+            Some(schema) => format!("'{schema}'"),
+            None => "current_schema()".to_owned(),
+        };
+        format!(
+            "SELECT pg_advisory_xact_lock(hashtext('runa-lock ' || {schema} || '.' || '{}'));\n{}",
+            self.name,
+            self.schema()
+        )
+    }
+
     /// The quoted name, as SQL (and `to_regclass`) reads it: case kept.
     pub(crate) fn sql_name(&self) -> String {
         self.quoted("")
@@ -162,12 +178,20 @@ impl Table {
                  FROM {table} WHERE id = $1 AND expires_at > clock_timestamp()"
             ),
             // Rows free for over an hour, a batch at a time.
+            // The age is checked again on the row itself: a row taken by an acquisition
+            // while the sweep waited for it is not deleted.
             sweep: format!(
                 "DELETE FROM {table} WHERE id IN (\n\
                    SELECT id FROM {table}\n\
                    WHERE expires_at < clock_timestamp() - interval '{keep} seconds'\n\
-                   LIMIT 1000)"
+                   LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED)\n\
+                 AND expires_at < clock_timestamp() - interval '{keep} seconds'"
             ),
+            // The table's schema-qualified name, as the catalog has it: the same for every
+            // spelling of it (`runa_locks`, `public.runa_locks`).
+            canonical: "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)"
+                .to_owned(),
         }
     }
 }
@@ -181,7 +205,11 @@ pub(crate) struct Statements {
     pub(crate) release: String,
     pub(crate) inspect: String,
     pub(crate) sweep: String,
+    pub(crate) canonical: String,
 }
+
+/// How many rows one sweep statement deletes at most.
+pub(crate) const SWEEP_BATCH: u64 = 1000;
 
 /// At most 64 characters of `text`, for messages.
 fn truncated(text: &str) -> String {

@@ -27,12 +27,13 @@ impl Shared {
     ) -> Result<Option<Grant>, Error> {
         self.statements()?;
         let row = Row::new(key);
-        let table = self
-            .table
-            .as_ref()
-            .map(|table| table.display())
-            .unwrap_or_default();
-        let membership = self.notifier.join(&row.payload(&table));
+        // Announcements carry the table's name as the catalog has it: known once the table
+        // is (a failure here shows again in the first attempt).
+        let name = match self.ready_name().await {
+            Ok(name) => name,
+            Err(_) => self.announced_name(),
+        };
+        let membership = self.notifier.join(&row.payload(&name));
         let waiting = membership.wait();
         let mut attempts = Attempts::default();
         loop {

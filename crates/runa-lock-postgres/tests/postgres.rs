@@ -308,3 +308,172 @@ async fn an_existing_mixed_case_table_is_found_not_created_again() {
     let lease = jobs.try_lock("k").await.unwrap().expect("free");
     lease.release().await.unwrap();
 }
+
+/// A session of its own on `server`, for holding locks and transactions open.
+async fn session(server: &PostgresServer) -> runa_lock_postgres::tokio_postgres::Client {
+    let (client, connection) = runa_lock_postgres::tokio_postgres::connect(
+        &server.url(),
+        runa_lock_postgres::tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_never_deletes_a_row_taken_while_it_ran() {
+    let server = PostgresServer::start();
+    let driver = driver(&server);
+    let jobs = locker(driver.clone(), LockerOptions::new());
+    jobs.try_lock("old")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    jobs.try_lock("older")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    server.execute("UPDATE runa_locks SET expires_at = clock_timestamp() - interval '2 hours'");
+    // Another session takes one old row and has not committed when the sweep runs.
+    let other = session(&server).await;
+    other
+        .batch_execute(
+            "BEGIN; UPDATE runa_locks SET token = 'other', expires_at = clock_timestamp() + interval '1 hour'
+             WHERE id = (SELECT id FROM runa_locks ORDER BY id LIMIT 1)",
+        )
+        .await
+        .unwrap();
+    let swept = tokio::time::timeout(Duration::from_secs(5), driver.sweep())
+        .await
+        .expect("the sweep skips a locked row rather than wait for it")
+        .unwrap();
+    assert_eq!(swept, 1, "only the row nobody took");
+    other.batch_execute("COMMIT").await.unwrap();
+    let left = server.query_one::<i64>("SELECT count(*) FROM runa_locks WHERE token = 'other'");
+    assert_eq!(left, 1, "the row taken during the sweep was deleted");
+    // A second sweep still leaves it: it is held.
+    assert_eq!(driver.sweep().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_given_up_on_never_open_more_connections_than_the_pool() {
+    let server = PostgresServer::start();
+    let driver = PostgresDriver::builder(&server.url())
+        .unwrap()
+        .pool_size(2)
+        .response_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let jobs = locker(driver, LockerOptions::new());
+    jobs.try_lock("warm")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // Every statement on the table blocks while another session holds it.
+    let other = session(&server).await;
+    other
+        .batch_execute("BEGIN; LOCK TABLE runa_locks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let jobs = jobs.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let _ = jobs.try_lock(&format!("k{worker}")).await;
+            }
+        }));
+    }
+    let mut most = 0;
+    while Instant::now() < until {
+        let open = server.query_one::<i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runa-lock'",
+        );
+        most = most.max(open);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    other.batch_execute("COMMIT").await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The pool's two, and the listening connection if a wait started one.
+    assert!(most <= 3, "{most} connections for a pool of 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_table_creation_leaves_the_connection_usable() {
+    let server = PostgresServer::start();
+    let jobs = locker(
+        driver(&server).with_table("later.locks"),
+        LockerOptions::new(),
+    );
+    let err = jobs.try_lock("k").await.unwrap_err();
+    assert!(err.to_string().contains("3F000"), "{err}");
+    server.execute("CREATE SCHEMA later");
+    let lease = jobs
+        .try_lock("k")
+        .await
+        .unwrap()
+        .expect("the table made on the next try");
+    lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_acquire_that_lands_late_leaves_the_key_free() {
+    let server = PostgresServer::start();
+    let jobs = locker(
+        driver(&server),
+        LockerOptions::new().ttl(Duration::from_secs(60)),
+    );
+    jobs.try_lock("k")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // Another session holds the key's row: the next acquire waits on the server.
+    let other = session(&server).await;
+    other
+        .batch_execute("BEGIN; SELECT * FROM runa_locks FOR UPDATE")
+        .await
+        .unwrap();
+    // The caller gives up long before the driver would: the acquire is still queued on
+    // the server, and the locker releases its token in the background.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), jobs.try_lock("k")).await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now the held acquire lands, after that release.
+    other.batch_execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jobs.inspect("k").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the late acquire kept the key for a token that was released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_the_wrong_shape_is_an_error_not_a_panic() {
+    let server = PostgresServer::start();
+    server.execute(
+        "CREATE SEQUENCE odd_fencing;
+         CREATE TABLE odd (id bytea PRIMARY KEY, key bytea, token text, expires_at timestamptz, fencing integer)",
+    );
+    let jobs = locker(driver(&server).with_table("odd"), LockerOptions::new());
+    let err = jobs.try_lock("k").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+}
