@@ -20,6 +20,9 @@ Examples:
   # wait up to a minute for the previous run, renew a 1-minute lease while it runs
   runa-lock run --ttl 1m --wait 1m migrate -- ./migrate.sh --apply
 
+  # the locks in PostgreSQL (table runa_locks, created when missing)
+  RUNA_LOCK_URL=postgres://locks@db.internal/app runa-lock run invoice-export -- ./export.sh
+
 Environment of the command:
   RUNA_LOCK_KEY      the key (without prefixes)
   RUNA_LOCK_FENCING  the lease's fencing number: pass it to the stores you write to
@@ -84,7 +87,8 @@ pub enum Command {
 pub struct Common {
     /// The lock store [env: RUNA_LOCK_URL] [default: redis://127.0.0.1:6379]; the scheme picks
     /// the driver: redis://, rediss:// (TLS), redis+unix://, unix://, redis+sentinel://hosts/master,
-    /// redis+cluster://hosts (rediss+ for TLS)
+    /// redis+cluster://hosts (rediss+ for TLS); postgres:// or postgresql://user[:password]@host[:port]/database
+    /// (?sslmode=require for TLS)
     #[arg(long, global = true, env = "RUNA_LOCK_URL", hide_env = true)]
     pub url: Option<String>,
 
@@ -92,7 +96,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "P")]
     pub prefix: Option<String>,
 
-    /// A TOML config file as an app reads it: [lock.redis], [lock.lockers.NAME]
+    /// A TOML config file as an app reads it: [lock.redis] or [lock.postgres], [lock.lockers.NAME]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

@@ -9,7 +9,10 @@
 //!
 //! - `args`: the command line (clap), and usage errors as one line, exit 64.
 //! - `store`: the lock store and locker, built as an app builds them (a `runa::App` with
-//!   the lock and Redis providers; `--config` is one of its sources); flags win over the file.
+//!   the lock provider and the store's; `--config` is one of its sources); flags win over the
+//!   file.
+//! - `backend`: which store, Redis or PostgreSQL (`--url`'s scheme, else the config file),
+//!   and the provider that connects to it.
 //! - `run`: `run` under `Locker::with` (auto-renewed), its exit codes.
 //! - `child`: the command in its own process group, signals passed on, stopped on loss.
 //! - `status`: `status` and `--json`.
@@ -20,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod backend;
 mod child;
 mod exit;
 mod run;

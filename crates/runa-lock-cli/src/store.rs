@@ -1,21 +1,22 @@
 //! The lock store and the locker runa-lock uses, built the way an app builds them: a
-//! `runa::App` with the lock and Redis providers, the config file as one of its sources.
+//! `runa::App` with the lock provider and the provider of the store (Redis's or
+//! PostgreSQL's, see [`backend`](crate::backend)), the config file as one of its sources.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use runa_lock::{
     CACHE, DEFAULT_NAME, DEFAULT_RETRY_INTERVAL, DEFAULT_TTL, Error, LOCAL, Locker, LockerInfo,
     LockerOptions, QUEUE, Registry, SCHEDULE,
 };
+use runa_lock_postgres::PostgresDriver;
 use runa_lock_redis::RedisDriver;
 use runa_lock_redis::redis;
 
 use crate::args::{Common, DEFAULT_URL};
+use crate::backend::{Fixed, Kind, StoreProvider};
 use crate::exit::{self, Failure};
-
-/// The name the Redis provider registers its driver under.
-const DRIVER: &str = "redis";
 
 /// The shortest wait the library accepts: with it, `wait` makes one attempt.
 pub(crate) const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
@@ -24,7 +25,8 @@ pub(crate) const ONE_ATTEMPT: Duration = Duration::from_nanos(1);
 pub struct Store {
     /// The locker: driver, prefix, ttl and wait resolved from flags, config and defaults.
     pub locker: Locker,
-    /// Where the locks live, such as `redis at 127.0.0.1:6379` (never a password).
+    /// Where the locks live, such as `redis at 127.0.0.1:6379` or `postgres at db:5432`
+    /// (never a password).
     pub place: String,
     /// What to check when the store cannot be reached.
     pub hint: String,
@@ -61,39 +63,31 @@ impl Store {
 /// Builds the app from `common`'s config file (if any) and flags, and the locker to use.
 pub async fn open(common: &Common) -> Result<Store, Failure> {
     let file = common.config.as_deref();
-    let driver = match &common.url {
-        Some(url) => Some(url_driver(url)?),
-        None => None,
-    };
-    let (place, hint) = describe(file, driver.as_ref());
+    let fixed = common.url.as_deref().map(Fixed::parse).transpose()?;
+    let place = describe(file, fixed.as_ref());
 
     let mut app = runa::App::new();
     if let Some(file) = file {
         app = app.config_file(file);
     }
-    let mut lock = runa_lock::provider();
-    if let Some(name) = &common.locker {
-        lock = lock.register_locker(name.clone(), code_options(name));
-    }
-    let mut redis = runa_lock_redis::provider();
-    if let Some(url) = driver.as_ref().and(common.url.as_deref()) {
-        // Checked by `url_driver` already.
-        redis = redis
-            .fixed_url(url)
-            .map_err(|error| Failure::new(exit::USAGE, format!("--url: {error}")))?;
-    }
+    let chosen = Arc::new(OnceLock::new());
+    let store = StoreProvider::new(fixed.clone(), common.locker.clone(), Arc::clone(&chosen));
     let installed = app
-        .install(lock)
-        .and_then(|app| app.install(redis))
+        .install(runa_lock::provider())
+        .and_then(|app| app.install(store))
         .map(|_| ());
     if let Err(error) = installed {
         return Err(Failure::new(exit::SOFTWARE, error.to_string()));
     }
-    if let Err(error) = app.freeze().await {
+    let frozen = app.freeze().await;
+    // Set in the store provider's `init`, unless the config could not be read.
+    let kind = chosen.get().copied().unwrap_or(Kind::Redis);
+    let hint = hint(kind, file, fixed.is_some());
+    if let Err(error) = frozen {
         let _ = app.shutdown().await;
-        return Err(freeze_failure(&error, place.as_deref(), &hint));
+        return Err(freeze_failure(&error, kind, place.as_deref(), &hint));
     }
-    match locker(&app, common) {
+    match locker(&app, common, kind) {
         Ok((locker, place)) => Ok(Store {
             locker,
             place,
@@ -107,23 +101,32 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
     }
 }
 
-/// The locker runa-lock uses in the frozen `app`, and where its locks live.
-fn locker(app: &runa::App, common: &Common) -> Result<(Locker, String), Failure> {
+/// The locker runa-lock uses in the frozen `app`, on the store of `kind`, and where its
+/// locks live.
+fn locker(app: &runa::App, common: &Common, kind: Kind) -> Result<(Locker, String), Failure> {
     let file = common.config.as_deref();
-    let (registry, driver) = match (app.get::<Registry>(), app.get::<RedisDriver>()) {
-        (Ok(registry), Ok(driver)) => (registry, driver),
-        (Err(error), _) | (_, Err(error)) => {
-            return Err(Failure::new(exit::SOFTWARE, error.to_string()));
-        }
+    let software = |error: runa::Error| Failure::new(exit::SOFTWARE, error.to_string());
+    let registry = app.get::<Registry>().map_err(software)?;
+    let address = match kind {
+        Kind::Redis => app
+            .get::<RedisDriver>()
+            .map_err(software)?
+            .address()
+            .to_owned(),
+        Kind::Postgres => app
+            .get::<PostgresDriver>()
+            .map_err(software)?
+            .address()
+            .to_owned(),
     };
-    let place = format!("redis at {}", driver.address());
+    let place = format!("{} at {address}", kind.name());
     let base = match (&common.locker, file) {
         (Some(name), Some(file)) => Some(configured(app, &registry, name, file)?),
         _ => None,
     };
 
     let options = LockerOptions::new()
-        .driver(DRIVER)
+        .driver(kind.name())
         .prefix(
             common
                 .prefix
@@ -162,18 +165,9 @@ fn locker(app: &runa::App, common: &Common) -> Result<(Locker, String), Failure>
     Ok((locker, place))
 }
 
-/// The options in code of locker `name` before the config applies: the Redis driver, and a
-/// built-in locker's own prefix.
-fn code_options(name: &str) -> LockerOptions {
-    let options = LockerOptions::new().driver("redis");
-    if [SCHEDULE, QUEUE, CACHE].contains(&name) {
-        options.prefix(format!("{name}:"))
-    } else {
-        options
-    }
-}
-
-/// Locker `name` as the config file left it.
+/// Locker `name` as the config file left it. Its driver must be a store shared between
+/// processes; which one is used is decided by `--url`, else by this driver (see
+/// [`backend`](crate::backend)).
 fn configured(
     app: &runa::App,
     registry: &Registry,
@@ -195,11 +189,11 @@ fn configured(
         .of(name)
         .map(|locker| locker.info())
         .map_err(|error| Failure::new(exit::CONFIG, format!("{error} in {}", file.display())))?;
-    if info.driver != "redis" {
+    if Kind::of_driver(&info.driver).is_none() {
         return Err(Failure::new(
             exit::CONFIG,
             format!(
-                "{section}.driver: runa-lock needs a lock store shared between processes, such as \"redis\" (got {:?}) in {}",
+                "{section}.driver: runa-lock needs a lock store shared between processes, \"redis\" or \"postgres\" (got {:?}) in {}",
                 info.driver,
                 file.display()
             ),
@@ -208,72 +202,34 @@ fn configured(
     Ok(info)
 }
 
-/// A Redis driver for `url`, given with `--url` or `RUNA_LOCK_URL`; its scheme picks the
-/// driver. Errors never show the URL, which may hold a password.
-fn url_driver(url: &str) -> Result<RedisDriver, Failure> {
-    let usage = |problem: String| {
-        Failure::new(
-            exit::USAGE,
-            format!("--url: {problem}; set --url or RUNA_LOCK_URL to redis://host:port"),
-        )
-    };
-    match scheme(url) {
-        Some(
-            "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel"
-            | "redis+cluster" | "rediss+cluster",
-        ) => {}
-        Some("postgres" | "postgresql") => {
-            return Err(usage(
-                "postgres:// lock stores are not supported yet (no postgres driver in this build)"
-                    .into(),
-            ));
-        }
-        Some(other) => {
-            return Err(usage(format!("no lock driver for {other}:// URLs")));
-        }
-        None => return Err(usage("not a URL".into())),
+/// Where the store is, when known before connecting (not when the config file gives it).
+fn describe(file: Option<&Path>, fixed: Option<&Fixed>) -> Option<String> {
+    match (fixed, file) {
+        (Some(fixed), _) => Some(format!("{} at {}", fixed.kind.name(), fixed.address)),
+        (None, Some(_)) => None,
+        (None, None) => Some(format!(
+            "redis at {}",
+            DEFAULT_URL.trim_start_matches("redis://")
+        )),
     }
-    // The driver's own message names the problem, never the password.
-    RedisDriver::open(url).map_err(|error| match error {
-        Error::InvalidConfig { problem, .. } => usage(problem),
-        other => usage(other.to_string()),
-    })
 }
 
-/// The scheme of `url` when it has a plausible one (letters, digits, `+`, `-`, `.`).
-fn scheme(url: &str) -> Option<&str> {
-    let (scheme, _) = url.split_once("://")?;
-    let plausible = !scheme.is_empty()
-        && scheme.len() <= 16
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    plausible.then_some(scheme)
-}
-
-/// Where the store is, when known before connecting (not when the config file gives it),
-/// and what to check if it fails.
-fn describe(file: Option<&Path>, driver: Option<&RedisDriver>) -> (Option<String>, String) {
-    let flag_hint = "set --url or RUNA_LOCK_URL".to_owned();
-    match (driver, file) {
-        (Some(driver), _) => (Some(format!("redis at {}", driver.address())), flag_hint),
-        (None, Some(file)) => (
-            None,
-            format!("check [lock.redis] in {}, or set --url", file.display()),
+/// What to check when the store of `kind` cannot be reached: the flag, or the config
+/// file's section when the file gives the address.
+fn hint(kind: Kind, file: Option<&Path>, flag: bool) -> String {
+    match (flag, file) {
+        (false, Some(file)) => format!(
+            "check [{}] in {}, or set --url",
+            kind.section(),
+            file.display()
         ),
-        (None, None) => (
-            Some(format!(
-                "redis at {}",
-                DEFAULT_URL.trim_start_matches("redis://")
-            )),
-            flag_hint,
-        ),
+        _ => "set --url or RUNA_LOCK_URL".to_owned(),
     }
 }
 
 /// What a failed `freeze` means: a store that cannot be reached (69) or a bad config (78).
-/// `place` is where the store is, if known before connecting.
-fn freeze_failure(error: &runa::Error, place: Option<&str>, hint: &str) -> Failure {
+/// `kind` is the store, `place` where it is, if known before connecting.
+fn freeze_failure(error: &runa::Error, kind: Kind, place: Option<&str>, hint: &str) -> Failure {
     let check = "check the setting it names";
     if let runa::Error::Provider { source, .. } = error {
         return match source.downcast_ref::<Error>() {
@@ -283,7 +239,8 @@ fn freeze_failure(error: &runa::Error, place: Option<&str>, hint: &str) -> Failu
                 None => Failure::new(
                     exit::UNAVAILABLE,
                     format!(
-                        "cannot reach redis ({}); is the server running? {hint}",
+                        "cannot reach {} ({}); is the server running? {hint}",
+                        kind.name(),
                         own_text(backend)
                     ),
                 ),
@@ -299,7 +256,7 @@ fn freeze_failure(error: &runa::Error, place: Option<&str>, hint: &str) -> Failu
 }
 
 /// The text of a driver's error: that of the backend error's source, such as "ping on Redis
-/// at 127.0.0.1:6379 failed: ...".
+/// at 127.0.0.1:6379 failed: ..." or "ping on PostgreSQL at db:5432 failed: ...".
 fn own_text(error: &Error) -> String {
     match error {
         Error::Backend { source, .. } => source.to_string(),
@@ -330,36 +287,14 @@ fn cause(error: &(dyn std::error::Error + 'static)) -> String {
                 return "timed out".to_owned();
             }
         }
+        if let Some(io) = source.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".to_owned(),
+                std::io::ErrorKind::TimedOut => return "timed out".to_owned(),
+                _ => {}
+            }
+        }
         deepest = source;
     }
     deepest.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schemes_pick_the_driver_and_never_echo_the_url() {
-        assert_eq!(scheme("redis://h:1"), Some("redis"));
-        assert_eq!(scheme("rediss://u:p@h"), Some("rediss"));
-        assert_eq!(scheme("h:6379"), None);
-        assert_eq!(scheme("us er:pa ss://x"), None);
-        for url in [
-            "postgres://u:s3cret@h/db",
-            "http://u:s3cret@h",
-            "u:s3cret@h",
-            "redis://u:s3cret@h:notaport",
-        ] {
-            let failure = url_driver(url).unwrap_err();
-            assert_eq!(failure.code, exit::USAGE, "{url}");
-            assert!(!failure.message.contains("s3cret"), "{}", failure.message);
-        }
-        let postgres = url_driver("postgres://h/db").unwrap_err();
-        assert!(
-            postgres.message.contains("not supported yet"),
-            "{}",
-            postgres.message
-        );
-    }
 }

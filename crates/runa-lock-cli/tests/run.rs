@@ -453,7 +453,7 @@ fn bad_usage_exits_64() {
         &[
             "run",
             "--url",
-            "postgres://u:s3cret@h/db",
+            "postgres://u:s3cret@h:notaport/db",
             "k",
             "--",
             "true",
@@ -484,7 +484,11 @@ fn bad_usage_exits_64() {
         "--",
         "true",
     ]));
-    assert!(postgres.stderr.contains("postgres"), "{postgres:#?}");
+    postgres.expect(64, true);
+    assert!(
+        postgres.stderr.contains("no user") && postgres.stderr.contains("postgres://user@host"),
+        "{postgres:#?}"
+    );
 }
 
 #[test]

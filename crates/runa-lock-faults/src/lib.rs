@@ -1,9 +1,11 @@
 //! Fault-injection harness for runa-lock: worker processes that take locks against a real
-//! redis-server and report every event as a JSON line, a fenced store that refuses stale
-//! writers, and helpers to start, signal and reap those processes.
+//! redis-server or PostgreSQL server and report every event as a JSON line, a fenced store
+//! (on a redis-server) that refuses stale writers, and helpers to start, signal and reap
+//! those processes.
 //!
-//! The scenarios live in `tests/`; the worker is `src/bin/lock-worker.rs`, and [`proxy`] is a
-//! TCP proxy that holds, delays or cuts a driver's traffic on request.
+//! The scenarios live in `tests/` (`tests/postgres.rs` for the PostgreSQL driver); the worker
+//! is `src/bin/lock-worker.rs`, and [`proxy`] is a TCP proxy that holds, delays or cuts a
+//! driver's traffic on request.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -31,7 +33,8 @@ pub struct Event {
     /// The lease's fencing number, when there is one.
     #[serde(default)]
     pub fencing: u64,
-    /// Details: an error message.
+    /// Details: an error message; for `write` and `refused`, `held` or `lost`: whether the
+    /// worker still believed it held the lease just after the write (at `t_ns`).
     #[serde(default)]
     pub detail: String,
 }

@@ -14,7 +14,7 @@ use crate::PostgresDriver;
 /// Settings: this builder's values, then `[lock.postgres]` over them, key by key. Keys:
 /// `url` (a `postgres://` URL; required, here or with [`url`](PostgresProvider::url)),
 /// `table`, `connect_timeout`, `response_timeout` (see [`runa_lock::parse_duration`]),
-/// `pool_size`.
+/// `pool_size`. A [`fixed_url`](PostgresProvider::fixed_url) wins over `url`.
 ///
 /// - `init`: builds the driver (a bad setting fails `freeze` naming its key, never a
 ///   password), connects and makes sure the table exists.
@@ -46,6 +46,8 @@ use crate::PostgresDriver;
 pub struct PostgresProvider {
     name: String,
     url: Option<String>,
+    /// Checked, and wins over config.
+    fixed: Option<String>,
     table: Option<String>,
     driver: Option<PostgresDriver>,
 }
@@ -59,6 +61,7 @@ pub fn provider() -> PostgresProvider {
     PostgresProvider {
         name: "postgres".to_owned(),
         url: None,
+        fixed: None,
         table: None,
         driver: None,
     }
@@ -73,6 +76,29 @@ impl PostgresProvider {
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
+    }
+
+    /// A URL to use instead of any configured one: it wins over `[lock.postgres] url`,
+    /// as a command-line flag wins over a config file. The other keys of
+    /// `[lock.postgres]` still apply. Checked now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a URL that does not parse; it never shows the password.
+    ///
+    /// ```
+    /// let provider = runa_lock_postgres::provider().fixed_url("postgres://app:s3cret@10.0.0.5/app")?;
+    /// assert!(!format!("{provider:?}").contains("s3cret"));
+    ///
+    /// let err = runa_lock_postgres::provider().fixed_url("postgres://app:s3cret@10.0.0.5:port/app").unwrap_err();
+    /// assert!(err.to_string().starts_with("url: not a valid PostgreSQL URL"), "{err}");
+    /// assert!(!err.to_string().contains("s3cret"));
+    /// # Ok::<(), runa_lock::Error>(())
+    /// ```
+    pub fn fixed_url(mut self, url: &str) -> Result<Self, Error> {
+        crate::config::parse(url, "url")?;
+        self.fixed = Some(url.to_owned());
+        Ok(self)
     }
 
     /// The lease table when config gives none (default `runa_locks`).
@@ -114,10 +140,11 @@ impl PostgresProvider {
             })
             .transpose()
         };
-        let (url, path) = match (&section.url, &self.url) {
-            (Some(url), _) => (url.as_str(), format!("{PATH}.url")),
-            (None, Some(url)) => (url.as_str(), "postgres url".to_owned()),
-            (None, None) => {
+        let (url, path) = match (&self.fixed, &section.url, &self.url) {
+            (Some(url), _, _) => (url.as_str(), "url".to_owned()),
+            (None, Some(url), _) => (url.as_str(), format!("{PATH}.url")),
+            (None, None, Some(url)) => (url.as_str(), "postgres url".to_owned()),
+            (None, None, None) => {
                 return Err(located(Error::invalid_config(
                     format!("{PATH}.url"),
                     "missing: set it, or the provider's url(..)",
@@ -201,8 +228,9 @@ impl Provider for PostgresProvider {
 impl fmt::Debug for PostgresProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let address = self
-            .url
+            .fixed
             .as_deref()
+            .or(self.url.as_deref())
             .and_then(|url| crate::config::parse(url, "url").ok())
             .map(|config| crate::config::address(&config));
         f.debug_struct("PostgresProvider")

@@ -103,3 +103,40 @@ async fn bad_settings_fail_freeze_naming_the_key() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_url_wins_over_config_and_the_other_keys_still_apply() {
+    let _serial = SERIAL.lock().await;
+    let server = PostgresServer::start();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let document = format!(
+        "[lock.postgres]\nurl = \"postgres://app:s3cret@127.0.0.1:{closed}/db\"\ntable = \"fixed_locks\""
+    );
+    let fixed = runa_lock_postgres::provider()
+        .fixed_url(&server.url())
+        .unwrap();
+    let mut app = freeze(&document, fixed).await.unwrap();
+    let driver = app.get::<runa_lock_postgres::PostgresDriver>().unwrap();
+    assert_eq!(driver.address(), format!("127.0.0.1:{}", server.port()));
+    assert_eq!(driver.table(), "fixed_locks", "config's other keys apply");
+    let lease = runa_lock::default()
+        .must_of("jobs")
+        .wait("report")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.query_one::<i64>("SELECT count(*) FROM fixed_locks WHERE token <> ''"),
+        1
+    );
+    lease.release().await.unwrap();
+    app.shutdown().await.unwrap();
+
+    let err = runa_lock_postgres::provider()
+        .fixed_url("postgres://app:s3cret@h:port/db")
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}

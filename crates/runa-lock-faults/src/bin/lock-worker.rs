@@ -1,14 +1,23 @@
-//! A worker process for the fault-injection suite: takes locks on a Redis server following a
-//! plan and prints one JSON line per event (see `runa_lock_faults::Event`).
+//! A worker process for the fault-injection suite: takes locks on a Redis server or a
+//! PostgreSQL database following a plan and prints one JSON line per event (see
+//! `runa_lock_faults::Event`).
 //!
 //! ```text
-//! lock-worker --redis URL --keys a,b --calls N [--hold-ms H] [--ttl-ms T] [--wait-ms W]
-//!             [--retry-ms R] [--auto-renew] [--counter] [--fenced] [--manual]
+//! lock-worker (--store URL | --redis URL) [--fenced-store URL] --keys a,b --calls N
+//!             [--hold-ms H] [--ttl-ms T] [--wait-ms W] [--retry-ms R] [--auto-renew]
+//!             [--counter] [--fenced] [--manual]
 //! ```
 //!
+//! - `--store URL`: the lock store; its scheme picks the driver: `redis://`, `rediss://`,
+//!   `redis+unix://`, `unix://` take the Redis driver, `postgres://`, `postgresql://` the
+//!   PostgreSQL one. `--redis URL` is `--store` for a Redis URL only.
+//! - `--fenced-store URL`: the Redis server of the fenced store and the counters; by default
+//!   the lock store when that is Redis. Needed by `--counter` and `--fenced` otherwise.
 //! - `--counter`: under the lock, GET a per-key counter, sleep `hold-ms`, SET it plus one.
 //! - `--fenced`: under the lock, after the hold, write to the fenced store with the lease's
-//!   fencing number.
+//!   fencing number. The `write` or `refused` event's time is taken just before the worker
+//!   checks whether it still believes it holds the lease, and its detail says the answer:
+//!   `held` or `lost`.
 //! - `--manual`: `wait` + work + `release` instead of `with`, so a release refused after the
 //!   lease was lost shows as `not_held`.
 //! - Under `with`, a `loss_noticed` event marks the moment the lease handle reported the loss.
@@ -17,12 +26,54 @@ use std::io::Write;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use runa_lock::{Error, LockerOptions, Registry};
+use runa_lock::{Error, LeaseHandle, LockerOptions, Registry};
 use runa_lock_faults::{Event, FENCED_WRITE, fenced_key, monotonic_ns};
+use runa_lock_postgres::PostgresDriver;
 use runa_lock_redis::RedisDriver;
 
+/// Where the locks live: the driver is picked by the URL's scheme.
+enum LockStore {
+    Redis(String),
+    Postgres(String),
+}
+
+impl LockStore {
+    /// The store for `url`, by its scheme.
+    fn parse(url: String) -> Result<LockStore, String> {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "redis" | "rediss" | "redis+unix" | "unix" => Ok(LockStore::Redis(url)),
+            "postgres" | "postgresql" => Ok(LockStore::Postgres(url)),
+            _ => Err(format!(
+                "--store needs a redis:// or postgres:// URL, not {scheme:?}://"
+            )),
+        }
+    }
+
+    /// The name the driver is registered under.
+    fn driver_name(&self) -> &'static str {
+        match self {
+            LockStore::Redis(_) => "redis",
+            LockStore::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Registers the driver in `registry` under [`driver_name`](Self::driver_name).
+    fn register(&self, registry: &Registry) -> Result<(), Error> {
+        match self {
+            LockStore::Redis(url) => registry.register_driver("redis", RedisDriver::open(url)?),
+            LockStore::Postgres(url) => {
+                registry.register_driver("postgres", PostgresDriver::open(url)?)
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Plan {
-    redis: String,
+    store: Option<LockStore>,
+    /// The Redis URL of the fenced store and the counters.
+    data: Option<String>,
     keys: Vec<String>,
     calls: usize,
     hold: Duration,
@@ -37,7 +88,8 @@ struct Plan {
 
 fn parse() -> Result<Plan, String> {
     let mut plan = Plan {
-        redis: String::new(),
+        store: None,
+        data: None,
         keys: vec!["k".into()],
         calls: 1,
         hold: Duration::from_millis(1),
@@ -57,7 +109,16 @@ fn parse() -> Result<Plan, String> {
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--redis" => plan.redis = args.next().ok_or("--redis needs a URL")?,
+            "--store" => {
+                plan.store = Some(LockStore::parse(args.next().ok_or("--store needs a URL")?)?)
+            }
+            "--redis" => match LockStore::parse(args.next().ok_or("--redis needs a URL")?)? {
+                redis @ LockStore::Redis(_) => plan.store = Some(redis),
+                LockStore::Postgres(_) => return Err("--redis needs a redis:// URL".into()),
+            },
+            "--fenced-store" => {
+                plan.data = Some(args.next().ok_or("--fenced-store needs a URL")?);
+            }
             "--keys" => {
                 plan.keys = args
                     .next()
@@ -83,16 +144,27 @@ fn parse() -> Result<Plan, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if plan.redis.is_empty() {
-        return Err("--redis URL is required".into());
+    let Some(store) = &plan.store else {
+        return Err("--store URL (or --redis URL) is required".into());
+    };
+    if let (None, LockStore::Redis(url)) = (&plan.data, store) {
+        plan.data = Some(url.clone());
+    }
+    if plan.data.is_none() && (plan.counter || plan.fenced) {
+        return Err("--counter and --fenced need --fenced-store URL (a Redis server)".into());
     }
     Ok(plan)
 }
 
 fn emit(event: &str, key: &str, fencing: u64, detail: &str) {
+    emit_at(monotonic_ns(), event, key, fencing, detail);
+}
+
+/// Prints an event that happened at `t_ns` (`CLOCK_MONOTONIC`).
+fn emit_at(t_ns: u64, event: &str, key: &str, fencing: u64, detail: &str) {
     let line = serde_json::to_string(&Event {
         event: event.into(),
-        t_ns: monotonic_ns(),
+        t_ns,
         pid: std::process::id(),
         key: key.into(),
         fencing,
@@ -104,14 +176,18 @@ fn emit(event: &str, key: &str, fencing: u64, detail: &str) {
     let _ = out.flush();
 }
 
-/// The work done under the lock.
+/// The work done under the lease `lease` of `key`.
 async fn work(
     plan: &Plan,
-    store: &mut redis::aio::ConnectionManager,
+    store: Option<&mut redis::aio::ConnectionManager>,
     key: &str,
-    fencing: u64,
+    lease: &LeaseHandle,
 ) -> Result<(), Error> {
     let backend = |e: redis::RedisError| Error::backend("worker", e);
+    let Some(store) = store else {
+        tokio::time::sleep(plan.hold).await;
+        return Ok(());
+    };
     if plan.counter {
         let counter = format!("counter:{key}");
         let value: u64 = store
@@ -125,6 +201,7 @@ async fn work(
         tokio::time::sleep(plan.hold).await;
     }
     if plan.fenced {
+        let fencing = lease.fencing();
         let written: i64 = redis::Script::new(FENCED_WRITE)
             .key(fenced_key(key))
             .arg(fencing)
@@ -132,12 +209,12 @@ async fn work(
             .invoke_async(store)
             .await
             .map_err(backend)?;
-        emit(
-            if written == 1 { "write" } else { "refused" },
-            key,
-            fencing,
-            "",
-        );
+        // The time first: the lease was believed held at least until then when it is
+        // still believed held after it.
+        let checked = monotonic_ns();
+        let belief = if lease.is_lost() { "lost" } else { "held" };
+        let event = if written == 1 { "write" } else { "refused" };
+        emit_at(checked, event, key, fencing, belief);
     }
     Ok(())
 }
@@ -151,13 +228,15 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let lock_store = plan.store.as_ref().expect("checked by parse");
     let registry = Registry::new();
-    let driver = RedisDriver::open(&plan.redis).expect("a valid --redis URL");
-    registry.register_driver("redis", driver);
+    lock_store
+        .register(&registry)
+        .expect("a valid lock store URL");
     registry.register_locker(
         "faults",
         LockerOptions::new()
-            .driver("redis")
+            .driver(lock_store.driver_name())
             .prefix("faults:")
             .ttl(plan.ttl)
             .wait(plan.wait)
@@ -165,11 +244,17 @@ async fn main() {
             .auto_renew(plan.auto_renew),
     );
     let locker = registry.of("faults").expect("the faults locker");
-    let client = redis::Client::open(plan.redis.as_str()).expect("a valid --redis URL");
-    let mut store = client
-        .get_connection_manager()
-        .await
-        .expect("a store connection");
+    let mut store = match &plan.data {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str()).expect("a valid fenced store URL");
+            let store = client
+                .get_connection_manager()
+                .await
+                .expect("a fenced store connection");
+            Some(store)
+        }
+        None => None,
+    };
     for call in 0..plan.calls {
         let key = plan.keys[call % plan.keys.len()].clone();
         if plan.manual {
@@ -177,7 +262,7 @@ async fn main() {
                 Ok(lease) => {
                     emit("acquire", &key, lease.fencing(), "");
                     let fencing = lease.fencing();
-                    if let Err(error) = work(&plan, &mut store, &key, fencing).await {
+                    if let Err(error) = work(&plan, store.as_mut(), &key, &lease.handle()).await {
                         emit("error", &key, fencing, &error.to_string());
                     }
                     match lease.release().await {
@@ -195,7 +280,7 @@ async fn main() {
             .with(&key, |lease| {
                 fencing = lease.fencing();
                 emit("acquire", &key, lease.fencing(), "");
-                let (plan, store, key) = (&plan, &mut store, &key);
+                let (plan, store, key) = (&plan, store.as_mut(), &key);
                 async move {
                     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let watcher = tokio::spawn({
@@ -207,7 +292,7 @@ async fn main() {
                             }
                         }
                     });
-                    let outcome = work(plan, store, key, lease.fencing()).await;
+                    let outcome = work(plan, store, key, &lease).await;
                     done.store(true, std::sync::atomic::Ordering::SeqCst);
                     watcher.abort();
                     outcome
