@@ -2,7 +2,7 @@
 //! footprint, each next to a baseline measured in the same run.
 //!
 //! ```text
-//! runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--json] [--quick] [--only S1,S2,...] [--runa-lock PATH]
+//! runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--postgres URL | --spawn-postgres] [--json] [--quick] [--only S1,S2,...] [--runa-lock PATH]
 //! ```
 //!
 //! Scenarios: `floor` (PING and raw SET NX PX + EVALSHA compare-and-delete, over the async
@@ -17,13 +17,18 @@
 //! keyed mutex), `memhandoff` (handoffs against `tokio::sync::Mutex`), `memthreads` (2 threads against 1), `memory` (1M expiring
 //! keys: live heap bytes from a counting allocator, and RSS), `cli` (`runa-lock run --url URL k
 //! -- true` end to end against `true` alone; the binary from `--runa-lock PATH`, or the one
-//! built next to this one). See BENCHMARKS.md for what each number means.
+//! built next to this one). The PostgreSQL scenarios (against `--postgres URL`, or a server
+//! `--spawn-postgres` starts): `PG-floor` (the driver's own acquire and release SQL prepared
+//! once and sent by hand on one connection, and `SELECT 1`), `PG-S1` (sequential pairs,
+//! interleaved with the floor's), `PG-S2` (handoff, the waiter woken by `NOTIFY`), `PG-S3`
+//! (8 workers, one key). See BENCHMARKS.md for what each number means.
 
 mod cli_scenario;
 mod footprint;
 mod heap;
 mod memory_scenario;
 mod metrics_scenario;
+mod pg_scenarios;
 mod redis_scenarios;
 mod report;
 mod script_cost;
@@ -31,8 +36,10 @@ mod stats;
 
 use std::process::ExitCode;
 
+use pg_scenarios::PgBench;
 use redis_scenarios::{Bench, ClusterStore, Store};
 use report::Scenario;
+use runa_lock_postgres::testing::PostgresServer;
 use runa_lock_redis::testing::{RedisCluster, RedisServer};
 
 /// The Redis scenarios run against one server.
@@ -41,16 +48,27 @@ const SERVER_SCENARIOS: [&str; 6] = ["floor", "s1", "s2", "s3", "s4", "scriptcos
 /// The Redis scenarios run against a cluster (and compared with the one server's).
 const CLUSTER_SCENARIOS: [&str; 2] = ["s1-cluster", "s2-cluster"];
 
-const USAGE: &str = "usage: runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--json] [--quick] [--only floor,S1,S2,S1-cluster,S2-cluster,S3,S4,scriptcost,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]
+/// The PostgreSQL scenarios, run against one server.
+const PG_SCENARIOS: [&str; 4] = ["pg-floor", "pg-s1", "pg-s2", "pg-s3"];
 
-  --spawn-redis   start a throwaway redis-server, and a 3-master Redis Cluster (about 3 s)
-                  when S1-cluster or S2-cluster is wanted and no --cluster is given
-  --cluster URL   the Redis Cluster (redis+cluster://host:port,...) for S1-cluster and S2-cluster";
+const USAGE: &str = "usage: runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--postgres URL | --spawn-postgres] [--json] [--quick] [--only floor,S1,S2,S1-cluster,S2-cluster,S3,S4,scriptcost,PG-floor,PG-S1,PG-S2,PG-S3,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]
+
+  --spawn-redis     start a throwaway redis-server when a Redis scenario (or cli) is wanted,
+                    and a 3-master Redis Cluster (about 3 s) when S1-cluster or S2-cluster
+                    is wanted and no --cluster is given
+  --cluster URL     the Redis Cluster (redis+cluster://host:port,...) for S1-cluster and S2-cluster
+  --spawn-postgres  start a throwaway PostgreSQL server (Debian's postgresql package, about
+                    0.5 s) when a PG- scenario is wanted
+  --postgres URL    the PostgreSQL server (postgres://user[:password]@host[:port]/db, no TLS)
+                    for the PG- scenarios; its lease table runa_locks and a table
+                    runa_bench_counter are created in that database if missing";
 
 struct Args {
     redis: Option<String>,
     cluster: Option<String>,
     spawn: bool,
+    postgres: Option<String>,
+    spawn_postgres: bool,
     json: bool,
     quick: bool,
     only: Option<Vec<String>>,
@@ -62,6 +80,8 @@ fn parse() -> Result<Args, String> {
         redis: None,
         cluster: None,
         spawn: false,
+        postgres: None,
+        spawn_postgres: false,
         json: false,
         quick: false,
         only: None,
@@ -73,6 +93,8 @@ fn parse() -> Result<Args, String> {
             "--redis" => args.redis = Some(it.next().ok_or("--redis needs a URL")?),
             "--cluster" => args.cluster = Some(it.next().ok_or("--cluster needs a URL")?),
             "--spawn-redis" => args.spawn = true,
+            "--postgres" => args.postgres = Some(it.next().ok_or("--postgres needs a URL")?),
+            "--spawn-postgres" => args.spawn_postgres = true,
             "--json" => args.json = true,
             "--runa-lock" => {
                 args.runa_lock = Some(it.next().ok_or("--runa-lock needs the binary's path")?)
@@ -94,6 +116,9 @@ fn parse() -> Result<Args, String> {
     }
     if args.redis.is_some() && args.spawn {
         return Err("give --redis URL or --spawn-redis, not both".into());
+    }
+    if args.postgres.is_some() && args.spawn_postgres {
+        return Err("give --postgres URL or --spawn-postgres, not both".into());
     }
     Ok(args)
 }
@@ -140,6 +165,18 @@ async fn main() -> ExitCode {
     if redis_wanted {
         let ran = redis(&args, url.as_deref(), cluster_url.as_deref(), &mut emit).await;
         if let Err(message) = ran {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    }
+    let pg_wanted = PG_SCENARIOS.iter().any(|s| args.wants(s));
+    let pg_server = (args.spawn_postgres && pg_wanted).then(PostgresServer::start);
+    let pg_url = args
+        .postgres
+        .clone()
+        .or_else(|| pg_server.as_ref().map(PostgresServer::url));
+    if pg_wanted {
+        if let Err(message) = postgres(&args, pg_url.as_deref(), &mut emit).await {
             eprintln!("{message}");
             return ExitCode::from(2);
         }
@@ -261,6 +298,41 @@ async fn redis(
         if args.wants("s2-cluster") {
             emit(bench.s2(handoffs, s2_p50).await, args.json);
         }
+    }
+    Ok(())
+}
+
+/// The PostgreSQL scenarios against the server at `url`. PG-S1 and its floor run whenever
+/// PG-floor, PG-S1 or PG-S3 is wanted (PG-S3 is read against PG-S1), and are emitted only
+/// when wanted.
+async fn postgres(
+    args: &Args,
+    url: Option<&str>,
+    emit: &mut impl FnMut(Scenario, bool),
+) -> Result<(), String> {
+    let Some(url) = url else {
+        eprintln!("skipping the PostgreSQL scenarios: give --postgres URL or --spawn-postgres");
+        return Ok(());
+    };
+    let bench =
+        PgBench::new(url, args.quick).map_err(|error| format!("bad --postgres URL: {error}"))?;
+    let mut s1_rate = None;
+    if ["pg-floor", "pg-s1", "pg-s3"].iter().any(|s| args.wants(s)) {
+        let (s1, floor, rate) = bench.s1_and_floor().await;
+        s1_rate = Some(rate);
+        if args.wants("pg-floor") {
+            emit(floor, args.json);
+        }
+        if args.wants("pg-s1") {
+            emit(s1, args.json);
+        }
+    }
+    if args.wants("pg-s2") {
+        emit(bench.s2(if args.quick { 50 } else { 100 }).await, args.json);
+    }
+    if let (true, Some(s1_rate)) = (args.wants("pg-s3"), s1_rate) {
+        let acquisitions = if args.quick { 500 } else { 2000 };
+        emit(bench.s3(acquisitions, s1_rate).await, args.json);
     }
     Ok(())
 }

@@ -64,11 +64,16 @@ impl Series {
     pub async fn time<T>(&mut self, operation: impl Future<Output = T>) -> T {
         let begun = Instant::now();
         let output = operation.await;
-        let took = begun.elapsed();
+        self.record(begun.elapsed());
+        output
+    }
+
+    /// Adds one operation that took `took` to this round (for an operation timed by the
+    /// caller, such as the sum of two parts timed apart).
+    pub fn record(&mut self, took: Duration) {
         self.samples.push(took);
         self.round_time += took;
         self.round_count += 1;
-        output
     }
 
     /// Ends a round: its rate is the operations timed in it over the time they took.

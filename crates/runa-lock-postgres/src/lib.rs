@@ -28,6 +28,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod bench;
 mod config;
 mod connect;
 mod driver;
