@@ -37,8 +37,10 @@ async fn the_same_driver_works_again_after_a_failover() {
     // A waiter started before the kill, on another driver, polling only every 5 s: the key
     // is held until after the failover, so the waiter rides over the errors in between and
     // is woken by the release on the new master (its subscription moved there).
+    // The holder's acquisition counts only once the replica has it (`replicas = 1`), so the
+    // failover cannot lose it to asynchronous replication, however loaded the machine is.
     let holder = locker(
-        driver(&group),
+        driver(&group).with_replicas(1, Duration::from_secs(10)),
         LockerOptions::new().ttl(Duration::from_secs(30)),
     );
     let held = holder.try_lock("waited").await.unwrap().expect("free");
@@ -50,7 +52,7 @@ async fn the_same_driver_works_again_after_a_failover() {
         let lease = waiter.wait("waited").await;
         (lease, Instant::now())
     });
-    // Let the waiter make its first attempt, and the holder's key reach the replica.
+    // Let the waiter make its first attempt.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let old = group.current_master_port();
@@ -116,8 +118,13 @@ async fn with_replicas_an_unacknowledged_acquisition_fails_and_leaves_the_key_fr
         driver(&group).with_replicas(1, limit),
         LockerOptions::new().ttl(Duration::from_secs(30)),
     );
-    // With the replica running, WAIT confirms at once.
-    let lease = jobs.try_lock("k").await.unwrap().expect("free");
+    // With the replica running, WAIT confirms (a generous limit: a loaded machine may take
+    // longer than 300 ms to schedule the replica, which is not what this test is about).
+    let patient = locker(
+        driver(&group).with_replicas(1, Duration::from_secs(10)),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
+    let lease = patient.try_lock("k").await.unwrap().expect("free");
     lease.release().await.unwrap();
 
     group.replica().pause();
@@ -138,7 +145,7 @@ async fn with_replicas_an_unacknowledged_acquisition_fails_and_leaves_the_key_fr
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     group.replica().resume();
-    let lease = jobs.try_lock("k").await.unwrap().expect("free again");
+    let lease = patient.try_lock("k").await.unwrap().expect("free again");
     lease.release().await.unwrap();
 }
 
