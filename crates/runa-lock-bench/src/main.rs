@@ -10,7 +10,9 @@
 //! pairs), `S2` (handoff), `S1-cluster` and `S2-cluster` (S1 and S2 on a Redis Cluster: the
 //! one of `--cluster URL`, or with `--spawn-redis` one of three masters started for them;
 //! read against the cluster floor and against S1 and S2 on the one server of the same run),
-//! `S3` (8 workers, one key), `S4` (64 keys, one driver),
+//! `S3` (8 workers, one key), `S4` (64 keys, one driver), `rslock-S1`, `rslock-S2` and
+//! `rslock-S3` (S1, S2 and S3 with the `rslock` crate's `lock` + `unlock` and `acquire`,
+//! alternating with runa-lock's in the same run; S1's also with the raw floor),
 //! `scriptcost` (what a script costs against `SET NX PX`), `mempair` (memory driver pairs
 //! against a hand-written keyed mutex and `tokio::sync::Mutex`), `memmetrics` (the pair on a
 //! locker made with an in-memory metrics recorder against one made without, and against the
@@ -43,7 +45,17 @@ use runa_lock_postgres::testing::PostgresServer;
 use runa_lock_redis::testing::{RedisCluster, RedisServer};
 
 /// The Redis scenarios run against one server.
-const SERVER_SCENARIOS: [&str; 6] = ["floor", "s1", "s2", "s3", "s4", "scriptcost"];
+const SERVER_SCENARIOS: [&str; 9] = [
+    "floor",
+    "s1",
+    "s2",
+    "s3",
+    "s4",
+    "rslock-s1",
+    "rslock-s2",
+    "rslock-s3",
+    "scriptcost",
+];
 
 /// The Redis scenarios run against a cluster (and compared with the one server's).
 const CLUSTER_SCENARIOS: [&str; 2] = ["s1-cluster", "s2-cluster"];
@@ -51,7 +63,7 @@ const CLUSTER_SCENARIOS: [&str; 2] = ["s1-cluster", "s2-cluster"];
 /// The PostgreSQL scenarios, run against one server.
 const PG_SCENARIOS: [&str; 4] = ["pg-floor", "pg-s1", "pg-s2", "pg-s3"];
 
-const USAGE: &str = "usage: runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--postgres URL | --spawn-postgres] [--json] [--quick] [--only floor,S1,S2,S1-cluster,S2-cluster,S3,S4,scriptcost,PG-floor,PG-S1,PG-S2,PG-S3,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]
+const USAGE: &str = "usage: runa-lock-bench [--redis URL | --spawn-redis] [--cluster URL] [--postgres URL | --spawn-postgres] [--json] [--quick] [--only floor,S1,S2,S1-cluster,S2-cluster,S3,S4,rslock-S1,rslock-S2,rslock-S3,scriptcost,PG-floor,PG-S1,PG-S2,PG-S3,mempair,memmetrics,memhandoff,memthreads,memory,cli] [--runa-lock PATH]
 
   --spawn-redis     start a throwaway redis-server when a Redis scenario (or cli) is wanted,
                     and a 3-master Redis Cluster (about 3 s) when S1-cluster or S2-cluster
@@ -284,6 +296,16 @@ async fn redis(
         }
         if args.wants("s4") {
             emit(bench.s4(s1_rate).await, args.json);
+        }
+        if args.wants("rslock-s1") {
+            emit(bench.rslock_s1().await, args.json);
+        }
+        if args.wants("rslock-s2") {
+            emit(bench.rslock_s2(handoffs).await, args.json);
+        }
+        if args.wants("rslock-s3") {
+            let acquisitions = if args.quick { 500 } else { 2000 };
+            emit(bench.rslock_s3(acquisitions).await, args.json);
         }
         if args.wants("scriptcost") {
             let rounds = if args.quick { 500 } else { 5000 };

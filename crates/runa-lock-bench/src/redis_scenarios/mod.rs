@@ -4,9 +4,12 @@
 //!
 //! - [`floor`]: the raw pair and `PING`, over one server's or a cluster's connection.
 //! - [`cluster`]: the cluster's store (its URL and nodes) and `S1-cluster`.
+//! - [`rslock`]: `rslock-S1`, `rslock-S2`, `rslock-S3`, S1-S3 with the `rslock` crate
+//!   alternating with runa-lock.
 
 mod cluster;
 mod floor;
+mod rslock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
