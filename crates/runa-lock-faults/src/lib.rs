@@ -39,6 +39,82 @@ pub struct Event {
     pub detail: String,
 }
 
+/// The events of `events` named `name` (`acquire`, `write`, ...).
+///
+/// ```
+/// use runa_lock_faults::{Event, named};
+/// let event = |name: &str| Event {
+///     event: name.into(),
+///     t_ns: 0,
+///     pid: 1,
+///     key: "job".into(),
+///     fencing: 0,
+///     detail: String::new(),
+/// };
+/// let events = [event("acquire"), event("write"), event("acquire")];
+/// assert_eq!(named(&events, "acquire").len(), 2);
+/// ```
+pub fn named<'a>(events: &'a [Event], name: &str) -> Vec<&'a Event> {
+    events.iter().filter(|e| e.event == name).collect()
+}
+
+/// Checks the fencing numbers around a store outage: at least one acquisition before the
+/// store `stopped` and one after it `restarted` (both [`monotonic_ns`]), every number after
+/// above every number before, and the first acquisition after it within `within`. Returns
+/// the acquisitions after the restart.
+///
+/// # Panics
+///
+/// When one of those does not hold (the message says which).
+///
+/// ```
+/// use std::time::Duration;
+/// use runa_lock_faults::{Event, acquired_across};
+/// let acquire = |t_ns: u64, fencing: u64| Event {
+///     event: "acquire".into(),
+///     t_ns,
+///     pid: 1,
+///     key: "job".into(),
+///     fencing,
+///     detail: String::new(),
+/// };
+/// let events = [acquire(10, 5), acquire(50, 9)];
+/// let after = acquired_across(&events, 20, 40, Duration::from_secs(1));
+/// assert_eq!(after.len(), 1);
+/// ```
+pub fn acquired_across(
+    events: &[Event],
+    stopped: u64,
+    restarted: u64,
+    within: std::time::Duration,
+) -> Vec<&Event> {
+    let acquired = named(events, "acquire");
+    let before: Vec<u64> = acquired
+        .iter()
+        .filter(|e| e.t_ns < stopped)
+        .map(|e| e.fencing)
+        .collect();
+    let after: Vec<&Event> = acquired
+        .into_iter()
+        .filter(|e| e.t_ns > restarted)
+        .collect();
+    assert!(
+        !before.is_empty() && !after.is_empty(),
+        "no acquisition before the outage or none after it: {events:?}"
+    );
+    let highest_before = before.iter().max().copied().unwrap_or(0);
+    assert!(
+        after.iter().all(|e| e.fencing > highest_before),
+        "fencing went back after the restart"
+    );
+    let first_after = after.iter().map(|e| e.t_ns).min().unwrap_or(u64::MAX);
+    assert!(
+        std::time::Duration::from_nanos(first_after - restarted) < within,
+        "no acquisition within {within:?} of the restart"
+    );
+    after
+}
+
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let now =

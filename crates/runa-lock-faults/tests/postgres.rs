@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use runa_lock_faults::{Event, Worker, fenced_key, monotonic_ns};
+use runa_lock_faults::{Event, Worker, acquired_across, fenced_key, monotonic_ns, named};
 use runa_lock_postgres::testing::PostgresServer;
 use runa_lock_redis::testing::RedisServer;
 
@@ -88,10 +88,6 @@ impl Stores {
             .command::<Option<u64>>(&["HGET", &fenced_key(key), "max"])
             .unwrap_or(0)
     }
-}
-
-fn named<'a>(events: &'a [Event], name: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| e.event == name).collect()
 }
 
 fn ms(ns: u64) -> Duration {
@@ -402,26 +398,7 @@ fn outage_mid_run(outage: Outage) {
     );
     assert_eq!(named(&long_events, "lost").len(), 1, "{long_events:?}");
 
-    let before: Vec<u64> = events
-        .iter()
-        .filter(|e| e.event == "acquire" && e.t_ns < stopped)
-        .map(|e| e.fencing)
-        .collect();
-    let after: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.event == "acquire" && e.t_ns > restarted)
-        .collect();
-    assert!(!before.is_empty() && !after.is_empty(), "{events:?}");
-    let highest_before = before.iter().max().copied().unwrap_or(0);
-    assert!(
-        after.iter().all(|e| e.fencing > highest_before),
-        "fencing went back after the restart"
-    );
-    let first_after = after.iter().map(|e| e.t_ns).min().unwrap_or(u64::MAX);
-    assert!(
-        ms(first_after - restarted) < Duration::from_secs(10),
-        "no acquisition within 10 s of the restart"
-    );
+    let after = acquired_across(&events, stopped, restarted, Duration::from_secs(10));
 
     let refused = named(&events, "refused");
     let believed_refused: Vec<&&Event> = refused.iter().filter(|e| e.detail != "lost").collect();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use runa_lock_faults::{Event, Worker, fenced_key};
+use runa_lock_faults::{Event, Worker, acquired_across, fenced_key, named};
 use runa_lock_redis::testing::RedisServer;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_lock-worker");
@@ -14,10 +14,6 @@ fn worker(server: &RedisServer, args: &[&str]) -> Worker {
     let mut all = vec!["--redis".to_owned(), server.url()];
     all.extend(args.iter().map(|a| a.to_string()));
     Worker::spawn(WORKER, &all)
-}
-
-fn named<'a>(events: &'a [Event], name: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| e.event == name).collect()
 }
 
 fn ms(ns: u64) -> Duration {
@@ -309,26 +305,7 @@ fn a_restart_mid_run_recovers_with_higher_fencing() {
         "the held lease did not report its loss: {long_events:?}"
     );
     assert_eq!(named(&long_events, "lost").len(), 1, "{long_events:?}");
-    let before: Vec<u64> = events
-        .iter()
-        .filter(|e| e.event == "acquire" && e.t_ns < stopped)
-        .map(|e| e.fencing)
-        .collect();
-    let after: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.event == "acquire" && e.t_ns > restarted)
-        .collect();
-    assert!(!before.is_empty() && !after.is_empty());
-    let highest_before = before.iter().max().copied().unwrap_or(0);
-    assert!(
-        after.iter().all(|e| e.fencing > highest_before),
-        "fencing went back after the restart"
-    );
-    let first_after = after.iter().map(|e| e.t_ns).min().unwrap_or(u64::MAX);
-    assert!(
-        ms(first_after - restarted) < Duration::from_secs(5),
-        "no acquisition within 5 s of the restart"
-    );
+    acquired_across(&events, stopped, restarted, Duration::from_secs(5));
 }
 
 /// Scenario 6: Client connections killed (`CLIENT KILL TYPE normal`, then `TYPE pubsub`) while one
