@@ -352,6 +352,37 @@ async fn deleting_the_key_loses_the_lease_at_the_next_renewal() {
     );
 }
 
+/// Once its connection is up, a call is given up after the response timeout, not after the
+/// connect and response timeouts together (the driver's own bound on a whole call, which
+/// covers a lazy connect too).
+#[tokio::test]
+async fn a_call_on_a_connected_connection_waits_only_the_response_timeout() {
+    let server = RedisServer::start();
+    let response = Duration::from_millis(300);
+    let connect = Duration::from_secs(4);
+    let jobs = locker(
+        driver(&server)
+            .with_connect_timeout(connect)
+            .with_response_timeout(response),
+        LockerOptions::new(),
+    );
+    lock_once(&jobs, "warm").await;
+    server.pause();
+    let started = Instant::now();
+    let outcome = jobs.try_lock("k").await;
+    let took = started.elapsed();
+    server.resume();
+    assert!(matches!(outcome, Err(Error::Backend { .. })), "{outcome:?}");
+    assert!(took >= response, "gave up after {took:?}");
+    assert!(
+        took < connect,
+        "gave up only after {took:?}: the connect timeout was waited for too"
+    );
+    // The connection that gave no reply was replaced; the new one connects on its first
+    // call, with both timeouts.
+    lock_once(&jobs, "k2").await;
+}
+
 #[tokio::test]
 async fn a_paused_server_loses_the_lease_within_its_ttl_without_hanging() {
     let server = RedisServer::start();
