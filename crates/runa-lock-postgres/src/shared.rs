@@ -36,10 +36,10 @@ pub(crate) struct Shared {
     pub(crate) config: tokio_postgres::Config,
     /// Hosts and ports: never the password.
     pub(crate) address: Arc<str>,
-    /// The table, or why its name was refused (then every call fails with it).
-    pub(crate) table: std::result::Result<Table, String>,
+    /// The table and its statements, or why its name was refused (then every call fails
+    /// with it).
+    table: std::result::Result<LeaseTable, String>,
     pub(crate) table_name: String,
-    statements: Option<Statements>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) pool_size: usize,
@@ -52,6 +52,12 @@ pub(crate) struct Shared {
     last_sweep: Mutex<Option<Instant>>,
     /// Background releases, sweeps and settling connections: `close` lets them finish.
     background: TaskTracker,
+}
+
+/// A checked table name and the statements on it.
+struct LeaseTable {
+    table: Table,
+    statements: Statements,
 }
 
 /// Connections given up on that have not settled yet.
@@ -99,13 +105,17 @@ impl Shared {
         config.application_name("runa-lock");
         let address: Arc<str> = crate::config::address(&config).into();
         let pool = crate::connect::pool(&config, pool_size, connect_timeout);
-        let parsed = Table::parse(&table, "postgres driver table").map_err(|e| e.to_string());
+        let parsed = Table::parse(&table, "postgres driver table")
+            .map(|table| LeaseTable {
+                statements: table.statements(),
+                table,
+            })
+            .map_err(|e| e.to_string());
         Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             notifier: Notifier::new(config.clone(), connect_timeout, response_timeout),
             config,
             address,
-            statements: parsed.as_ref().ok().map(Table::statements),
             table: parsed,
             table_name: table,
             connect_timeout,
@@ -125,14 +135,13 @@ impl Shared {
 
     /// The table's statements, or the refusal of its name.
     pub(crate) fn statements(&self) -> std::result::Result<&Statements, Error> {
-        match (&self.statements, &self.table) {
-            (Some(statements), _) => Ok(statements),
-            (None, Err(problem)) => Err(Error::invalid_config(
+        match &self.table {
+            Ok(table) => Ok(&table.statements),
+            Err(problem) => Err(Error::invalid_config(
                 "postgres driver table",
                 problem.clone(),
                 None,
             )),
-            (None, Ok(_)) => unreachable!("statements exist for every accepted table"),
         }
     }
 
@@ -169,7 +178,7 @@ impl Shared {
     pub(crate) fn announced_name(&self) -> String {
         match (self.ready.get(), &self.table) {
             (Some(name), _) => name.clone(),
-            (None, Ok(table)) => table.display(),
+            (None, Ok(table)) => table.table.display(),
             (None, Err(_)) => self.table_name.clone(),
         }
     }
@@ -186,7 +195,7 @@ impl Shared {
     /// Creates the table when it is missing (one driver at a time, see [`Table::create`]);
     /// its name as the catalog has it.
     async fn create_table(&self, client: &Object, operation: &'static str) -> Result<String> {
-        let (Ok(table), Ok(statements)) = (&self.table, self.statements()) else {
+        let Ok(LeaseTable { table, statements }) = &self.table else {
             return Ok(self.table_name.clone());
         };
         let name = table.sql_name();
@@ -479,9 +488,10 @@ impl Shared {
     }
 
     fn statements_for(&self, operation: &'static str) -> Result<&Statements> {
-        self.statements.as_ref().ok_or_else(|| {
-            self.failure(operation, Cause::Reply("the table name was refused".into()))
-        })
+        self.table
+            .as_ref()
+            .map(|table| &table.statements)
+            .map_err(|_| self.failure(operation, Cause::Reply("the table name was refused".into())))
     }
 
     /// Lets background work finish (for up to the response limit), then closes the pool
