@@ -23,13 +23,12 @@
 //! - [`schema`]: the lease table's DDL, for those who run their own migrations.
 //! - `provider` (feature `app`, on by default): the driver as a `runa::Provider`, configured
 //!   from `[lock.postgres]`.
-//! - `testing` (feature `testing`): a throwaway PostgreSQL server for tests and benchmarks.
+//! - `testing` (feature `testing`): a throwaway PostgreSQL server for tests and benchmarks,
+//!   and the driver's acquire and release SQL for a hand-sent floor.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-#[doc(hidden)]
-pub mod bench;
 mod config;
 mod connect;
 mod driver;

@@ -1,5 +1,5 @@
 //! The PostgreSQL floor: the driver's own acquire and release statements (the very SQL it
-//! prepares, from `runa_lock_postgres::bench::statements`), prepared once and executed by
+//! prepares, from `runa_lock_postgres::testing::statements::statements`), prepared once and executed by
 //! hand with `tokio_postgres` on one dedicated connection, with the same parameters and
 //! types as the driver's; and a prepared `SELECT 1`, the round trip under everything.
 //!
@@ -80,8 +80,8 @@ impl PgFloor {
     /// A new connection to `url` with the driver's acquire and release on `table` prepared.
     /// The table must exist (the driver creates it on first use).
     pub async fn new(url: &str, table: &str) -> PgFloor {
-        let (acquire, release) =
-            runa_lock_postgres::bench::statements(table).expect("the bench table's name");
+        let (acquire, release) = runa_lock_postgres::testing::statements::statements(table)
+            .expect("the bench table's name");
         let client = connect(url).await;
         let acquire = client.prepare(&acquire).await.expect("prepare acquire");
         let release = client.prepare(&release).await.expect("prepare release");
@@ -109,7 +109,7 @@ impl PgFloor {
         let fencing: Option<i64> = reply.get(0);
         assert!(fencing.is_some(), "the floor's row was busy");
         let acquired = begun.elapsed();
-        let channel = runa_lock_postgres::bench::CHANNEL;
+        let channel = runa_lock_postgres::testing::statements::CHANNEL;
         let reply = self
             .client
             .query_one(&self.release, &[&row.id, &TOKEN, &channel, &row.payload])

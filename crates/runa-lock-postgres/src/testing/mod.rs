@@ -20,6 +20,7 @@
 //! ```
 
 mod process;
+pub mod statements;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

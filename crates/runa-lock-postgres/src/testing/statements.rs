@@ -1,6 +1,5 @@
-//! Not part of the API (hidden from the docs, may change at any time): the SQL of the
-//! driver's acquire and release, for the bench binary's floor, which sends the very same
-//! statements by hand on one connection.
+//! The SQL of the driver's acquire and release, for a floor that sends the very same
+//! statements by hand on one connection (the bench binary's PostgreSQL floor).
 
 use runa_lock::Error;
 
@@ -20,7 +19,7 @@ pub const CHANNEL: &str = crate::table::CHANNEL;
 /// [`Error::InvalidConfig`] for a table name the driver refuses.
 ///
 /// ```
-/// let (acquire, release) = runa_lock_postgres::bench::statements("runa_locks")?;
+/// let (acquire, release) = runa_lock_postgres::testing::statements::statements("runa_locks")?;
 /// assert!(acquire.contains("INSERT INTO \"runa_locks\""));
 /// assert!(release.contains("pg_notify($3, $4)"));
 /// # Ok::<(), runa_lock::Error>(())
