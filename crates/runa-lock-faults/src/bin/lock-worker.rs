@@ -38,15 +38,17 @@ enum LockStore {
 }
 
 impl LockStore {
-    /// The store for `url`, by its scheme.
+    /// The store for `url`, by its scheme: `postgres`, `postgresql`, or one of the Redis
+    /// driver's (`redis`, `rediss`, `unix`, and their `+unix`, `+sentinel` and `+cluster`
+    /// forms; the driver checks the rest when it opens the URL).
     fn parse(url: String) -> Result<LockStore, String> {
-        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
         match scheme {
-            "redis" | "rediss" | "redis+unix" | "unix" => Ok(LockStore::Redis(url)),
-            "postgres" | "postgresql" => Ok(LockStore::Postgres(url)),
-            _ => Err(format!(
-                "--store needs a redis:// or postgres:// URL, not {scheme:?}://"
-            )),
+            Some("postgres" | "postgresql") => Ok(LockStore::Postgres(url)),
+            Some(redis) if redis.starts_with("redis") || redis == "unix" => {
+                Ok(LockStore::Redis(url))
+            }
+            _ => Err("a lock store URL must start with redis://, rediss://, redis+sentinel://, redis+cluster://, unix:// or postgres://".into()),
         }
     }
 
@@ -60,11 +62,10 @@ impl LockStore {
 
     /// Registers the driver in `registry` under [`driver_name`](Self::driver_name).
     fn register(&self, registry: &Registry) -> Result<(), Error> {
+        let name = self.driver_name();
         match self {
-            LockStore::Redis(url) => registry.register_driver("redis", RedisDriver::open(url)?),
-            LockStore::Postgres(url) => {
-                registry.register_driver("postgres", PostgresDriver::open(url)?)
-            }
+            LockStore::Redis(url) => registry.register_driver(name, RedisDriver::open(url)?),
+            LockStore::Postgres(url) => registry.register_driver(name, PostgresDriver::open(url)?),
         }
         Ok(())
     }
