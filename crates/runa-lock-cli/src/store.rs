@@ -80,8 +80,13 @@ pub async fn open(common: &Common) -> Result<Store, Failure> {
         return Err(Failure::new(exit::SOFTWARE, error.to_string()));
     }
     let frozen = app.freeze().await;
-    // Set in the store provider's `init`, unless the config could not be read.
-    let kind = chosen.get().copied().unwrap_or(Kind::Redis);
+    // A --url names its store; else the store provider's `init` chose one, unless the
+    // config could not be read.
+    let kind = fixed
+        .as_ref()
+        .map(|fixed| fixed.kind)
+        .or_else(|| chosen.get().copied())
+        .unwrap_or(Kind::Redis);
     let hint = hint(kind, file, fixed.is_some());
     if let Err(error) = frozen {
         let _ = app.shutdown().await;
