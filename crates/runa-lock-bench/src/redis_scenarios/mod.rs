@@ -25,7 +25,7 @@ pub use cluster::ClusterStore;
 use floor::Floor;
 
 use crate::report::{Metric, Scenario};
-use crate::stats::{Latencies, Series, median};
+use crate::stats::{Latencies, Series, Xorshift, median};
 
 const ROUNDS: usize = 5;
 
@@ -183,7 +183,7 @@ impl Bench {
         let b = self.locker(LockerOptions::new().wait(Duration::from_secs(10)));
         let mut connection = self.floor().await;
         let pings = Latencies::new(connection.pings(200, &lock_tag("s2")).await);
-        let mut random = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut random = Xorshift::default();
         let mut samples = Vec::with_capacity(handoffs);
         for _ in 0..handoffs {
             let lease = a.wait("s2").await.expect("A acquires");
@@ -196,10 +196,7 @@ impl Bench {
                     Ok::<_, Error>(t1)
                 })
             };
-            random ^= random << 13;
-            random ^= random >> 7;
-            random ^= random << 17;
-            tokio::time::sleep(Duration::from_millis(20 + random % 101)).await;
+            tokio::time::sleep(Duration::from_millis(20 + random.next_u64() % 101)).await;
             let t0 = Instant::now();
             lease.release().await.expect("A releases");
             let t1 = waiter.await.expect("B's task").expect("B acquires");
