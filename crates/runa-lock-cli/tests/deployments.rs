@@ -25,11 +25,13 @@ fn run_and_status_work_behind_sentinel_and_on_a_cluster() {
     assert!(!exists(node, &name));
     // Held by one command, busy for another, on the cluster.
     let url = cluster.url();
-    let holder = start(&["run", "--url", &url, "k", "--", "sleep", "3"]);
-    assert!(eventually(std::time::Duration::from_secs(5), || {
+    let hold = Hold::new();
+    let holder = start(&[&["run", "--url", &url, "k", "--"][..], &hold.command()].concat());
+    assert!(eventually(std::time::Duration::from_secs(10), || {
         finish(&mut runa_lock(&["status", "--url", &url, "k"])).code == Some(0)
     }));
     finish(&mut runa_lock(&["run", "--url", &url, "k", "--", "true"])).expect(75, true);
+    hold.end();
     wait(holder, std::time::Duration::from_secs(10)).expect(0, false);
 }
 

@@ -146,15 +146,21 @@ fn a_busy_key_exits_75_and_status_says_held_or_free() {
     assert_eq!(row(&server, "k").0, "someone-else");
 
     // A key runa-lock holds shows as held to another runa-lock, then free.
-    let child = start(&[
-        "run", "--url", &url, "--ttl", "5s", "other", "--", "sleep", "2",
-    ]);
+    let hold = Hold::new();
+    let child = start(
+        &[
+            &["run", "--url", &url, "--ttl", "5s", "other", "--"][..],
+            &hold.command(),
+        ]
+        .concat(),
+    );
     assert!(held_soon(&server, "runa_locks", "", "other"));
     finish(&mut runa_lock(&["status", "--url", &url, "other"])).expect(0, false);
     finish(&mut runa_lock(&[
         "run", "--url", &url, "other", "--", "true",
     ]))
     .expect(75, true);
+    hold.end();
     wait(child, Duration::from_secs(30)).expect(0, false);
     finish(&mut runa_lock(&["status", "--url", &url, "other"])).expect(1, false);
 }
@@ -240,9 +246,14 @@ ttl = "7s"
         server.url()
     ));
     let file = file.to_str().unwrap();
-    let child = start(&[
-        "--config", file, "--locker", "jobs", "run", "k", "--", "sleep", "2",
-    ]);
+    let hold = Hold::new();
+    let child = start(
+        &[
+            &["--config", file, "--locker", "jobs", "run", "k", "--"][..],
+            &hold.command(),
+        ]
+        .concat(),
+    );
     assert!(held_soon(&server, "cli_locks", "jobs:", "k"), "held");
     let left: i64 = server.query_one(&format!(
         "SELECT ceil(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint \
@@ -259,6 +270,7 @@ ttl = "7s"
     .expect(0, false);
     // Without the locker: the file's store, no locker prefix.
     finish(&mut runa_lock(&["--config", file, "status", "k"])).expect(1, false);
+    hold.end();
     wait(child, Duration::from_secs(30)).expect(0, false);
     assert!(!held(&server, "cli_locks", "jobs:", "k"), "released");
 }
@@ -289,30 +301,30 @@ prefix = "jobs:"
     assert!(!down.stderr.contains("s3cret"), "{down:#?}");
 
     // --url and RUNA_LOCK_URL win over [lock.postgres] url.
-    let child = start(&[
-        "--config",
-        file,
-        "--url",
-        &server.url(),
-        "--locker",
-        "jobs",
-        "run",
-        "k",
-        "--",
-        "sleep",
-        "2",
-    ]);
+    let hold = Hold::new();
+    let url = server.url();
+    let child = start(
+        &[
+            &[
+                "--config", file, "--url", &url, "--locker", "jobs", "run", "k", "--",
+            ][..],
+            &hold.command(),
+        ]
+        .concat(),
+    );
     assert!(held_soon(&server, "runa_locks", "jobs:", "k"), "held");
     finish(
         runa_lock(&["--config", file, "--locker", "jobs", "status", "k"])
             .env("RUNA_LOCK_URL", server.url()),
     )
     .expect(0, false);
+    hold.end();
     wait(child, Duration::from_secs(30)).expect(0, false);
 
     // A redis:// URL picks Redis even for a locker whose driver is "postgres": flags win
     // over the file, and PostgreSQL is not even connected to.
     let redis = RedisServer::start();
+    let hold = Hold::new();
     let child = start(&[
         "--config",
         file,
@@ -323,12 +335,14 @@ prefix = "jobs:"
         "run",
         "k",
         "--",
-        "sleep",
-        "2",
+        "sh",
+        "-c",
+        hold.command()[2],
     ]);
     assert!(support::held_soon(
         &redis,
         &lock_key("runa:lock:", "jobs:", "k")
     ));
+    hold.end();
     wait(child, Duration::from_secs(30)).expect(0, false);
 }

@@ -124,3 +124,30 @@ pub fn closed_port() -> u16 {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// A command for `run -- ...` that runs until [`end`](Hold::end) is called (a stop file
+/// appears): a lock held for as long as a test needs it, however slow the machine, where a
+/// `sleep N` could end before the test's checks ran.
+pub struct Hold {
+    dir: tempfile::TempDir,
+    script: String,
+}
+
+impl Hold {
+    pub fn new() -> Hold {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = dir.path().join("stop");
+        let script = format!("until [ -e '{}' ]; do sleep 0.05; done", stop.display());
+        Hold { dir, script }
+    }
+
+    /// The command's words, to follow `--`.
+    pub fn command(&self) -> [&str; 3] {
+        ["sh", "-c", &self.script]
+    }
+
+    /// Lets the command end.
+    pub fn end(&self) {
+        std::fs::write(self.dir.path().join("stop"), "").unwrap();
+    }
+}
