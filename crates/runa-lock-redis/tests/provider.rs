@@ -324,7 +324,7 @@ async fn a_sentinel_url_and_replicas_come_from_config() {
     let _serial = SERIAL.lock().await;
     let group = runa_lock_redis::testing::SentinelGroup::start();
     let document = format!(
-        "[redis]\nurl = \"{}\"\n[lock.redis]\nreplicas = 1\nreplicas_timeout = \"500ms\"",
+        "[redis]\nurl = \"{}\"\n[lock.redis]\nreplicas = 1\nreplicas_timeout = \"2s\"",
         group.url()
     );
     let mut app = freeze(&document, runa_lock_redis::provider())
@@ -336,7 +336,7 @@ async fn a_sentinel_url_and_replicas_come_from_config() {
         "{driver:?}"
     );
     assert!(
-        format!("{driver:?}").contains("replicas: Some((1, 500ms))"),
+        format!("{driver:?}").contains("replicas: Some((1, 2s))"),
         "{driver:?}"
     );
     let jobs = runa_lock::default().must_of("jobs");

@@ -153,18 +153,34 @@ async fn with_replicas_an_unacknowledged_acquisition_fails_and_leaves_the_key_fr
 async fn a_waiting_replicated_acquisition_blocks_no_other_call() {
     let group = SentinelGroup::start();
     let jobs = locker(
-        driver(&group).with_replicas(1, Duration::from_millis(1500)),
+        driver(&group).with_replicas(1, Duration::from_secs(3)),
         LockerOptions::new().ttl(Duration::from_secs(30)),
     );
     let held = jobs.try_lock("held").await.unwrap().expect("free");
     group.replica().pause();
-    // WAIT blocks its connection for up to 1.5 s: a renewal and a release meanwhile go on
+    // WAIT blocks its connection for up to 3 s: a renewal and a release meanwhile go on
     // other connections and answer at once.
     let blocked = tokio::spawn({
         let jobs = jobs.clone();
         async move { jobs.try_lock("blocked").await.map(|lease| lease.is_some()) }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until the blocked acquisition's WAIT is on the server (else renew and release would
+    // not run beside it, and the test would prove nothing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let clients: String = group.master().command(&["INFO", "clients"]);
+        if clients
+            .lines()
+            .any(|line| line.trim() == "blocked_clients:1")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the WAIT never blocked: {clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     held.renew(None).await.expect("renewed");
     held.release().await.expect("released");
