@@ -58,8 +58,7 @@ impl Shared {
             if now >= plan.deadline {
                 return attempts.give_up(self, row, token);
             }
-            let wake =
-                WaitPlan::new(plan.deadline, plan.retry_interval).next_attempt(now, retry_after);
+            let wake = plan.next_attempt(now, retry_after);
             tokio::select! {
                 _ = waiting.changed_since(epoch) => {}
                 _ = sleep_until(wake) => {}
