@@ -30,6 +30,20 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// assert_eq!(runa_lock_postgres::DEFAULT_POOL_SIZE, 8);
 /// ```
 pub const DEFAULT_POOL_SIZE: usize = 8;
+/// The largest pool size accepted: 1024 (the pool sets aside room for that many
+/// connections up front; a server takes far fewer).
+///
+/// ```
+/// let url = "postgres://app@127.0.0.1/app";
+/// let builder = runa_lock_postgres::PostgresDriver::builder(url)?;
+/// let err = builder.pool_size(runa_lock_postgres::MAX_POOL_SIZE + 1).build().unwrap_err();
+/// assert!(err.to_string().contains("pool_size"), "{err}");
+/// # Ok::<(), runa_lock::Error>(())
+/// ```
+pub const MAX_POOL_SIZE: usize = 1024;
+
+/// What is wrong with a pool size out of range.
+pub(crate) const POOL_SIZE_PROBLEM: &str = "must be from 1 to 1024";
 
 /// Locks in a PostgreSQL table, shared by every process and host that uses the database.
 ///
@@ -300,18 +314,18 @@ impl PostgresDriverBuilder {
                 return Err(Error::invalid_config(path, problem, None));
             }
         }
-        if self.pool_size == 0 {
+        if !(1..=MAX_POOL_SIZE).contains(&self.pool_size) {
             return Err(Error::invalid_config(
                 "postgres driver pool_size",
-                "must be 1 or more",
-                Some("0".to_owned()),
+                POOL_SIZE_PROBLEM,
+                Some(self.pool_size.to_string()),
             ));
         }
         Ok(self.unchecked())
     }
 
     /// The driver, even with settings `build` refuses (a refused table name makes every
-    /// call fail; a zero pool size is taken as one).
+    /// call fail; a pool size out of range is taken as the nearest accepted one).
     pub(crate) fn unchecked(self) -> PostgresDriver {
         PostgresDriver {
             shared: Shared::new(Settings {
@@ -319,7 +333,7 @@ impl PostgresDriverBuilder {
                 table: self.table,
                 connect_timeout: self.connect_timeout,
                 response_timeout: self.response_timeout,
-                pool_size: self.pool_size.max(1),
+                pool_size: self.pool_size.clamp(1, MAX_POOL_SIZE),
             }),
         }
     }

@@ -45,8 +45,8 @@ mod wait;
 pub mod testing;
 
 pub use driver::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_RESPONSE_TIMEOUT, PostgresDriver,
-    PostgresDriverBuilder,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_RESPONSE_TIMEOUT, MAX_POOL_SIZE,
+    PostgresDriver, PostgresDriverBuilder,
 };
 #[cfg(feature = "app")]
 pub use provider::{PostgresProvider, provider};

@@ -166,8 +166,12 @@ impl PostgresProvider {
             builder = builder.response_timeout(limit);
         }
         if let Some(size) = section.pool_size {
-            if size == 0 {
-                return Err(fail("pool_size", "must be 1 or more", "0".to_owned()));
+            if !(1..=crate::MAX_POOL_SIZE).contains(&size) {
+                return Err(fail(
+                    "pool_size",
+                    crate::driver::POOL_SIZE_PROBLEM,
+                    size.to_string(),
+                ));
             }
             builder = builder.pool_size(size);
         }

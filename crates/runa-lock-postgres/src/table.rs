@@ -20,6 +20,10 @@ use std::time::Duration;
 use runa_lock::Error;
 
 /// The default table name.
+///
+/// ```
+/// assert_eq!(runa_lock_postgres::DEFAULT_TABLE, "runa_locks");
+/// ```
 pub const DEFAULT_TABLE: &str = "runa_locks";
 
 /// How long a released or expired row stays before the sweep removes it.

@@ -68,7 +68,11 @@ async fn bad_settings_fail_freeze_naming_the_key() {
         ),
         (
             "[lock.postgres]\nurl = \"postgres://app:s3cret@h/db\"\npool_size = 0",
-            "lock.postgres.pool_size: must be 1 or more (got 0)",
+            "lock.postgres.pool_size: must be from 1 to 1024 (got 0)",
+        ),
+        (
+            "[lock.postgres]\nurl = \"postgres://app:s3cret@h/db\"\npool_size = 10000000000",
+            "lock.postgres.pool_size: must be from 1 to 1024 (got 10000000000)",
         ),
         (
             "[lock.postgres]\nurl = \"postgres://app:s3cret@h/db\"\nconnect_timeout = \"soon\"",
