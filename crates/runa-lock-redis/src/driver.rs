@@ -11,10 +11,6 @@ use crate::RedisDriverBuilder;
 use crate::shared::{Outcome, Shared};
 use crate::target::Target;
 
-/// The longest replicas timeout: `WAIT` takes milliseconds, and durations elsewhere stop at
-/// 365 days.
-const MAX_REPLICAS_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
 /// Locks in Redis, shared by every process and host that uses the same Redis database: one
 /// server, the master of a Sentinel-monitored group, or a Redis Cluster (see
 /// [`open`](RedisDriver::open) for the URLs).
@@ -170,7 +166,7 @@ impl RedisDriver {
     /// ```
     pub fn with_replicas(self, replicas: u32, limit: Duration) -> RedisDriver {
         // Unchecked as the other `with_` methods are, but kept to what `WAIT` takes.
-        let limit = limit.clamp(Duration::from_millis(1), MAX_REPLICAS_TIMEOUT);
+        let limit = limit.clamp(Duration::from_millis(1), runa_lock::MAX_DURATION);
         let settings = self.settings();
         match replicas {
             0 => settings.no_replicas(),
