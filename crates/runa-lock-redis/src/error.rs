@@ -80,7 +80,7 @@ impl fmt::Display for Failure {
                 limit,
             } => write!(
                 f,
-                "{acknowledged} replicas acknowledged the lock within {}, {wanted} wanted; it was released again",
+                "{acknowledged} replicas acknowledged the lock within {}, {wanted} wanted, so the acquisition does not count",
                 humantime::format_duration(*limit)
             ),
         }
