@@ -51,4 +51,7 @@ pub use driver::{
 #[cfg(feature = "app")]
 pub use provider::{PostgresProvider, provider};
 pub use table::{DEFAULT_TABLE, schema};
+/// The PostgreSQL client the driver is built on, for tests and benchmarks that talk to the
+/// server directly (feature `testing`; no public item of the driver takes its types).
+#[cfg(feature = "testing")]
 pub use tokio_postgres;
