@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use runa_lock::{Error, Grant, LockKey, WaitPlan};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::error::Failure;
 use crate::keys::Row;
@@ -28,10 +28,10 @@ impl Shared {
         self.statements()?;
         let row = Row::new(key);
         // Announcements carry the table's name as the catalog has it: known once the table
-        // is (a failure here shows again in the first attempt).
-        let name = match self.ready_name().await {
-            Ok(name) => name,
-            Err(_) => self.announced_name(),
+        // is (a failure here shows again in the first attempt). Not past the deadline.
+        let name = match timeout_at(plan.deadline, self.ready_name()).await {
+            Ok(Ok(name)) => name,
+            Ok(Err(_)) | Err(_) => self.announced_name(),
         };
         let membership = self.notifier.join(&row.payload(&name));
         let waiting = membership.wait();
