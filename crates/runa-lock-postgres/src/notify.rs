@@ -3,11 +3,11 @@
 //! Each waited-on key has a [`KeyWait`] with a release epoch, bumped when a release of its
 //! row is announced. The pump task keeps the connection listening; every time it
 //! (re)connects, and every time it loses the connection, it bumps every epoch (releases
-//! may have been missed), so each waiter attempts again. While it is not listening,
-//! [`Notifier::listening`] says so and waiters poll at their retry interval.
+//! may have been missed), so each waiter attempts again. Waiters also poll at their retry
+//! interval, which covers the time the pump is not listening.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -30,8 +30,6 @@ struct Shared {
     config: tokio_postgres::Config,
     connect_timeout: Duration,
     response_timeout: Duration,
-    /// Whether the pump is listening now.
-    listening: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -72,7 +70,6 @@ impl Notifier {
                 config,
                 connect_timeout,
                 response_timeout,
-                listening: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -99,25 +96,20 @@ impl Notifier {
         }
     }
 
-    /// Whether releases are heard now; (re)starts the pump when none runs. A waiter that
-    /// reads its epoch after this said true hears every release from then on, or is
-    /// bumped when the connection is lost.
-    pub(crate) fn listening(&self) -> bool {
+    /// (Re)starts the pump when none runs (and the notifier is open).
+    pub(crate) fn ensure_pump(&self) {
         let mut state = self.shared.lock();
         if state.closed {
-            return false;
+            return;
         }
         let running = state.pump.as_ref().is_some_and(|task| !task.is_finished());
         if !running {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return false;
+                return;
             };
-            self.shared.listening.store(false, Ordering::SeqCst);
             let task = runtime.spawn(pump(Arc::downgrade(&self.shared)));
             state.pump = Some(task.abort_handle());
-            return false;
         }
-        self.shared.listening.load(Ordering::SeqCst)
     }
 
     /// Stops listening for good; waiters still waiting are woken.
@@ -127,7 +119,6 @@ impl Notifier {
         if let Some(pump) = state.pump.take() {
             pump.abort();
         }
-        self.shared.listening.store(false, Ordering::SeqCst);
         for member in state.keys.values() {
             member.wait.bump();
         }
@@ -216,7 +207,6 @@ async fn pump(weak: Weak<Shared>) {
         match timeout(connect_timeout.saturating_add(response_timeout), connecting).await {
             Ok(Ok((client, mut messages))) => {
                 backoff = MIN_BACKOFF;
-                shared.listening.store(true, Ordering::SeqCst);
                 // Releases before the LISTEN went unheard.
                 shared.bump_all();
                 drop(shared);
@@ -243,7 +233,6 @@ async fn pump(weak: Weak<Shared>) {
                     }
                 }
                 let Some(shared) = weak.upgrade() else { return };
-                shared.listening.store(false, Ordering::SeqCst);
                 shared.bump_all();
                 tracing::debug!("PostgreSQL listening connection lost; reconnecting");
             }

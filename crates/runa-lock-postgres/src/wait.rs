@@ -15,7 +15,7 @@ impl Shared {
     ///
     /// - The first attempt is immediate: an uncontended wait is one round trip.
     /// - Each later attempt reads the key's release epoch first, so a release announced
-    ///   after it wakes the waiter; while the notifier is not listening, waiters poll.
+    ///   after it wakes the waiter; waiters also poll at the retry interval.
     /// - Failures are transient until the deadline; the last is returned if it passes then.
     /// - Giving up after an attempt that got no answer releases the token in the background.
     pub(crate) async fn wait(
@@ -39,7 +39,7 @@ impl Shared {
         loop {
             // Starts the notifier when it is not running; until it listens, waiters poll
             // (and it bumps every waiter once it does).
-            self.notifier.listening();
+            self.notifier.ensure_pump();
             let epoch = waiting.epoch();
             let sent = Instant::now();
             let attempt = match self.acquire(&row, token, ttl).await {
