@@ -153,7 +153,7 @@ impl RedisProvider {
         if let Some(replicas) = settings.replicas {
             let limit = settings
                 .replicas_timeout
-                .unwrap_or(DEFAULT_REPLICAS_TIMEOUT);
+                .map_or(DEFAULT_REPLICAS_TIMEOUT, |(limit, _)| limit);
             builder = builder.replicas(replicas, limit);
         }
         if let Some(prefix) = settings.prefix.or_else(|| self.prefix.clone()) {
@@ -265,7 +265,8 @@ struct Settings {
     response_timeout: Option<Duration>,
     prefix: Option<String>,
     replicas: Option<u32>,
-    replicas_timeout: Option<Duration>,
+    /// The timeout and the key it came from.
+    replicas_timeout: Option<(Duration, String)>,
 }
 
 impl Settings {
@@ -276,6 +277,12 @@ impl Settings {
                 let overlaid = settings.overlay(path, section);
                 overlaid.map_err(|e| e.located_in(config))?;
             }
+        }
+        if let (Some((limit, key)), None) = (&settings.replicas_timeout, settings.replicas) {
+            let problem = "does nothing without replicas (set replicas too, or leave it out)";
+            let got = humantime::format_duration(*limit).to_string();
+            let error = Error::invalid_config(key.clone(), problem, Some(got));
+            return Err(error.located_in(config));
         }
         Ok(settings)
     }
@@ -327,7 +334,9 @@ impl Settings {
         let replicas_timeout = duration("replicas_timeout", section.replicas_timeout)?;
         self.connect_timeout = connect_timeout.or(self.connect_timeout);
         self.response_timeout = response_timeout.or(self.response_timeout);
-        self.replicas_timeout = replicas_timeout.or(self.replicas_timeout);
+        self.replicas_timeout = replicas_timeout
+            .map(|limit| (limit, format!("{path}.replicas_timeout")))
+            .or(self.replicas_timeout.take());
         self.username = section.username.or(self.username.take());
         self.password = section.password.map(|p| p.0).or(self.password.take());
         Ok(())

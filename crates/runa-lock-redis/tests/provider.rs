@@ -248,6 +248,10 @@ async fn bad_settings_fail_freeze_with_path_value_and_origin() {
             "lock.redis.replicas: must be 1 or more (leave it out not to wait for replicas) (got 0) in inline TOML #1",
         ),
         (
+            "[redis]\nreplicas_timeout = \"2s\"",
+            "redis.replicas_timeout: does nothing without replicas (set replicas too, or leave it out) (got 2s) in inline TOML #1",
+        ),
+        (
             "[lock.redis]\nreplicas = 1\nreplicas_timeout = \"soon\"",
             r#"lock.redis.replicas_timeout: not a duration (got "soon") in inline TOML #1"#,
         ),
