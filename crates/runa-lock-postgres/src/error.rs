@@ -17,8 +17,10 @@ pub(crate) struct Failure {
 pub(crate) enum Cause {
     /// PostgreSQL, or the connection to it, failed.
     Postgres(tokio_postgres::Error),
-    /// No connection could be had from the pool in time.
+    /// No connection could be had from the pool: nothing was sent.
     Pool(String),
+    /// Every pooled connection stayed busy for the whole wait: nothing was sent.
+    PoolFull { size: usize, waited: Duration },
     /// No reply in time: the statement may still run.
     NoReply(Duration),
     /// The driver was closed: nothing was sent.
@@ -38,7 +40,17 @@ impl Failure {
 
     /// The statement certainly never reached PostgreSQL, so it may be sent again as new.
     pub(crate) fn unsent(&self) -> bool {
-        matches!(self.cause, Cause::Pool(_) | Cause::Closed)
+        matches!(
+            self.cause,
+            Cause::Pool(_) | Cause::PoolFull { .. } | Cause::Closed
+        )
+    }
+
+    /// Sending again at once may well succeed: nothing was sent, and not because the driver
+    /// is closed or its pool stayed full for the whole wait (a second wait would double the
+    /// time for the same answer).
+    pub(crate) fn worth_retrying(&self) -> bool {
+        matches!(self.cause, Cause::Pool(_))
     }
 }
 
@@ -56,6 +68,11 @@ impl fmt::Display for Failure {
                 None => error.fmt(f),
             },
             Cause::Pool(problem) => f.write_str(problem),
+            Cause::PoolFull { size, waited } => write!(
+                f,
+                "all {size} pooled connections stayed busy for {} (raise pool_size, or look for calls that take long)",
+                humantime::format_duration(*waited)
+            ),
             Cause::NoReply(limit) => {
                 write!(f, "no reply within {}", humantime::format_duration(*limit))
             }

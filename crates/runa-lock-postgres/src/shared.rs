@@ -163,6 +163,12 @@ impl Shared {
             let cause = match error {
                 deadpool_postgres::PoolError::Backend(error) => Cause::Postgres(error),
                 deadpool_postgres::PoolError::Closed => Cause::Closed,
+                deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                    Cause::PoolFull {
+                        size: self.pool_size,
+                        waited: self.connect_timeout,
+                    }
+                }
                 other => Cause::Pool(other.to_string()),
             };
             self.failure(operation, cause)
@@ -339,10 +345,11 @@ impl Shared {
         }
     }
 
-    /// Sent again only when the first certainly never reached PostgreSQL.
+    /// Sent again only when the first certainly never reached PostgreSQL, and for a reason
+    /// that may be gone at once.
     pub(crate) async fn renew(&self, row: &Row, token: &str, ttl: Duration) -> Result<bool> {
         match self.renew_once(row, token, ttl).await {
-            Err(failure) if failure.unsent() => self.renew_once(row, token, ttl).await,
+            Err(failure) if failure.worth_retrying() => self.renew_once(row, token, ttl).await,
             outcome => outcome,
         }
     }

@@ -416,6 +416,61 @@ async fn statements_given_up_on_never_open_more_connections_than_the_pool() {
     );
 }
 
+/// With every pooled connection busy, a call fails after one wait for a slot (a renewal is
+/// not sent again: a second wait would double the time for the same answer), and the error
+/// says how big the pool is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_fails_once_and_names_its_size() {
+    let server = PostgresServer::start();
+    let driver = PostgresDriver::builder(&server.url())
+        .unwrap()
+        .pool_size(1)
+        .connect_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let jobs = locker(driver, LockerOptions::new());
+    let lease = jobs.try_lock("held").await.unwrap().expect("free");
+    let other = session(&server).await;
+    other
+        .batch_execute("BEGIN; LOCK TABLE runa_locks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Blocked on the table, this one holds the pool's only connection.
+    let blocked = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move { jobs.try_lock("blocked").await.map(|lease| lease.is_some()) })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.query_one::<i64>(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'runa_locks'::regclass",
+    ) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the call never blocked on the table"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    let err = lease.renew(None).await.unwrap_err();
+    let took = started.elapsed();
+    let text = err.to_string();
+    assert!(
+        text.contains("all 1 pooled connections stayed busy for 1s"),
+        "{text}"
+    );
+    // One wait of 1 s; a second would make it 2 s.
+    assert!(took < Duration::from_millis(1900), "took {took:?}");
+
+    other.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        blocked.await.unwrap().unwrap(),
+        "the blocked call got its key"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_table_creation_leaves_the_connection_usable() {
     let server = PostgresServer::start();
