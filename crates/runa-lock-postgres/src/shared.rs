@@ -4,8 +4,12 @@
 //! A statement that got no reply (it timed out, its connection broke, or its caller
 //! dropped the call) may still run. Its connection is kept out of use, still counting
 //! against the pool's size, until it has *settled*: a later `SELECT 1` on it answered
-//! (PostgreSQL runs a connection's statements in order), or it broke and the server's
-//! statement timeout ([`STATEMENT_TIMEOUT`]) has passed since, or [`SETTLE_LIMIT`] passed.
+//! (PostgreSQL runs a connection's statements in order), or it broke and (for an
+//! acquisition, which could still take a key late) the server's statement timeout
+//! ([`STATEMENT_TIMEOUT`]) has passed since, or [`SETTLE_LIMIT`] passed. A renewal,
+//! release or read landing late does no harm, so a broken connection that carried one
+//! frees its place in the pool at once (after a database restart, say, when every pooled
+//! connection broke at once).
 //! An acquisition on it whose token was released meanwhile is released again then, so a
 //! late acquire cannot keep a key for a token that was released.
 
@@ -271,6 +275,7 @@ impl Shared {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let harmless = acquire.is_none();
         let id = {
             let mut settling = self.settling.lock().unwrap_or_else(PoisonError::into_inner);
             settling.next += 1;
@@ -286,7 +291,7 @@ impl Shared {
         let limit = self.response_limit();
         self.background.spawn_on(
             async move {
-                settle(&client, limit, || me.strong_count() > 0).await;
+                settle(&client, limit, harmless, || me.strong_count() > 0).await;
                 // Back to the pool (a broken one is dropped by it).
                 drop(client);
                 let Some(shared) = me.upgrade() else { return };
@@ -542,17 +547,20 @@ impl Drop for InFlight<'_> {
 }
 
 /// Waits until `client`, given up on, has settled: a `SELECT 1` on it answered (so
-/// everything sent before has run), or it broke and [`STATEMENT_TIMEOUT`] has passed (a
-/// statement the server still runs ends by then), or [`SETTLE_LIMIT`] passed. Each try
-/// waits up to `limit`; stops early once `wanted` says the driver is gone.
-async fn settle(client: &Object, limit: Duration, wanted: impl Fn() -> bool) {
+/// everything sent before has run), or it broke and, unless the call on it was `harmless`
+/// late, [`STATEMENT_TIMEOUT`] has passed (a statement the server still runs ends by then),
+/// or [`SETTLE_LIMIT`] passed. Each try waits up to `limit`; stops early once `wanted` says
+/// the driver is gone.
+async fn settle(client: &Object, limit: Duration, harmless: bool, wanted: impl Fn() -> bool) {
     let retired = Instant::now();
     let deadline = retired + SETTLE_LIMIT;
     while wanted() {
         match timeout(limit, client.simple_query("SELECT 1")).await {
             Ok(Ok(_)) => return,
             Ok(Err(_)) => {
-                tokio::time::sleep_until(retired + STATEMENT_TIMEOUT).await;
+                if !harmless {
+                    tokio::time::sleep_until(retired + STATEMENT_TIMEOUT).await;
+                }
                 return;
             }
             Err(_) if Instant::now() >= deadline => {

@@ -471,6 +471,59 @@ async fn a_full_pool_fails_once_and_names_its_size() {
     );
 }
 
+/// A renewal whose connection broke (the database restarted under it) cannot land harmfully
+/// later, so its connection frees its place in the pool at once: with a pool of one, the
+/// next call works as soon as the database is back, not after the statement timeout (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_renewal_frees_its_pool_place_at_once() {
+    let mut server = PostgresServer::start();
+    let driver = PostgresDriver::builder(&server.url())
+        .unwrap()
+        .pool_size(1)
+        .connect_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let jobs = locker(driver, LockerOptions::new());
+    let lease = jobs.try_lock("held").await.unwrap().expect("free");
+    let other = session(&server).await;
+    other
+        .batch_execute("BEGIN; LOCK TABLE runa_locks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let renewal = tokio::spawn(async move { lease.renew(None).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.query_one::<i64>(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'runa_locks'::regclass",
+    ) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the renewal never blocked on the table"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.restart();
+    let err = renewal.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+
+    let back = Instant::now();
+    loop {
+        match jobs.try_lock("next").await {
+            Ok(Some(lease)) => {
+                lease.release().await.unwrap();
+                break;
+            }
+            outcome => assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "still failing {:?} after the restart: {outcome:?}",
+                back.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_table_creation_leaves_the_connection_usable() {
     let server = PostgresServer::start();
