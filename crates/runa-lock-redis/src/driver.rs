@@ -220,8 +220,8 @@ impl RedisDriver {
             .prefix(shared.prefix.clone())
             .connect_timeout(shared.connect_timeout)
             .response_timeout(shared.response_timeout);
-        match shared.replicas {
-            Some((replicas, limit)) => builder.replicas(replicas, limit),
+        match &shared.replicated {
+            Some(replicated) => builder.replicas(replicated.count, replicated.limit),
             None => builder,
         }
     }
@@ -315,7 +315,10 @@ impl fmt::Debug for RedisDriver {
         f.field("prefix", &shared.prefix)
             .field("connect_timeout", &shared.connect_timeout)
             .field("response_timeout", &shared.response_timeout)
-            .field("replicas", &shared.replicas)
+            .field(
+                "replicas",
+                &shared.replicated.as_ref().map(|r| (r.count, r.limit)),
+            )
             .finish()
     }
 }

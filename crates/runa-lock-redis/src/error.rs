@@ -23,6 +23,9 @@ pub(crate) enum Cause {
     NoReply(Duration),
     /// The driver was closed: nothing was sent.
     Closed,
+    /// An acquisition that waits for replicas did not get its turn on their connection in
+    /// time (the one before it still waited for its replicas): nothing was sent.
+    Queued(Duration),
     /// A reply the script cannot give.
     Reply(String),
     /// Fewer replicas than wanted acknowledged an acquisition in time.
@@ -46,7 +49,7 @@ impl Failure {
     pub(crate) fn unsent(&self) -> bool {
         match &self.cause {
             Cause::Redis(error) => error.is_connection_refusal(),
-            Cause::Closed => true,
+            Cause::Closed | Cause::Queued(_) => true,
             Cause::NoReply(_) | Cause::Reply(_) | Cause::Replicas { .. } => false,
         }
     }
@@ -73,6 +76,11 @@ impl fmt::Display for Failure {
                 write!(f, "no reply within {}", humantime::format_duration(*limit))
             }
             Cause::Closed => f.write_str("the driver was closed"),
+            Cause::Queued(limit) => write!(
+                f,
+                "not sent: acquisitions before it waited for their replicas for all of {}",
+                humantime::format_duration(*limit)
+            ),
             Cause::Reply(problem) => f.write_str(problem),
             Cause::Replicas {
                 wanted,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::RedisError;
 use runa_lock::{Error, LockKey};
+use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
 
@@ -33,16 +34,29 @@ pub(crate) struct Shared {
     prefix_refused: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
-    /// How many replicas must acknowledge an acquisition, and how long they may take.
-    pub(crate) replicas: Option<(u32, Duration)>,
     pub(crate) connections: Connections,
-    /// With `replicas`: the connections acquisitions and their `WAIT` go on, which blocks
-    /// a connection until the replicas answer; every other call goes on `connections`.
-    replicated: Option<Connections>,
+    /// With replicas to wait for: how, and where acquisitions go.
+    pub(crate) replicated: Option<Replicated>,
     pub(crate) notifier: Notifier,
     /// The releases running in the background, and the tasks that settle connections and
     /// send releases again: `close` lets them finish first.
     background: TaskTracker,
+}
+
+/// Acquisitions that count only once replicas acknowledged them.
+pub(crate) struct Replicated {
+    /// How many replicas must acknowledge an acquisition.
+    pub(crate) count: u32,
+    /// How long they may take.
+    pub(crate) limit: Duration,
+    /// The connections acquisitions and their `WAIT` go on (every other call goes on the
+    /// driver's `connections`).
+    connections: Connections,
+    /// One acquisition at a time on them: a `WAIT` blocks its connection on the server until
+    /// the replicas answer, so a second one sent meanwhile would queue there, its time
+    /// running, and might still run after its caller gave up. Waiting here instead, it is
+    /// never sent unless its turn comes within its bound.
+    turn: Semaphore,
 }
 
 /// The outcome of one acquire script.
@@ -74,15 +88,17 @@ impl Shared {
             address: target.address().into(),
             notifier: Notifier::new(target.clone(), limits),
             connections: Connections::new(Pool::Commands, target.clone(), limits, Duration::ZERO),
-            replicated: replicas.map(|(_, limit)| {
-                Connections::new(Pool::Replicated, target.clone(), limits, limit)
+            replicated: replicas.map(|(count, limit)| Replicated {
+                count,
+                limit,
+                connections: Connections::new(Pool::Replicated, target.clone(), limits, limit),
+                turn: Semaphore::new(1),
             }),
             target,
             prefix_refused: prefix_problem(&prefix).is_some(),
             prefix,
             connect_timeout: limits.connect,
             response_timeout: limits.response,
-            replicas,
             background: TaskTracker::new(),
         })
     }
@@ -101,7 +117,7 @@ impl Shared {
 
     fn pool(&self, pool: Pool) -> &Connections {
         match (pool, &self.replicated) {
-            (Pool::Replicated, Some(replicated)) => replicated,
+            (Pool::Replicated, Some(replicated)) => &replicated.connections,
             _ => &self.connections,
         }
     }
@@ -241,7 +257,7 @@ impl Shared {
         }
         self.connections.close();
         if let Some(replicated) = &self.replicated {
-            replicated.close();
+            replicated.connections.close();
         }
         self.notifier.close();
     }
@@ -253,18 +269,26 @@ impl Shared {
             .arg(token)
             .arg(millis(ttl))
             .arg(fence_ttl(ttl));
-        let (Some((replicas, limit)), Some(replicated)) = (self.replicas, &self.replicated) else {
+        let Some(replicated) = &self.replicated else {
             let reply: (i64, i64) = self.run("acquire", &invocation).await?;
             return outcome(reply.0, reply.1)
                 .map_err(|problem| self.failure("acquire", Cause::Reply(problem)));
         };
+        let (replicas, limit) = (replicated.count, replicated.limit);
+        let bound = replicated
+            .connections
+            .response_limit()
+            .saturating_add(limit);
+        let Ok(Ok(_turn)) = timeout(bound, replicated.turn.acquire()).await else {
+            return Err(self.failure("acquire", Cause::Queued(bound)));
+        };
         let connection = replicated
+            .connections
             .current()
             .await
             .map_err(|unavailable| self.unavailable("acquire", unavailable))?;
         let mut link = connection.link.clone();
         let call = link.invoke_and_wait::<(i64, i64)>(&invocation, &keys.lock, replicas, limit);
-        let bound = replicated.response_limit().saturating_add(limit);
         let (reply, acknowledged) = self
             .bounded_within(&connection, "acquire", bound, call)
             .await?;
@@ -311,7 +335,7 @@ impl Shared {
         if let Some(replicated) = &self.replicated {
             // An acquisition still on a replicated connection given up on may take the key
             // after this release: send it again once that connection has settled too.
-            replicated.queue_release(keys, token);
+            replicated.connections.queue_release(keys, token);
         }
         let first = self
             .connections

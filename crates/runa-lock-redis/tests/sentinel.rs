@@ -217,3 +217,80 @@ async fn a_wait_that_outlasts_a_replica_pause_holds_the_key_it_returns() {
     assert!(jobs.inspect("k").await.unwrap().is_some());
     lease.release().await.expect("released by its holder");
 }
+
+/// Acquisitions waiting for replicas take turns on their connection: one whose turn does not
+/// come within its bound fails without being sent, instead of queueing behind the others'
+/// `WAIT` on the server and running after its caller gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_acquisitions_never_run_after_their_callers_gave_up() {
+    let group = SentinelGroup::start();
+    let limit = Duration::from_millis(300);
+    // Each call's bound: connect + response + the replicas' limit, 0.7 s.
+    let jobs = locker(
+        driver(&group)
+            .with_connect_timeout(Duration::from_millis(200))
+            .with_response_timeout(Duration::from_millis(200))
+            .with_replicas(1, limit),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
+    let patient = locker(
+        driver(&group).with_replicas(1, Duration::from_secs(10)),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
+    );
+    // Connected, scripts loaded.
+    let warm = patient.try_lock("warm").await.unwrap().expect("free");
+    warm.release().await.unwrap();
+    let warm = jobs.try_lock("warm").await.unwrap().expect("free");
+    warm.release().await.unwrap();
+    group.master().command::<String>(&["CONFIG", "RESETSTAT"]);
+
+    group.replica().pause();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.try_lock(&format!("k{i}")).await.map(drop) })
+        })
+        .collect();
+    let (mut unsent, mut answered) = (0, 0);
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+        let text = err.to_string();
+        // Sent and answered (no replica acknowledged it), or never sent: never given up on
+        // while it may still run.
+        if text.contains("not sent") {
+            unsent += 1;
+        } else if text.contains("0 replicas acknowledged") {
+            answered += 1;
+        } else {
+            panic!("an acquisition given up on while it may still run: {text}");
+        }
+    }
+    assert!(
+        unsent > 0,
+        "every acquisition got its turn: nothing was tested"
+    );
+    // Anything still queued on the server runs once the replica is back.
+    group.replica().resume();
+    let lease = patient.try_lock("after").await.unwrap().expect("free");
+    lease.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stats: String = group.master().command(&["INFO", "commandstats"]);
+    let waits: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap());
+    // Those sent, and the one of `patient` after the pause.
+    assert_eq!(waits, answered + 1, "{unsent} not sent; {stats}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let locks: Vec<String> = group.master().command(&["KEYS", "*:l"]);
+        if locks.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "locks left behind: {locks:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
