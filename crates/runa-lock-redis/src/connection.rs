@@ -50,6 +50,9 @@ struct State {
     current: Option<Connection>,
     opened: u64,
     settling: Vec<Settling>,
+    /// The last failure to make a connection, and when it ended: shared with the callers
+    /// that were already waiting for that attempt.
+    failed: Option<(Instant, redis::RedisError)>,
     /// Set by `close`: no connection is opened again.
     closed: bool,
 }
@@ -96,25 +99,36 @@ impl Connections {
 
     /// The current connection, made on first use (one server's and a cluster's connect
     /// lazily and reconnect by themselves; behind Sentinel the master is looked up first).
+    /// Callers that arrive while one is being made wait for it, and share its failure: with
+    /// the sentinels unreachable, none waits out more than one look-up.
     pub(crate) async fn current(&self) -> Result<Connection, Unavailable> {
         if let Some(connection) = self.installed()? {
             return Ok(connection);
         }
+        let asked = Instant::now();
         let _making = self.making.lock().await;
-        // Made by the caller that held the lock before.
+        // Made by the caller that held the lock before, or failed after this one asked.
         if let Some(connection) = self.installed()? {
             return Ok(connection);
+        }
+        if let Some((ended, error)) = &self.lock().failed
+            && *ended >= asked
+        {
+            return Err(Unavailable::Client(error.clone()));
         }
         let limits = Limits {
             response: self.limits.response.saturating_add(self.slack),
             ..self.limits
         };
-        let link = self
-            .target
-            .link(limits)
-            .await
-            .map_err(Unavailable::Client)?;
+        let made = self.target.link(limits).await;
         let mut state = self.lock();
+        let link = match made {
+            Ok(link) => link,
+            Err(error) => {
+                state.failed = Some((Instant::now(), error.clone()));
+                return Err(Unavailable::Client(error));
+            }
+        };
         if state.closed {
             return Err(Unavailable::Closed);
         }

@@ -294,3 +294,45 @@ async fn replicated_acquisitions_never_run_after_their_callers_gave_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// With the sentinels not answering, callers that arrive while the master is being looked up
+/// share that look-up's failure: none waits out one look-up after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_share_a_failed_master_look_up() {
+    let group = SentinelGroup::start();
+    // One look-up gives up after connect + response, 0.4 s.
+    let jobs = locker(
+        driver(&group)
+            .with_connect_timeout(Duration::from_millis(200))
+            .with_response_timeout(Duration::from_millis(200)),
+        LockerOptions::new(),
+    );
+    group.sentinel().pause();
+    let started = Instant::now();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.try_lock(&format!("k{i}")).await.map(drop) })
+        })
+        .collect();
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    }
+    let took = started.elapsed();
+    group.sentinel().resume();
+    // One after another, 16 look-ups would take 6.4 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "16 calls failed after {took:?}"
+    );
+    // And once the sentinels answer again, so does the driver.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match jobs.try_lock("back").await {
+            Ok(Some(lease)) => break lease.release().await.unwrap(),
+            outcome => assert!(Instant::now() < deadline, "still failing: {outcome:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
