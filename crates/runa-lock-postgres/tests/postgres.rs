@@ -562,10 +562,22 @@ async fn a_dropped_acquire_that_lands_late_leaves_the_key_free() {
         .batch_execute("BEGIN; SELECT * FROM runa_locks FOR UPDATE")
         .await
         .unwrap();
-    // The caller gives up long before the driver would: the acquire is still queued on
-    // the server, and the locker releases its token in the background.
-    let gave_up = tokio::time::timeout(Duration::from_millis(300), jobs.try_lock("k")).await;
-    assert!(gave_up.is_err());
+    // The caller gives up long before the driver would, once its acquire waits on the
+    // server; the locker releases its token in the background.
+    let attempt = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move { jobs.try_lock("k").await.map(drop) })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.query_one::<i64>(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runa-lock' AND wait_event_type = 'Lock'",
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the acquire never waited on the row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    attempt.abort();
+    assert!(attempt.await.unwrap_err().is_cancelled());
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Now the held acquire lands, after that release.
     other.batch_execute("COMMIT").await.unwrap();

@@ -88,9 +88,24 @@ async fn the_same_driver_works_again_after_a_failover() {
     );
     after.release().await.unwrap();
 
-    // Time for the waiter's subscriber to find the new master (its reconnect backs off up
-    // to 2 s).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the waiter's subscriber has found the new master (the replica: the only one
+    // there is) and subscribed there again; its reconnect backs off up to 2 s.
+    assert_eq!(new, group.replica().port());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let counts: Vec<redis::Value> =
+            group
+                .replica()
+                .command(&["PUBSUB", "NUMSUB", "runa:lock:{5:jobs:waited}:r"]);
+        if matches!(counts.get(1), Some(redis::Value::Int(n)) if *n >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never subscribed on the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!waiting.is_finished(), "the waiter got a key that was held");
     let held_fencing = held.fencing();
     let released = Instant::now();
