@@ -416,31 +416,36 @@ async fn statements_given_up_on_never_open_more_connections_than_the_pool() {
     );
 }
 
-/// With every pooled connection busy, a call fails after one wait for a slot (a renewal is
-/// not sent again: a second wait would double the time for the same answer), and the error
-/// says how big the pool is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_pool_fails_once_and_names_its_size() {
-    let server = PostgresServer::start();
+/// A locker on a driver with a pool of one connection, waiting up to 1 s for it, and the
+/// lease of key `held` it took; plus another session holding the lease table locked, so
+/// that every statement on it blocks.
+async fn one_connection_and_a_locked_table(
+    server: &PostgresServer,
+    response_timeout: Duration,
+) -> (
+    Locker,
+    runa_lock::Lease,
+    runa_lock_postgres::tokio_postgres::Client,
+) {
     let driver = PostgresDriver::builder(&server.url())
         .unwrap()
         .pool_size(1)
         .connect_timeout(Duration::from_secs(1))
-        .response_timeout(Duration::from_secs(10))
+        .response_timeout(response_timeout)
         .build()
         .unwrap();
     let jobs = locker(driver, LockerOptions::new());
     let lease = jobs.try_lock("held").await.unwrap().expect("free");
-    let other = session(&server).await;
+    let other = session(server).await;
     other
         .batch_execute("BEGIN; LOCK TABLE runa_locks IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    // Blocked on the table, this one holds the pool's only connection.
-    let blocked = {
-        let jobs = jobs.clone();
-        tokio::spawn(async move { jobs.try_lock("blocked").await.map(|lease| lease.is_some()) })
-    };
+    (jobs, lease, other)
+}
+
+/// Waits until a statement waits for the lease table's lock; fails the test after 5 s.
+async fn until_blocked_on_the_table(server: &PostgresServer) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.query_one::<i64>(
         "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'runa_locks'::regclass",
@@ -448,10 +453,26 @@ async fn a_full_pool_fails_once_and_names_its_size() {
     {
         assert!(
             Instant::now() < deadline,
-            "the call never blocked on the table"
+            "no statement blocked on the table"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// With every pooled connection busy, a call fails after one wait for a slot (a renewal is
+/// not sent again: a second wait would double the time for the same answer), and the error
+/// says how big the pool is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_fails_once_and_names_its_size() {
+    let server = PostgresServer::start();
+    let (jobs, lease, other) =
+        one_connection_and_a_locked_table(&server, Duration::from_secs(10)).await;
+    // Blocked on the table, this one holds the pool's only connection.
+    let blocked = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move { jobs.try_lock("blocked").await.map(|lease| lease.is_some()) })
+    };
+    until_blocked_on_the_table(&server).await;
 
     let started = Instant::now();
     let err = lease.renew(None).await.unwrap_err();
@@ -477,32 +498,10 @@ async fn a_full_pool_fails_once_and_names_its_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_renewal_frees_its_pool_place_at_once() {
     let mut server = PostgresServer::start();
-    let driver = PostgresDriver::builder(&server.url())
-        .unwrap()
-        .pool_size(1)
-        .connect_timeout(Duration::from_secs(1))
-        .response_timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let jobs = locker(driver, LockerOptions::new());
-    let lease = jobs.try_lock("held").await.unwrap().expect("free");
-    let other = session(&server).await;
-    other
-        .batch_execute("BEGIN; LOCK TABLE runa_locks IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let (jobs, lease, _other) =
+        one_connection_and_a_locked_table(&server, Duration::from_secs(20)).await;
     let renewal = tokio::spawn(async move { lease.renew(None).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.query_one::<i64>(
-        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'runa_locks'::regclass",
-    ) == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the renewal never blocked on the table"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked_on_the_table(&server).await;
     server.restart();
     let err = renewal.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
