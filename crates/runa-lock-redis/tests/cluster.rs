@@ -158,10 +158,24 @@ async fn a_slot_moved_while_a_lease_is_held_keeps_renew_release_and_wake_ups() {
             cluster.migrate_slot(slot, to);
             lease.renew(None).await.expect("renewed on the new owner");
         } else {
-            // Renewed while the slot is half moved (MIGRATING/IMPORTING: ASK redirects),
-            // then after.
+            // Renewed while the slot is half moved (MIGRATING/IMPORTING), before and after
+            // its keys went over (then the source answers ASK), then after the move.
             cluster.begin_slot_migration(slot, to);
-            lease.renew(None).await.expect("renewed mid-move");
+            lease
+                .renew(None)
+                .await
+                .expect("renewed mid-move, keys on the source");
+            cluster.node(to).command::<String>(&["CONFIG", "RESETSTAT"]);
+            cluster.move_slot_keys(slot, to);
+            lease
+                .renew(None)
+                .await
+                .expect("renewed mid-move, keys on the target");
+            let stats: String = cluster.node(to).command(&["INFO", "commandstats"]);
+            assert!(
+                stats.contains("cmdstat_asking:"),
+                "the renewal was never redirected with ASK: {stats}"
+            );
             cluster.finish_slot_migration(slot, to);
             lease.renew(None).await.expect("renewed on the new owner");
         }

@@ -261,6 +261,33 @@ impl RedisCluster {
             self.nodes[from].command(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &self.ids[to]]);
     }
 
+    /// Moves the keys of `slot`, whose migration to node `to` was opened by
+    /// [`begin_slot_migration`], without completing it: from then on the source answers
+    /// `ASK` for them, and the target serves them after `ASKING`.
+    ///
+    /// [`begin_slot_migration`]: RedisCluster::begin_slot_migration
+    ///
+    /// # Panics
+    ///
+    /// When node `to` already serves the slot, or a node refuses.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use runa_lock_redis::testing::RedisCluster;
+    /// let cluster = RedisCluster::start();
+    /// let slot = cluster.slot_of("k");
+    /// let to = (cluster.owner_of_slot(slot) + 1) % 3;
+    /// cluster.begin_slot_migration(slot, to);
+    /// cluster.move_slot_keys(slot, to);
+    /// // ... requests for the slot's keys are redirected with ASK here ...
+    /// cluster.finish_slot_migration(slot, to);
+    /// ```
+    pub fn move_slot_keys(&self, slot: u16, to: usize) {
+        let from = self.source_for(slot, to);
+        self.move_keys(slot, from, to);
+    }
+
     /// Completes a migration opened by [`begin_slot_migration`]: moves the slot's keys from
     /// the source with `CLUSTER GETKEYSINSLOT` and `MIGRATE ... KEYS`, 100 at a time, then
     /// `CLUSTER SETSLOT <slot> NODE <target-id>` on the target, the source and the third
