@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::report::{Metric, Scenario};
+use crate::report::{Metric, Scenario, ms};
 use crate::stats::Latencies;
 
 /// The `runa-lock` binary: `given`, or the one built next to this bench binary (`cargo build
@@ -41,9 +41,9 @@ pub fn run(binary: &Path, url: &str, runs: usize) -> Result<Scenario, String> {
         what: "runa-lock run --url URL k -- true, end to end, against true alone",
         metrics: vec![
             Metric::millis("run p50", with_lock.p50())
-                .against("true alone p50 ms", alone.p50().as_secs_f64() * 1e3),
+                .against("true alone p50 ms", ms(alone.p50())),
             Metric::millis("run p99", with_lock.p99())
-                .against("true alone p99 ms", alone.p99().as_secs_f64() * 1e3),
+                .against("true alone p99 ms", ms(alone.p99())),
             Metric::millis("added p50", overhead),
         ],
     })

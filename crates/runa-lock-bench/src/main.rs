@@ -26,6 +26,7 @@
 //! (8 workers, one key). See BENCHMARKS.md for what each number means.
 
 mod cli_scenario;
+mod contention;
 mod footprint;
 mod heap;
 mod memory_scenario;

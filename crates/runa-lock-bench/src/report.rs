@@ -44,7 +44,7 @@ impl Metric {
     }
 
     pub fn millis(name: &'static str, value: Duration) -> Metric {
-        Metric::plain(name, value.as_secs_f64() * 1e3, "ms")
+        Metric::plain(name, ms(value), "ms")
     }
 
     pub fn against(mut self, what: &'static str, baseline: f64) -> Metric {
@@ -154,4 +154,9 @@ fn quote(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `duration` in milliseconds, the unit every time in the report is in.
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use runa_lock::LockerOptions;
 
 use crate::redis_scenarios::{connection, locker};
-use crate::report::{Metric, Scenario};
+use crate::report::{Metric, Scenario, ms};
 use crate::stats::Latencies;
 
 static EMPTY: std::sync::LazyLock<redis::Script> =
@@ -87,7 +87,7 @@ pub async fn script_cost(client: &redis::Client, rounds: usize) -> Scenario {
         }
     }
     let p50 = |samples: Vec<Duration>| Latencies::new(samples).p50();
-    let set = p50(set).as_secs_f64() * 1e3;
+    let set = ms(p50(set));
     Scenario {
         name: "scriptcost",
         what: "one round trip each, op by op: SET NX PX, EVALSHA of an empty script, of a script doing only SET NX PX, and the driver's acquire",

@@ -3,14 +3,13 @@
 //! `wait`, read the counter (`SELECT`), write it back plus one (`UPDATE`, a separate
 //! statement: only the lock keeps the two together), `release`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runa_lock::LockerOptions;
 
 use super::floor::connect;
 use super::{PgBench, runa_pair};
+use crate::contention;
 use crate::report::{Metric, Scenario};
 
 const WORKERS: usize = 8;
@@ -23,7 +22,6 @@ INSERT INTO runa_bench_counter VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = 
 pub(super) async fn s3(bench: &PgBench, acquisitions: u64, s1_rate: f64) -> Scenario {
     let setup = connect(&bench.url).await;
     setup.batch_execute(SETUP).await.expect("reset the counter");
-    let claimed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for worker in 0..WORKERS {
         let locker = bench.locker(LockerOptions::new().wait(Duration::from_secs(60)));
@@ -49,45 +47,30 @@ pub(super) async fn s3(bench: &PgBench, acquisitions: u64, s1_rate: f64) -> Scen
             .expect("prepare the write");
         workers.push((locker, counter, read, write));
     }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (locker, counter, read, write) in workers {
-        let claimed = Arc::clone(&claimed);
-        tasks.push(tokio::spawn(async move {
-            let mut mine = 0u64;
-            while claimed.fetch_add(1, Ordering::SeqCst) < acquisitions {
-                let lease = locker.wait("pg-s3").await.expect("wait");
-                let value: i64 = counter
-                    .query_one(&read, &[])
-                    .await
-                    .expect("read the counter")
-                    .get(0);
-                counter
-                    .execute(&write, &[&(value + 1)])
-                    .await
-                    .expect("write the counter");
-                lease.release().await.expect("release");
-                mine += 1;
-            }
-            mine
-        }));
-    }
-    let mut per_worker = Vec::new();
-    for task in tasks {
-        per_worker.push(task.await.expect("worker"));
-    }
-    let elapsed = started.elapsed();
+    let run = contention::run(workers, acquisitions, |worker| async move {
+        let (locker, counter, read, write) = &worker;
+        let lease = locker.wait("pg-s3").await.expect("wait");
+        let value: i64 = counter
+            .query_one(read, &[])
+            .await
+            .expect("read the counter")
+            .get(0);
+        counter
+            .execute(write, &[&(value + 1)])
+            .await
+            .expect("write the counter");
+        lease.release().await.expect("release");
+        worker
+    })
+    .await;
     let counted: i64 = setup
         .query_one("SELECT n FROM runa_bench_counter WHERE id = 1", &[])
         .await
         .expect("read the counter")
         .get(0);
-    let total: u64 = per_worker.iter().sum();
-    let lost = (total as f64 - counted as f64).max(0.0);
-    let rate = total as f64 / elapsed.as_secs_f64();
-    let mean = total as f64 / WORKERS as f64;
-    let min = *per_worker.iter().min().unwrap_or(&0) as f64;
-    let max = *per_worker.iter().max().unwrap_or(&0) as f64;
+    let (total, rate) = (run.total(), run.rate());
+    let lost = run.lost(u64::try_from(counted).unwrap_or(0)) as f64;
+    let (mean, min, max) = run.spread();
     Scenario {
         name: "PG-S3",
         what: "8 workers (own driver each), one key, SELECT + UPDATE counter under the lock (PostgreSQL)",

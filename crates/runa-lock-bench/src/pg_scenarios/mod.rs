@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use runa_lock::{Error, Lease, Locker, LockerOptions, Registry};
 use runa_lock_postgres::PostgresDriver;
 
-use crate::report::{Metric, Scenario};
+use crate::report::{Metric, Scenario, ms};
 use crate::stats::{Latencies, Series, Xorshift};
 use floor::{FloorRow, PgFloor};
 
@@ -215,8 +215,4 @@ async fn runa_pair(locker: &Locker, key: &str) -> (Duration, Duration) {
     let acquired = begun.elapsed();
     lease.release().await.expect("release");
     (acquired, begun.elapsed() - acquired)
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }

@@ -2,8 +2,6 @@
 //! `redis+cluster://` URL for the driver, and its nodes for the floor's cluster connection.
 //! (`S2-cluster` is [`Bench::s2`] on a cluster's bench.)
 
-use std::time::Duration;
-
 use redis::ProtocolVersion;
 use redis::cluster::ClusterClientBuilder;
 use runa_lock::LockerOptions;
@@ -12,7 +10,7 @@ use runa_lock_redis::RedisDriver;
 
 use super::floor::Floor;
 use super::{Bench, ROUNDS, Store, lock_tag};
-use crate::report::{Metric, Scenario};
+use crate::report::{Metric, Scenario, ms};
 use crate::stats::{Series, Xorshift};
 
 /// A Redis Cluster to bench against.
@@ -180,7 +178,6 @@ impl Bench {
         let ((raw, raw_rate), (raw_resp2, _), (ours, rate)) =
             (raw.finish(), raw_resp2.finish(), ours.finish());
         let (server_raw, server_ours) = (server_raw.finish().0, server_ours.finish().0);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut metrics = vec![
             Metric::plain("pairs_per_sec", rate, "1/s").against("raw pairs/s", raw_rate),
             Metric::millis("pair_p50", ours.p50()).against("raw pair p50", ms(raw.p50())),

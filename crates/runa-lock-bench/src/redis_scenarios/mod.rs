@@ -11,8 +11,6 @@ mod cluster;
 mod floor;
 mod rslock;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -24,7 +22,8 @@ use runa_lock_redis::RedisDriver;
 pub use cluster::ClusterStore;
 use floor::Floor;
 
-use crate::report::{Metric, Scenario};
+use crate::contention;
+use crate::report::{Metric, Scenario, ms};
 use crate::stats::{Latencies, Series, Xorshift, median};
 
 const ROUNDS: usize = 5;
@@ -138,7 +137,6 @@ impl Bench {
         let ((raw, raw_rate), (sync, sync_rate), (ours, s1_rate)) =
             (raw.finish(), sync.finish(), ours.finish());
         let pings = Latencies::new(pings);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let ratio = ms(ours.p50()) / ms(raw.p50());
         let s1 = Scenario {
             name: "S1",
@@ -203,7 +201,6 @@ impl Bench {
             samples.push(t1.saturating_duration_since(t0));
         }
         let handoff = Latencies::new(samples);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (name, what) = match self.store {
             Store::Server(_) => (
                 "S2",
@@ -243,37 +240,23 @@ impl Bench {
         const WORKERS: usize = 8;
         let mut setup = self.floor().await;
         let _: () = setup.set("s3:counter", 0).await.expect("reset the counter");
-        let claimed = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
+        let mut workers = Vec::new();
         for _ in 0..WORKERS {
             let locker = self.locker(LockerOptions::new().wait(Duration::from_secs(60)));
-            let mut counter = self.floor().await;
-            let claimed = Arc::clone(&claimed);
-            tasks.push(tokio::spawn(async move {
-                let mut mine = 0u64;
-                while claimed.fetch_add(1, Ordering::SeqCst) < acquisitions {
-                    let lease = locker.wait("s3").await.expect("wait");
-                    let value: u64 = counter.get("s3:counter").await.expect("GET");
-                    let _: () = counter.set("s3:counter", value + 1).await.expect("SET");
-                    lease.release().await.expect("release");
-                    mine += 1;
-                }
-                mine
-            }));
+            workers.push((locker, self.floor().await));
         }
-        let mut per_worker = Vec::new();
-        for task in tasks {
-            per_worker.push(task.await.expect("worker"));
-        }
-        let elapsed = started.elapsed();
+        let run = contention::run(workers, acquisitions, |(locker, mut counter)| async move {
+            let lease = locker.wait("s3").await.expect("wait");
+            let value: u64 = counter.get("s3:counter").await.expect("GET");
+            let _: () = counter.set("s3:counter", value + 1).await.expect("SET");
+            lease.release().await.expect("release");
+            (locker, counter)
+        })
+        .await;
         let counted: u64 = setup.get("s3:counter").await.expect("GET the counter");
-        let total: u64 = per_worker.iter().sum();
-        let lost = total.saturating_sub(counted) as f64;
-        let rate = total as f64 / elapsed.as_secs_f64();
-        let mean = total as f64 / WORKERS as f64;
-        let min = *per_worker.iter().min().unwrap_or(&0) as f64;
-        let max = *per_worker.iter().max().unwrap_or(&0) as f64;
+        let (total, rate) = (run.total(), run.rate());
+        let lost = run.lost(counted) as f64;
+        let (mean, min, max) = run.spread();
         Scenario {
             name: "S3",
             what: "8 workers (own driver each), one key, GET + SET counter under the lock",

@@ -11,8 +11,6 @@
 //! waiting", released with `LockGuard::release`. Both sides use runa-lock's default ttl
 //! (30 s).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -22,7 +20,8 @@ use runa_lock::{DEFAULT_TTL, Lease, Locker, LockerOptions};
 use runa_lock_bench::ops::runa_pair;
 
 use super::{Bench, ROUNDS, Store, connection, floor};
-use crate::report::{Metric, Scenario};
+use crate::contention;
+use crate::report::{Metric, Scenario, ms};
 use crate::stats::{Latencies, Series, Xorshift, median};
 
 /// Pairs per block in rslock-S1: about 50 ms of one side before the next takes over.
@@ -376,9 +375,8 @@ struct Contention {
 
 /// One rslock-S3 run of one side.
 struct Block {
-    per_worker: Vec<u64>,
+    run: contention::Run,
     lost: u64,
-    took: Duration,
 }
 
 impl Contention {
@@ -390,36 +388,24 @@ impl Contention {
             .set(self.counter, 0)
             .await
             .expect("reset the counter");
-        let claimed = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for (contender, counter) in &self.workers {
-            let (contender, mut counter) = (contender.clone(), counter.clone());
-            let (lock, key) = (self.lock, self.counter);
-            let claimed = Arc::clone(&claimed);
-            tasks.push(tokio::spawn(async move {
-                let mut mine = 0u64;
-                while claimed.fetch_add(1, Ordering::SeqCst) < acquisitions {
-                    let held = contender.wait(lock).await;
-                    let value: u64 = counter.get(key).await.expect("GET");
-                    let _: () = counter.set(key, value + 1).await.expect("SET");
-                    held.release().await;
-                    mine += 1;
-                }
-                mine
-            }));
-        }
-        let mut per_worker = Vec::new();
-        for task in tasks {
-            per_worker.push(task.await.expect("worker"));
-        }
-        let took = started.elapsed();
+        let key = self.counter;
+        let lock = self.lock;
+        let run = contention::run(
+            self.workers.clone(),
+            acquisitions,
+            move |(contender, mut counter)| async move {
+                let held = contender.wait(lock).await;
+                let value: u64 = counter.get(key).await.expect("GET");
+                let _: () = counter.set(key, value + 1).await.expect("SET");
+                held.release().await;
+                (contender, counter)
+            },
+        )
+        .await;
         let counted: u64 = self.setup.get(self.counter).await.expect("GET the counter");
-        let lost = per_worker.iter().sum::<u64>().saturating_sub(counted);
         self.blocks.push(Block {
-            per_worker,
-            lost,
-            took,
+            lost: run.lost(counted),
+            run,
         });
     }
 }
@@ -441,12 +427,9 @@ impl Outcome {
         let counts = || {
             side.blocks
                 .iter()
-                .flat_map(|block| block.per_worker.iter().copied())
+                .flat_map(|block| block.run.per_worker.iter().copied())
         };
-        let rates = side
-            .blocks
-            .iter()
-            .map(|block| block.per_worker.iter().sum::<u64>() as f64 / block.took.as_secs_f64());
+        let rates = side.blocks.iter().map(|block| block.run.rate());
         Outcome {
             rate: median(rates.collect()),
             lost: side.blocks.iter().map(|block| block.lost).sum::<u64>() as f64,
@@ -454,8 +437,4 @@ impl Outcome {
             max: counts().max().unwrap_or(0) as f64,
         }
     }
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }
