@@ -50,9 +50,10 @@ struct State {
     current: Option<Connection>,
     opened: u64,
     settling: Vec<Settling>,
-    /// The last failure to make a connection, and when it ended: shared with the callers
-    /// that were already waiting for that attempt.
-    failed: Option<(Instant, redis::RedisError)>,
+    /// How many attempts to make a connection failed, and the last one's error: shared with
+    /// the callers that were already waiting for that attempt.
+    failures: u64,
+    failed: Option<redis::RedisError>,
     /// Set by `close`: no connection is opened again.
     closed: bool,
 }
@@ -105,16 +106,19 @@ impl Connections {
         if let Some(connection) = self.installed()? {
             return Ok(connection);
         }
-        let asked = Instant::now();
+        let failures = self.lock().failures;
         let _making = self.making.lock().await;
-        // Made by the caller that held the lock before, or failed after this one asked.
+        // Made by the caller that held the lock before, or failed while this one waited.
         if let Some(connection) = self.installed()? {
             return Ok(connection);
         }
-        if let Some((ended, error)) = &self.lock().failed
-            && *ended >= asked
         {
-            return Err(Unavailable::Client(error.clone()));
+            let state = self.lock();
+            if state.failures != failures
+                && let Some(error) = &state.failed
+            {
+                return Err(Unavailable::Client(error.clone()));
+            }
         }
         let limits = Limits {
             response: self.limits.response.saturating_add(self.slack),
@@ -125,7 +129,8 @@ impl Connections {
         let link = match made {
             Ok(link) => link,
             Err(error) => {
-                state.failed = Some((Instant::now(), error.clone()));
+                state.failures += 1;
+                state.failed = Some(error.clone());
                 return Err(Unavailable::Client(error));
             }
         };

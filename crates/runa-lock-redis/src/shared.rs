@@ -59,6 +59,26 @@ pub(crate) struct Replicated {
     turn: Semaphore,
 }
 
+/// Retires a connection when dropped armed: a call on it was given up before its answer.
+struct RetireOnDrop<'a> {
+    shared: &'a Shared,
+    connection: Option<&'a Connection>,
+}
+
+impl RetireOnDrop<'_> {
+    fn disarm(mut self) {
+        self.connection = None;
+    }
+}
+
+impl Drop for RetireOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection {
+            self.shared.retire(connection);
+        }
+    }
+}
+
 /// The outcome of one acquire script.
 pub(crate) enum Outcome {
     Acquired(u64),
@@ -279,19 +299,34 @@ impl Shared {
             .connections
             .response_limit()
             .saturating_add(limit);
+        let connection = || async {
+            replicated
+                .connections
+                .current()
+                .await
+                .map_err(|unavailable| self.unavailable("acquire", unavailable))
+        };
+        // Made (or its failure shared) before queueing for the turn: a caller with the turn
+        // would otherwise make it alone, one after another.
+        connection().await?;
         let Ok(Ok(_turn)) = timeout(bound, replicated.turn.acquire()).await else {
             return Err(self.failure("acquire", Cause::Queued(bound)));
         };
-        let connection = replicated
-            .connections
-            .current()
-            .await
-            .map_err(|unavailable| self.unavailable("acquire", unavailable))?;
+        let connection = connection().await?;
         let mut link = connection.link.clone();
         let call = link.invoke_and_wait::<(i64, i64)>(&invocation, &keys.lock, replicas, limit);
-        let (reply, acknowledged) = self
+        // Dropped before its answer (its caller gave up), the call still blocks the
+        // connection with its `WAIT`, and may still take the key: the connection is retired,
+        // so the next turn goes on a fresh one and releases wait for this one to settle.
+        let unanswered = RetireOnDrop {
+            shared: self,
+            connection: Some(&connection),
+        };
+        let answer = self
             .bounded_within(&connection, "acquire", bound, call)
-            .await?;
+            .await;
+        unanswered.disarm();
+        let (reply, acknowledged) = answer?;
         match outcome(reply.0, reply.1) {
             // Taken, but a failover now might lose it. Not released here: the caller
             // releases after a failed acquisition, and a `wait` trying again re-grants the

@@ -240,11 +240,12 @@ async fn a_wait_that_outlasts_a_replica_pause_holds_the_key_it_returns() {
 async fn replicated_acquisitions_never_run_after_their_callers_gave_up() {
     let group = SentinelGroup::start();
     let limit = Duration::from_millis(300);
-    // Each call's bound: connect + response + the replicas' limit, 0.7 s.
+    // Each call's bound: connect + response + the replicas' limit, 2.3 s: the eighth call's
+    // turn comes after 2.1 s, the ninth's not in time.
     let jobs = locker(
         driver(&group)
-            .with_connect_timeout(Duration::from_millis(200))
-            .with_response_timeout(Duration::from_millis(200))
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_response_timeout(Duration::from_secs(1))
             .with_replicas(1, limit),
         LockerOptions::new().ttl(Duration::from_secs(30)),
     );
@@ -260,7 +261,7 @@ async fn replicated_acquisitions_never_run_after_their_callers_gave_up() {
     group.master().command::<String>(&["CONFIG", "RESETSTAT"]);
 
     group.replica().pause();
-    let calls: Vec<_> = (0..6)
+    let calls: Vec<_> = (0..12)
         .map(|i| {
             let jobs = jobs.clone();
             tokio::spawn(async move { jobs.try_lock(&format!("k{i}")).await.map(drop) })
@@ -311,43 +312,102 @@ async fn replicated_acquisitions_never_run_after_their_callers_gave_up() {
 }
 
 /// With the sentinels not answering, callers that arrive while the master is being looked up
-/// share that look-up's failure: none waits out one look-up after another.
+/// share that look-up's failure: none waits out one look-up after another, and the error
+/// says what failed (for acquisitions waiting for replicas too, which take turns).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_share_a_failed_master_look_up() {
     let group = SentinelGroup::start();
-    // One look-up gives up after connect + response, 0.4 s.
-    let jobs = locker(
-        driver(&group)
+    for replicated in [false, true] {
+        // One look-up gives up after connect + response, 0.4 s.
+        let mut driver = driver(&group)
             .with_connect_timeout(Duration::from_millis(200))
-            .with_response_timeout(Duration::from_millis(200)),
-        LockerOptions::new(),
-    );
-    group.sentinel().pause();
-    let started = Instant::now();
-    let calls: Vec<_> = (0..16)
-        .map(|i| {
-            let jobs = jobs.clone();
-            tokio::spawn(async move { jobs.try_lock(&format!("k{i}")).await.map(drop) })
-        })
-        .collect();
-    for call in calls {
-        let err = call.await.unwrap().unwrap_err();
-        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+            .with_response_timeout(Duration::from_millis(200));
+        if replicated {
+            driver = driver.with_replicas(1, Duration::from_millis(300));
+        }
+        let jobs = locker(driver, LockerOptions::new());
+        group.sentinel().pause();
+        let started = Instant::now();
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let jobs = jobs.clone();
+                tokio::spawn(async move { jobs.try_lock(&format!("k{i}")).await.map(drop) })
+            })
+            .collect();
+        for call in calls {
+            let err = call.await.unwrap().unwrap_err();
+            assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+            assert!(
+                !err.to_string().contains("not sent"),
+                "replicated: {replicated}: {err}"
+            );
+        }
+        let took = started.elapsed();
+        group.sentinel().resume();
+        // One after another, 16 look-ups would take 6.4 s.
+        assert!(
+            took < Duration::from_secs(3),
+            "replicated: {replicated}: 16 calls failed after {took:?}"
+        );
+        // And once the sentinels answer again, so does the driver.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match jobs.try_lock("back").await {
+                Ok(Some(lease)) => break lease.release().await.unwrap(),
+                outcome => assert!(Instant::now() < deadline, "still failing: {outcome:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    let took = started.elapsed();
-    group.sentinel().resume();
-    // One after another, 16 look-ups would take 6.4 s.
-    assert!(
-        took < Duration::from_secs(3),
-        "16 calls failed after {took:?}"
+}
+
+/// A replicated acquisition dropped by its caller while its `WAIT` blocks the connection:
+/// the connection is retired, so the next acquisition goes on a fresh one and gets its own
+/// answer instead of queueing behind that `WAIT`; and the dropped one's key ends free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_replicated_acquisition_does_not_hold_up_the_next() {
+    let group = SentinelGroup::start();
+    // Each call's bound: 0.5 + 0.5 + 3 s.
+    let jobs = locker(
+        driver(&group).with_replicas(1, Duration::from_secs(3)),
+        LockerOptions::new().ttl(Duration::from_secs(30)),
     );
-    // And once the sentinels answer again, so does the driver.
+    let warm = jobs.try_lock("warm").await.unwrap().expect("free");
+    warm.release().await.unwrap();
+    group.replica().pause();
+    let dropped = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move { jobs.try_lock("dropped").await.map(drop) })
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match jobs.try_lock("back").await {
-            Ok(Some(lease)) => break lease.release().await.unwrap(),
-            outcome => assert!(Instant::now() < deadline, "still failing: {outcome:?}"),
+        let clients: String = group.master().command(&["INFO", "clients"]);
+        if clients
+            .lines()
+            .any(|line| line.trim() == "blocked_clients:1")
+        {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "the WAIT never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dropped.abort();
+    let _ = dropped.await;
+
+    // Behind the dropped one's WAIT it would run only after 3 s, and time out at 4 s.
+    let err = jobs.try_lock("next").await.unwrap_err();
+    assert!(
+        err.to_string().contains("0 replicas acknowledged"),
+        "not answered: {err}"
+    );
+    group.replica().resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let locks: Vec<String> = group.master().command(&["KEYS", "*:l"]);
+        if locks.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "locks left behind: {locks:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
