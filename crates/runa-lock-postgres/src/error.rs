@@ -21,6 +21,9 @@ pub(crate) enum Cause {
     Pool(String),
     /// Every pooled connection stayed busy for the whole wait: nothing was sent.
     PoolFull { size: usize, waited: Duration },
+    /// A new pooled connection was not made (or an idle one not checked) within the connect
+    /// timeout: nothing was sent.
+    ConnectTimeout(Duration),
     /// No reply in time: the statement may still run.
     NoReply(Duration),
     /// The driver was closed: nothing was sent.
@@ -42,13 +45,13 @@ impl Failure {
     pub(crate) fn unsent(&self) -> bool {
         matches!(
             self.cause,
-            Cause::Pool(_) | Cause::PoolFull { .. } | Cause::Closed
+            Cause::Pool(_) | Cause::PoolFull { .. } | Cause::ConnectTimeout(_) | Cause::Closed
         )
     }
 
     /// Sending again at once may well succeed: nothing was sent, and not because the driver
-    /// is closed or its pool stayed full for the whole wait (a second wait would double the
-    /// time for the same answer).
+    /// is closed, or its pool stayed full or connecting timed out (a second wait would
+    /// double the time for the same answer).
     pub(crate) fn worth_retrying(&self) -> bool {
         matches!(self.cause, Cause::Pool(_))
     }
@@ -68,6 +71,11 @@ impl fmt::Display for Failure {
                 None => error.fmt(f),
             },
             Cause::Pool(problem) => f.write_str(problem),
+            Cause::ConnectTimeout(limit) => write!(
+                f,
+                "no connection within {}",
+                humantime::format_duration(*limit)
+            ),
             Cause::PoolFull { size, waited } => write!(
                 f,
                 "all {size} pooled connections stayed busy for {} (raise pool_size, or look for calls that take long)",

@@ -173,6 +173,9 @@ impl Shared {
                         waited: self.connect_timeout,
                     }
                 }
+                deadpool_postgres::PoolError::Timeout(_) => {
+                    Cause::ConnectTimeout(self.connect_timeout)
+                }
                 other => Cause::Pool(other.to_string()),
             };
             self.failure(operation, cause)
