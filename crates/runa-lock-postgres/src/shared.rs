@@ -9,7 +9,9 @@
 //! ([`STATEMENT_TIMEOUT`]) has passed since, or [`SETTLE_LIMIT`] passed. A renewal,
 //! release or read landing late does no harm, so a broken connection that carried one
 //! frees its place in the pool at once (after a database restart, say, when every pooled
-//! connection broke at once).
+//! connection broke at once). If only the client side of it broke (a network partition),
+//! its server process may run on until its statement ends, so the server can briefly see
+//! more of the driver's sessions than the pool's size.
 //! An acquisition on it whose token was released meanwhile is released again then, so a
 //! late acquire cannot keep a key for a token that was released.
 
