@@ -42,8 +42,10 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// ```
 pub const MAX_POOL_SIZE: usize = 1024;
 
-/// What is wrong with a pool size out of range.
-pub(crate) const POOL_SIZE_PROBLEM: &str = "must be from 1 to 1024";
+/// What is wrong with pool size `size`, if it is out of range.
+pub(crate) fn pool_size_problem(size: usize) -> Option<String> {
+    (!(1..=MAX_POOL_SIZE).contains(&size)).then(|| format!("must be from 1 to {MAX_POOL_SIZE}"))
+}
 
 /// Locks in a PostgreSQL table, shared by every process and host that uses the database.
 ///
@@ -314,10 +316,10 @@ impl PostgresDriverBuilder {
                 return Err(Error::invalid_config(path, problem, None));
             }
         }
-        if !(1..=MAX_POOL_SIZE).contains(&self.pool_size) {
+        if let Some(problem) = pool_size_problem(self.pool_size) {
             return Err(Error::invalid_config(
                 "postgres driver pool_size",
-                POOL_SIZE_PROBLEM,
+                problem,
                 Some(self.pool_size.to_string()),
             ));
         }

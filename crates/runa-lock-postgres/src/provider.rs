@@ -166,12 +166,8 @@ impl PostgresProvider {
             builder = builder.response_timeout(limit);
         }
         if let Some(size) = section.pool_size {
-            if !(1..=crate::MAX_POOL_SIZE).contains(&size) {
-                return Err(fail(
-                    "pool_size",
-                    crate::driver::POOL_SIZE_PROBLEM,
-                    size.to_string(),
-                ));
+            if let Some(problem) = crate::driver::pool_size_problem(size) {
+                return Err(fail("pool_size", &problem, size.to_string()));
             }
             builder = builder.pool_size(size);
         }
