@@ -48,7 +48,14 @@ impl LockStore {
             Some(redis) if redis.starts_with("redis") || redis == "unix" => {
                 Ok(LockStore::Redis(url))
             }
-            _ => Err("a lock store URL must start with redis://, rediss://, redis+sentinel://, redis+cluster://, unix:// or postgres://".into()),
+            // The scheme only: the rest may hold a password.
+            got => Err(format!(
+                "a lock store URL must start with redis://, rediss://, redis+sentinel://, redis+cluster://, unix:// or postgres://, not {}",
+                got.map_or_else(
+                    || "a text without \"://\"".to_owned(),
+                    |scheme| format!("{scheme:?}://")
+                )
+            )),
         }
     }
 
@@ -307,4 +314,26 @@ async fn main() {
         }
     }
     emit("done", "", 0, "");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LockStore;
+
+    #[test]
+    fn a_store_url_of_another_scheme_is_named_without_the_rest() {
+        let err = LockStore::parse("mysql://app:s3cret@db/app".into())
+            .err()
+            .expect("refused");
+        assert!(err.ends_with("not \"mysql\"://"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = LockStore::parse("localhost:6379".into())
+            .err()
+            .expect("refused");
+        assert!(err.contains("without \"://\""), "{err}");
+        assert!(matches!(
+            LockStore::parse("redis+sentinel://h:26379/m".into()),
+            Ok(LockStore::Redis(_))
+        ));
+    }
 }
