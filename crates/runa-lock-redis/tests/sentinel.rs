@@ -23,6 +23,39 @@ fn driver(group: &SentinelGroup) -> RedisDriver {
         .with_response_timeout(Duration::from_millis(500))
 }
 
+/// Waits until one client is blocked on the master (an acquisition's `WAIT` for replicas);
+/// fails the test after 10 s.
+async fn until_a_wait_blocks(group: &SentinelGroup) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let clients: String = group.master().command(&["INFO", "clients"]);
+        if clients
+            .lines()
+            .any(|line| line.trim() == "blocked_clients:1")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the WAIT never blocked: {clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until no lock key is left on the master; fails the test after `limit`.
+async fn until_no_locks(group: &SentinelGroup, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let locks: Vec<String> = group.master().command(&["KEYS", "*:l"]);
+        if locks.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "locks left behind: {locks:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_driver_works_again_after_a_failover() {
     let mut group = SentinelGroup::start();
@@ -181,21 +214,7 @@ async fn a_waiting_replicated_acquisition_blocks_no_other_call() {
     });
     // Until the blocked acquisition's WAIT is on the server (else renew and release would
     // not run beside it, and the test would prove nothing).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let clients: String = group.master().command(&["INFO", "clients"]);
-        if clients
-            .lines()
-            .any(|line| line.trim() == "blocked_clients:1")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the WAIT never blocked: {clients}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_wait_blocks(&group).await;
     let started = Instant::now();
     held.renew(None).await.expect("renewed");
     held.release().await.expect("released");
@@ -300,15 +319,7 @@ async fn replicated_acquisitions_never_run_after_their_callers_gave_up() {
         .map_or(0, |calls| calls.parse().unwrap());
     // Those sent, and the one of `patient` after the pause.
     assert_eq!(waits, answered + 1, "{unsent} not sent; {stats}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let locks: Vec<String> = group.master().command(&["KEYS", "*:l"]);
-        if locks.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "locks left behind: {locks:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_locks(&group, Duration::from_secs(5)).await;
 }
 
 /// With the sentinels not answering, callers that arrive while the master is being looked up
@@ -379,18 +390,7 @@ async fn a_dropped_replicated_acquisition_does_not_hold_up_the_next() {
         let jobs = jobs.clone();
         tokio::spawn(async move { jobs.try_lock("dropped").await.map(drop) })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let clients: String = group.master().command(&["INFO", "clients"]);
-        if clients
-            .lines()
-            .any(|line| line.trim() == "blocked_clients:1")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the WAIT never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_wait_blocks(&group).await;
     dropped.abort();
     let _ = dropped.await;
 
@@ -401,13 +401,5 @@ async fn a_dropped_replicated_acquisition_does_not_hold_up_the_next() {
         "not answered: {err}"
     );
     group.replica().resume();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let locks: Vec<String> = group.master().command(&["KEYS", "*:l"]);
-        if locks.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "locks left behind: {locks:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_locks(&group, Duration::from_secs(15)).await;
 }
