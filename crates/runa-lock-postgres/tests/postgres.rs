@@ -444,16 +444,17 @@ async fn one_connection_and_a_locked_table(
     (jobs, lease, other)
 }
 
-/// Waits until a statement waits for the lease table's lock; fails the test after 5 s.
-async fn until_blocked_on_the_table(server: &PostgresServer) {
+/// Waits until a statement of the driver's waits for a lock (the table's or a row's); fails
+/// the test after 5 s.
+async fn until_a_statement_waits_for_a_lock(server: &PostgresServer) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.query_one::<i64>(
-        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'runa_locks'::regclass",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runa-lock' AND wait_event_type = 'Lock'",
     ) == 0
     {
         assert!(
             Instant::now() < deadline,
-            "no statement blocked on the table"
+            "no statement of the driver waited for a lock"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -472,7 +473,7 @@ async fn a_full_pool_fails_once_and_names_its_size() {
         let jobs = jobs.clone();
         tokio::spawn(async move { jobs.try_lock("blocked").await.map(|lease| lease.is_some()) })
     };
-    until_blocked_on_the_table(&server).await;
+    until_a_statement_waits_for_a_lock(&server).await;
 
     let started = Instant::now();
     let err = lease.renew(None).await.unwrap_err();
@@ -501,7 +502,7 @@ async fn a_broken_renewal_frees_its_pool_place_at_once() {
     let (jobs, lease, _other) =
         one_connection_and_a_locked_table(&server, Duration::from_secs(20)).await;
     let renewal = tokio::spawn(async move { lease.renew(None).await });
-    until_blocked_on_the_table(&server).await;
+    until_a_statement_waits_for_a_lock(&server).await;
     // Killed, not stopped: a fast shutdown may end the locking session first and let the
     // renewal through before its own session ends.
     server.kill();
@@ -570,14 +571,7 @@ async fn a_dropped_acquire_that_lands_late_leaves_the_key_free() {
         let jobs = jobs.clone();
         tokio::spawn(async move { jobs.try_lock("k").await.map(drop) })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.query_one::<i64>(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'runa-lock' AND wait_event_type = 'Lock'",
-    ) == 0
-    {
-        assert!(Instant::now() < deadline, "the acquire never waited on the row");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_statement_waits_for_a_lock(&server).await;
     attempt.abort();
     assert!(attempt.await.unwrap_err().is_cancelled());
     tokio::time::sleep(Duration::from_millis(300)).await;
