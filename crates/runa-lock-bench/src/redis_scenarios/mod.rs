@@ -11,11 +11,13 @@ mod cluster;
 mod floor;
 mod rslock;
 
+use self::rslock::{Contender, handoff};
+
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use runa_lock::{Error, Locker, LockerOptions, Registry};
+use runa_lock::{Locker, LockerOptions, Registry};
 use runa_lock_bench::ops::runa_pair;
 use runa_lock_redis::RedisDriver;
 
@@ -177,28 +179,15 @@ impl Bench {
     /// it. On a cluster B is woken by sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH` on the node
     /// serving the key's slot), as the driver does by itself there.
     pub async fn s2(&self, handoffs: usize, s2_p50: Option<f64>) -> Scenario {
-        let a = self.locker(LockerOptions::new());
-        let b = self.locker(LockerOptions::new().wait(Duration::from_secs(10)));
+        let a = Contender::Runa(self.locker(LockerOptions::new()));
+        let b = Contender::Runa(self.locker(LockerOptions::new().wait(Duration::from_secs(10))));
         let mut connection = self.floor().await;
         let pings = Latencies::new(connection.pings(200, &lock_tag("s2")).await);
         let mut random = Xorshift::default();
         let mut samples = Vec::with_capacity(handoffs);
         for _ in 0..handoffs {
-            let lease = a.wait("s2").await.expect("A acquires");
-            let waiter = {
-                let b = b.clone();
-                tokio::spawn(async move {
-                    let lease = b.wait("s2").await?;
-                    let t1 = Instant::now();
-                    lease.release().await?;
-                    Ok::<_, Error>(t1)
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(20 + random.next_u64() % 101)).await;
-            let t0 = Instant::now();
-            lease.release().await.expect("A releases");
-            let t1 = waiter.await.expect("B's task").expect("B acquires");
-            samples.push(t1.saturating_duration_since(t0));
+            let hold = Duration::from_millis(20 + random.next_u64() % 101);
+            samples.push(handoff(&a, &b, "s2", hold).await);
         }
         let handoff = Latencies::new(samples);
         let (name, what) = match self.store {

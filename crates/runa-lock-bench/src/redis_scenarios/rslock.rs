@@ -59,7 +59,7 @@ async fn rslock_pair(manager: &LockManager, key: &str) {
 
 /// One of the two locks, on a driver or manager of its own.
 #[derive(Clone)]
-enum Contender {
+pub(super) enum Contender {
     Runa(Locker),
     Rslock(LockManager),
 }
@@ -345,7 +345,12 @@ impl Bench {
 /// # Panics
 ///
 /// When a lock fails, or B's task panics.
-async fn handoff(a: &Contender, b: &Contender, key: &'static str, hold: Duration) -> Duration {
+pub(super) async fn handoff(
+    a: &Contender,
+    b: &Contender,
+    key: &'static str,
+    hold: Duration,
+) -> Duration {
     let held = a.wait(key).await;
     let waiter = {
         let b = b.clone();
