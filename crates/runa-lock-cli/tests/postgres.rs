@@ -325,20 +325,16 @@ prefix = "jobs:"
     // over the file, and PostgreSQL is not even connected to.
     let redis = RedisServer::start();
     let hold = Hold::new();
-    let child = start(&[
-        "--config",
-        file,
-        "--url",
-        &redis.url(),
-        "--locker",
-        "jobs",
-        "run",
-        "k",
-        "--",
-        "sh",
-        "-c",
-        hold.command()[2],
-    ]);
+    let redis_url = redis.url();
+    let child = start(
+        &[
+            &[
+                "--config", file, "--url", &redis_url, "--locker", "jobs", "run", "k", "--",
+            ][..],
+            &hold.command(),
+        ]
+        .concat(),
+    );
     assert!(support::held_soon(
         &redis,
         &lock_key("runa:lock:", "jobs:", "k")
