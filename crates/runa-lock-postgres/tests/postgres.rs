@@ -416,7 +416,7 @@ async fn statements_given_up_on_never_open_more_connections_than_the_pool() {
     );
 }
 
-/// A locker on a driver with a pool of one connection, waiting up to 1 s for it, and the
+/// A locker on a driver with a pool of one connection, waiting up to 2 s for it, and the
 /// lease of key `held` it took; plus another session holding the lease table locked, so
 /// that every statement on it blocks.
 async fn one_connection_and_a_locked_table(
@@ -430,7 +430,7 @@ async fn one_connection_and_a_locked_table(
     let driver = PostgresDriver::builder(&server.url())
         .unwrap()
         .pool_size(1)
-        .connect_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(2))
         .response_timeout(response_timeout)
         .build()
         .unwrap();
@@ -480,11 +480,11 @@ async fn a_full_pool_fails_once_and_names_its_size() {
     let took = started.elapsed();
     let text = err.to_string();
     assert!(
-        text.contains("all 1 pooled connections stayed busy for 1s"),
+        text.contains("all 1 pooled connections stayed busy for 2s"),
         "{text}"
     );
-    // One wait of 1 s; a second would make it 2 s.
-    assert!(took < Duration::from_millis(1900), "took {took:?}");
+    // One wait of 2 s; a second would make it 4 s.
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
 
     other.batch_execute("COMMIT").await.unwrap();
     assert!(

@@ -378,9 +378,12 @@ async fn callers_share_a_failed_master_look_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_replicated_acquisition_does_not_hold_up_the_next() {
     let group = SentinelGroup::start();
-    // Each call's bound: 0.5 + 0.5 + 3 s.
+    // Each call's bound: 1 + 1 + 3 s.
     let jobs = locker(
-        driver(&group).with_replicas(1, Duration::from_secs(3)),
+        driver(&group)
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_response_timeout(Duration::from_secs(1))
+            .with_replicas(1, Duration::from_secs(3)),
         LockerOptions::new().ttl(Duration::from_secs(30)),
     );
     let warm = jobs.try_lock("warm").await.unwrap().expect("free");
@@ -394,7 +397,8 @@ async fn a_dropped_replicated_acquisition_does_not_hold_up_the_next() {
     dropped.abort();
     let _ = dropped.await;
 
-    // Behind the dropped one's WAIT it would run only after 3 s, and time out at 4 s.
+    // Behind the dropped one's WAIT it would run only after 3 s, and time out at 5 s; on a
+    // connection of its own it is answered after its own 3 s.
     let err = jobs.try_lock("next").await.unwrap_err();
     assert!(
         err.to_string().contains("0 replicas acknowledged"),
